@@ -1,0 +1,339 @@
+//! Length-prefixed frames: a 4-byte big-endian length, then that many bytes.
+//!
+//! Reads wait on `poll` with a deadline, so a worker that never answers cannot hold its thread
+//! past the caller's deadline. The reader buffers what one `read` brings, so a reply written in
+//! one piece costs one `poll` and one `read`.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+pub const HEADER_LEN: usize = 4;
+
+#[derive(Debug)]
+pub enum FrameError {
+    /// The stream ended cleanly between frames.
+    Eof,
+    /// The stream ended inside a frame.
+    Truncated {
+        expected: usize,
+        got: usize,
+    },
+    /// The header announced more than the cap allows.
+    TooLarge {
+        len: usize,
+        max: usize,
+    },
+    /// The deadline passed before the frame was complete.
+    Timeout,
+    Io(io::Error),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Eof => write!(f, "stream closed"),
+            FrameError::Truncated { expected, got } => {
+                write!(
+                    f,
+                    "stream closed inside a frame ({got} of {expected} bytes)"
+                )
+            }
+            FrameError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the {max}-byte cap")
+            }
+            FrameError::Timeout => write!(f, "deadline passed"),
+            FrameError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A buffer that starts with room for the header, so a body can be encoded in place and sent
+/// with one write.
+pub fn frame_buffer(capacity: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(capacity + HEADER_LEN);
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    buf
+}
+
+/// Fills in the header of a buffer made by [`frame_buffer`]; fails if the body is over `max`.
+pub fn seal(buf: &mut [u8], max: usize) -> Result<(), FrameError> {
+    let len = buf.len() - HEADER_LEN;
+    if len > max || len > u32::MAX as usize {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Writes a sealed frame whole, waiting for room in the pipe no later than `deadline`.
+/// The pipe must be non-blocking (see [`set_nonblocking`]): a worker that stops reading cannot
+/// hold the writer past the deadline.
+pub fn write_frame(
+    out: &mut File,
+    frame: &[u8],
+    deadline: Option<Instant>,
+) -> Result<(), FrameError> {
+    let mut written = 0;
+    while written < frame.len() {
+        match out.write(&frame[written..]) {
+            Ok(0) => return Err(FrameError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_for(out, libc::POLLOUT, deadline)?
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+pub fn set_nonblocking(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Reads frames from a pipe, each within a deadline.
+pub struct FrameReader {
+    file: File,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    max: usize,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+
+impl FrameReader {
+    pub fn new(file: File, max: usize) -> Self {
+        FrameReader {
+            file,
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+            max,
+        }
+    }
+
+    /// Reads the next frame's body. `deadline: None` waits forever.
+    pub fn read_frame(&mut self, deadline: Option<Instant>) -> Result<Vec<u8>, FrameError> {
+        self.fill(HEADER_LEN, deadline, true)?;
+        let header: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .expect("header slice");
+        let len = u32::from_be_bytes(header) as usize;
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        // The position only moves once the whole frame is here, so a timed-out read can resume.
+        self.fill(HEADER_LEN + len, deadline, false)
+            .map_err(|e| match e {
+                FrameError::Truncated { got, .. } => FrameError::Truncated {
+                    expected: len,
+                    got: got - HEADER_LEN,
+                },
+                other => other,
+            })?;
+        let body_start = self.start + HEADER_LEN;
+        let body = self.buf[body_start..body_start + len].to_vec();
+        self.start = body_start + len;
+        Ok(body)
+    }
+
+    /// Makes at least `need` bytes available from `start`.
+    fn fill(
+        &mut self,
+        need: usize,
+        deadline: Option<Instant>,
+        at_boundary: bool,
+    ) -> Result<(), FrameError> {
+        if self.end - self.start >= need {
+            return Ok(());
+        }
+        // Compact, and grow for a large frame.
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        while self.end < need {
+            wait_for(&self.file, libc::POLLIN, deadline)?;
+            match self.file.read(&mut self.buf[self.end..]) {
+                Ok(0) if at_boundary && self.end == 0 => return Err(FrameError::Eof),
+                Ok(0) => {
+                    return Err(FrameError::Truncated {
+                        expected: need,
+                        got: self.end,
+                    })
+                }
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FrameError::Io(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back the memory of an unusually large frame once it has been taken.
+    pub fn shrink(&mut self) {
+        if self.buf.len() > READ_CHUNK && self.end - self.start <= READ_CHUNK {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            self.buf.truncate(READ_CHUNK);
+            self.buf.shrink_to_fit();
+        }
+    }
+}
+
+fn wait_for(file: &File, events: i16, deadline: Option<Instant>) -> Result<(), FrameError> {
+    let mut pfd = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    loop {
+        let timeout_ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return Err(FrameError::Timeout);
+                }
+                // Round up so we never wake just before the deadline and spin.
+                ((d - now).as_micros().div_ceil(1000)).min(i32::MAX as u128) as i32
+            }
+        };
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n > 0 {
+            return Ok(());
+        }
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(FrameError::Io(err));
+            }
+        }
+        // n == 0: timed out; loop re-checks the deadline.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::time::Duration;
+
+    fn pipe() -> (File, File) {
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        unsafe {
+            (
+                File::from(OwnedFd::from_raw_fd(fds[0])),
+                File::from(OwnedFd::from_raw_fd(fds[1])),
+            )
+        }
+    }
+
+    fn sealed(body: &[u8]) -> Vec<u8> {
+        let mut buf = frame_buffer(body.len());
+        buf.extend_from_slice(body);
+        seal(&mut buf, usize::MAX).unwrap();
+        buf
+    }
+
+    #[test]
+    fn round_trips_frames_written_together() {
+        let (r, mut w) = pipe();
+        let mut both = sealed(b"{\"a\":1}");
+        both.extend(sealed(b""));
+        both.extend(sealed(b"xyz"));
+        w.write_all(&both).unwrap();
+        drop(w);
+        let mut reader = FrameReader::new(r, 1024);
+        assert_eq!(reader.read_frame(None).unwrap(), b"{\"a\":1}");
+        assert_eq!(reader.read_frame(None).unwrap(), b"");
+        assert_eq!(reader.read_frame(None).unwrap(), b"xyz");
+        assert!(matches!(reader.read_frame(None), Err(FrameError::Eof)));
+    }
+
+    #[test]
+    fn large_frame_spanning_many_reads() {
+        let (r, mut w) = pipe();
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let frame = sealed(&body);
+        let writer = std::thread::spawn(move || w.write_all(&frame).unwrap());
+        let mut reader = FrameReader::new(r, 4_000_000);
+        assert_eq!(reader.read_frame(None).unwrap(), body);
+        reader.shrink();
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn cap_is_enforced_on_both_sides() {
+        let (r, mut w) = pipe();
+        w.write_all(&[0, 0, 4, 1]).unwrap();
+        let mut reader = FrameReader::new(r, 1024);
+        assert!(matches!(
+            reader.read_frame(None),
+            Err(FrameError::TooLarge {
+                len: 1025,
+                max: 1024
+            })
+        ));
+        let mut buf = frame_buffer(10);
+        buf.extend_from_slice(&[1; 10]);
+        assert!(matches!(
+            seal(&mut buf, 9),
+            Err(FrameError::TooLarge { len: 10, max: 9 })
+        ));
+    }
+
+    #[test]
+    fn writes_wait_for_room_until_the_deadline() {
+        let (r, mut w) = pipe();
+        set_nonblocking(&w).unwrap();
+        let big = vec![7u8; 4 << 20];
+        let deadline = Instant::now() + Duration::from_millis(50);
+        assert!(matches!(
+            write_frame(&mut w, &big, Some(deadline)),
+            Err(FrameError::Timeout)
+        ));
+        drop(r);
+        assert!(matches!(
+            write_frame(&mut w, b"x", None),
+            Err(FrameError::Io(_))
+        ));
+    }
+
+    #[test]
+    fn truncated_frame_and_timeout() {
+        let (r, mut w) = pipe();
+        w.write_all(&[0, 0, 0, 10, b'a']).unwrap();
+        let mut reader = FrameReader::new(r, 1024);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(50);
+        assert!(matches!(
+            reader.read_frame(Some(deadline)),
+            Err(FrameError::Timeout)
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        drop(w);
+        assert!(matches!(
+            reader.read_frame(None),
+            Err(FrameError::Truncated {
+                expected: 10,
+                got: 1
+            })
+        ));
+    }
+}

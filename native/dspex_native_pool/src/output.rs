@@ -1,0 +1,159 @@
+//! A worker's stdout and stderr, read line by line on threads of their own.
+//!
+//! Each line goes to the pool's event sink (Logger, on the Elixir side); the last lines of stderr
+//! are kept so that a crash or a failed start can quote them. A worker that prints without pause
+//! is throttled rather than allowed to flood the VM.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver};
+use parking_lot::Mutex;
+
+use crate::pool::{Event, EventSink, Stream};
+
+const TAIL_LINES: usize = 20;
+const MAX_LINE: usize = 8 * 1024;
+const LINES_PER_SECOND: u32 = 1000;
+
+/// The last lines a worker wrote to stderr.
+#[derive(Clone, Default)]
+pub struct Tail(Arc<Mutex<VecDeque<String>>>);
+
+impl Tail {
+    fn push(&self, line: &str) {
+        let mut lines = self.0.lock();
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.to_owned());
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// The reader threads of one worker incarnation.
+pub struct Output {
+    pub tail: Tail,
+    finished: [Receiver<()>; 2],
+}
+
+impl Output {
+    pub fn start(stdout: File, stderr: File, slot: usize, events: Arc<dyn EventSink>) -> Output {
+        let tail = Tail::default();
+        let out_done = spawn_reader(stdout, Stream::Stdout, slot, events.clone(), None);
+        let err_done = spawn_reader(stderr, Stream::Stderr, slot, events, Some(tail.clone()));
+        Output {
+            tail,
+            finished: [out_done, err_done],
+        }
+    }
+
+    /// Waits (at most `limit`) for both streams to reach end of file, so that the tail holds
+    /// everything the worker wrote before it died.
+    pub fn drain(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        for done in &self.finished {
+            let _ = done.recv_deadline(until);
+        }
+    }
+}
+
+fn spawn_reader(
+    file: File,
+    stream: Stream,
+    slot: usize,
+    events: Arc<dyn EventSink>,
+    tail: Option<Tail>,
+) -> Receiver<()> {
+    let (done_tx, done_rx) = bounded::<()>(0);
+    let name = format!("dspex-np-{}-{slot}", stream.as_str());
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let _done = done_tx; // dropped at end of file: wakes `drain`
+        read_lines(file, stream, slot, &*events, tail.as_ref());
+    });
+    if spawned.is_err() {
+        // No thread: the worker's output goes unread and the pipe fills; the worker blocks on
+        // its next write, and health checks replace it. Nothing to wait for here.
+    }
+    done_rx
+}
+
+fn read_lines(
+    file: File,
+    stream: Stream,
+    slot: usize,
+    events: &dyn EventSink,
+    tail: Option<&Tail>,
+) {
+    let mut reader = BufReader::with_capacity(16 * 1024, file);
+    let mut raw = Vec::with_capacity(256);
+    let mut window = Instant::now();
+    let mut in_window = 0u32;
+    let mut dropped = 0u64;
+    loop {
+        raw.clear();
+        match read_line_capped(&mut reader, &mut raw) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            raw.pop();
+        }
+        let line = String::from_utf8_lossy(&raw);
+        if let Some(tail) = tail {
+            tail.push(&line);
+        }
+        if window.elapsed() >= Duration::from_secs(1) {
+            if dropped > 0 {
+                let note = format!("({dropped} lines of output dropped: the worker printed over {LINES_PER_SECOND} lines/s)");
+                events.event(Event::Log {
+                    slot,
+                    stream,
+                    line: note,
+                });
+                dropped = 0;
+            }
+            window = Instant::now();
+            in_window = 0;
+        }
+        in_window += 1;
+        if in_window > LINES_PER_SECOND {
+            dropped += 1;
+            continue;
+        }
+        events.event(Event::Log {
+            slot,
+            stream,
+            line: line.into_owned(),
+        });
+    }
+}
+
+/// Reads one line, keeping at most `MAX_LINE` bytes of it (the rest is skipped).
+fn read_line_capped(reader: &mut BufReader<File>, out: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(total);
+        }
+        let (chunk, found) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (&available[..=i], true),
+            None => (available, false),
+        };
+        let room = MAX_LINE.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = chunk.len();
+        reader.consume(used);
+        total += used;
+        if found {
+            return Ok(total);
+        }
+    }
+}

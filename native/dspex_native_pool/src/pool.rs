@@ -1,0 +1,435 @@
+//! The pool: its queues, its slots and what it tells the outside.
+//!
+//! Callers put requests on a bounded queue that every idle worker thread takes from (no
+//! checkout, no dispatcher); each slot also has a queue of its own for requests that must run on
+//! that worker. Nothing here knows about Erlang: replies leave through [`Caller`], news through
+//! [`EventSink`].
+
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+
+use crate::process::SpawnSpec;
+use crate::request::{FailureKind, Request};
+
+/// Request ids are unique across every pool of the VM, so a reply can never be mistaken for
+/// another pool's.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub fn next_request_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub size: usize,
+    /// The worker command; `--worker-id N` is appended for each slot.
+    pub spawn: SpawnSpec,
+    pub max_frame: usize,
+    pub max_queue: usize,
+    pub startup_timeout: Duration,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub max_backoff: Duration,
+    pub max_requests: Option<u64>,
+    pub kill_on_timeout: bool,
+}
+
+impl PoolConfig {
+    pub fn spawn_spec(&self, index: usize) -> SpawnSpec {
+        let mut spec = self.spawn.clone();
+        spec.args.push(OsString::from("--worker-id"));
+        spec.args.push(OsString::from(index.to_string()));
+        spec
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SlotState {
+    Starting = 0,
+    Idle = 1,
+    Busy = 2,
+    Restarting = 3,
+    Stopped = 4,
+}
+
+impl SlotState {
+    fn from_u8(v: u8) -> SlotState {
+        match v {
+            0 => SlotState::Starting,
+            1 => SlotState::Idle,
+            2 => SlotState::Busy,
+            3 => SlotState::Restarting,
+            _ => SlotState::Stopped,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// What the pool reports about its workers (lifecycle and output), never per request.
+#[derive(Debug, Clone)]
+pub enum Event {
+    WorkerReady {
+        slot: usize,
+        os_pid: i32,
+        restart: bool,
+    },
+    WorkerStartFailed {
+        slot: usize,
+        reason: String,
+        failures: u32,
+    },
+    WorkerExited {
+        slot: usize,
+        os_pid: i32,
+        reason: String,
+    },
+    Log {
+        slot: usize,
+        stream: Stream,
+        line: String,
+    },
+}
+
+pub trait EventSink: Send + Sync + 'static {
+    fn event(&self, event: Event);
+}
+
+pub struct Slot {
+    pub(crate) tx: Sender<Request>,
+    pub(crate) rx: Receiver<Request>,
+    state: AtomicU8,
+    pub(crate) os_pid: AtomicI32,
+    pub(crate) requests: AtomicU64,
+    pub(crate) restarts: AtomicU64,
+    pub(crate) failures_in_row: AtomicU32,
+    pub(crate) last_exit: Mutex<Option<String>>,
+    pub(crate) process: Mutex<Option<Arc<crate::process::ProcessHandle>>>,
+}
+
+impl Slot {
+    fn new(max_queue: usize) -> Slot {
+        let (tx, rx) = bounded(max_queue);
+        Slot {
+            tx,
+            rx,
+            state: AtomicU8::new(SlotState::Starting as u8),
+            os_pid: AtomicI32::new(0),
+            requests: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            failures_in_row: AtomicU32::new(0),
+            last_exit: Mutex::new(None),
+            process: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn set_state(&self, state: SlotState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    pub fn state(&self) -> SlotState {
+        SlotState::from_u8(self.state.load(Ordering::Acquire))
+    }
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub completed: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub rejected: AtomicU64,
+    pub dropped: AtomicU64,
+    pub worker_exited: AtomicU64,
+    pub invalid_reply: AtomicU64,
+    pub pool_closed: AtomicU64,
+    pub pool_unavailable: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn count_failure(&self, kind: FailureKind) {
+        let counter = match kind {
+            FailureKind::WorkerExited | FailureKind::WriteFailed => &self.worker_exited,
+            FailureKind::InvalidReply | FailureKind::ReplyTooLarge | FailureKind::WrongReplyId => {
+                &self.invalid_reply
+            }
+            FailureKind::PoolClosed => &self.pool_closed,
+            FailureKind::PoolUnavailable => &self.pool_unavailable,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// State shared by the pool handle and its slot threads.
+pub struct Shared {
+    pub config: PoolConfig,
+    pub slots: Vec<Slot>,
+    pub(crate) queue_tx: Sender<Request>,
+    pub(crate) queue_rx: Receiver<Request>,
+    /// Dropped when the pool stops: wakes every idle or backing-off slot thread.
+    shutdown_tx: Mutex<Option<Sender<()>>>,
+    pub(crate) shutdown_rx: Receiver<()>,
+    /// Held for reading while a request is enqueued, so none slips in after the final drain.
+    closing: RwLock<bool>,
+    closing_flag: AtomicBool,
+    pub events: Arc<dyn EventSink>,
+    pub counters: Counters,
+}
+
+/// Pools with all workers failing to start this many times in a row fail calls at once.
+const UNAVAILABLE_AFTER: u32 = 3;
+
+impl Shared {
+    pub fn is_closing(&self) -> bool {
+        self.closing_flag.load(Ordering::Acquire)
+    }
+
+    /// `false` once every slot has failed to start several times in a row.
+    pub fn is_available(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.failures_in_row.load(Ordering::Acquire) < UNAVAILABLE_AFTER)
+    }
+
+    /// Fails everything waiting for `index` and, if the whole pool is down, the shared queue.
+    pub(crate) fn fail_queued(&self, index: usize, kind: FailureKind) {
+        let message = match kind {
+            FailureKind::PoolUnavailable => {
+                "no worker could be started; the pool keeps retrying with backoff".to_string()
+            }
+            _ => "the pool stopped before the request ran".to_string(),
+        };
+        let fail = |request: Request| {
+            self.counters.count_failure(kind);
+            request.fail_unrun(kind, message.clone());
+        };
+        while let Ok(request) = self.slots[index].rx.try_recv() {
+            fail(request);
+        }
+        while let Ok(request) = self.queue_rx.try_recv() {
+            fail(request);
+        }
+    }
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    Saturated,
+    Closed,
+    Unavailable,
+    NoSuchWorker,
+}
+
+/// Where a request may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    AnyWorker,
+    Worker(usize),
+}
+
+pub struct Pool {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Disconnects once every slot thread has ended (each holds a sender).
+    threads_done: Receiver<()>,
+}
+
+/// A snapshot for `stats/1`.
+#[derive(Debug, Clone)]
+pub struct PoolStats {
+    pub size: usize,
+    pub queue_length: usize,
+    pub available: bool,
+    pub closing: bool,
+    pub completed: u64,
+    pub timed_out: u64,
+    pub rejected: u64,
+    pub dropped: u64,
+    pub worker_exited: u64,
+    pub invalid_reply: u64,
+    pub pool_closed: u64,
+    pub pool_unavailable: u64,
+    pub workers: Vec<WorkerStats>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerStats {
+    pub id: usize,
+    pub os_pid: i32,
+    pub state: SlotState,
+    pub requests: u64,
+    pub restarts: u64,
+    pub last_exit: Option<String>,
+    pub queue_length: usize,
+}
+
+impl Pool {
+    /// Starts one thread per slot; each spawns its worker at once, so workers start in parallel.
+    /// Readiness is reported through `events`.
+    pub fn start(config: PoolConfig, events: Arc<dyn EventSink>) -> std::io::Result<Pool> {
+        let (queue_tx, queue_rx) = bounded(config.max_queue);
+        let (shutdown_tx, shutdown_rx) = bounded(0);
+        let slots = (0..config.size)
+            .map(|_| Slot::new(config.max_queue))
+            .collect();
+        let shared = Arc::new(Shared {
+            config,
+            slots,
+            queue_tx,
+            queue_rx,
+            shutdown_tx: Mutex::new(Some(shutdown_tx)),
+            shutdown_rx,
+            closing: RwLock::new(false),
+            closing_flag: AtomicBool::new(false),
+            events,
+            counters: Counters::default(),
+        });
+        let (done_tx, threads_done) = bounded::<()>(0);
+        let pool = Pool {
+            shared: shared.clone(),
+            threads: Mutex::new(Vec::new()),
+            threads_done,
+        };
+        for index in 0..shared.config.size {
+            let thread_shared = shared.clone();
+            let done = done_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("dspex-np-worker-{index}"))
+                .spawn(move || {
+                    let _done = done;
+                    crate::worker::run_slot(thread_shared, index)
+                });
+            match handle {
+                Ok(handle) => pool.threads.lock().push(handle),
+                Err(e) => {
+                    pool.close(Duration::ZERO);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.shared.config
+    }
+
+    /// Enqueues a request without blocking.
+    pub fn submit(&self, request: Request, route: Route) -> Result<(), (SubmitError, Request)> {
+        let closing = self.shared.closing.read();
+        if *closing {
+            return Err((SubmitError::Closed, request));
+        }
+        if !self.shared.is_available() {
+            self.shared
+                .counters
+                .pool_unavailable
+                .fetch_add(1, Ordering::Relaxed);
+            return Err((SubmitError::Unavailable, request));
+        }
+        let tx = match route {
+            Route::AnyWorker => &self.shared.queue_tx,
+            Route::Worker(i) => match self.shared.slots.get(i) {
+                Some(slot) => &slot.tx,
+                None => return Err((SubmitError::NoSuchWorker, request)),
+            },
+        };
+        tx.try_send(request).map_err(|e| match e {
+            TrySendError::Full(r) => {
+                self.shared
+                    .counters
+                    .rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                (SubmitError::Saturated, r)
+            }
+            TrySendError::Disconnected(r) => (SubmitError::Closed, r),
+        })
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let s = &self.shared;
+        let c = &s.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PoolStats {
+            size: s.config.size,
+            queue_length: s.queue_rx.len() + s.slots.iter().map(|x| x.rx.len()).sum::<usize>(),
+            available: s.is_available(),
+            closing: s.is_closing(),
+            completed: load(&c.completed),
+            timed_out: load(&c.timed_out),
+            rejected: load(&c.rejected),
+            dropped: load(&c.dropped),
+            worker_exited: load(&c.worker_exited),
+            invalid_reply: load(&c.invalid_reply),
+            pool_closed: load(&c.pool_closed),
+            pool_unavailable: load(&c.pool_unavailable),
+            workers: s
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(id, slot)| WorkerStats {
+                    id,
+                    os_pid: slot.os_pid.load(Ordering::Acquire),
+                    state: slot.state(),
+                    requests: load(&slot.requests),
+                    restarts: load(&slot.restarts),
+                    last_exit: slot.last_exit.lock().clone(),
+                    queue_length: slot.rx.len(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops the pool: no new requests; running ones get up to `grace` to finish; then every
+    /// worker is killed and reaped and every queued request is failed. Blocks until done.
+    pub fn close(&self, grace: Duration) {
+        let s = &self.shared;
+        {
+            let mut closing = s.closing.write();
+            *closing = true;
+            s.closing_flag.store(true, Ordering::Release);
+        }
+        s.shutdown_tx.lock().take();
+        let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock());
+        let _ = self.threads_done.recv_deadline(Instant::now() + grace);
+        // Whoever is still running a request past the grace period is killed.
+        for slot in &s.slots {
+            if let Some(process) = slot.process.lock().as_ref() {
+                process.kill();
+            }
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
+        for index in 0..s.slots.len() {
+            s.fail_queued(index, FailureKind::PoolClosed);
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if !self.threads.lock().is_empty() {
+            self.close(Duration::ZERO);
+        }
+    }
+}

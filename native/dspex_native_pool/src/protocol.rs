@@ -1,0 +1,151 @@
+//! The JSON envelope around each frame.
+//!
+//! Request: `{"id":N,"command":"...","args":{...}}`; reply: `{"id":N,"success":true,"result":...}`
+//! or `{"id":N,"success":false,"error":{"type":...,"message":...,"traceback":...}}`.
+//! Arguments arrive already encoded as JSON, so the envelope is written around them by hand.
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::frame;
+
+/// Starts a request frame whose arguments the caller appends, then closes with [`finish_request`].
+pub fn begin_request(id: u64, command: &str, capacity: usize) -> Vec<u8> {
+    let mut buf = frame::frame_buffer(capacity + command.len() + 48);
+    buf.extend_from_slice(b"{\"id\":");
+    buf.extend_from_slice(id.to_string().as_bytes());
+    buf.extend_from_slice(b",\"command\":");
+    serde_json::to_writer(&mut buf, command).expect("writing to a Vec cannot fail");
+    buf.extend_from_slice(b",\"args\":");
+    buf
+}
+
+/// Closes a request begun with [`begin_request`] and fills in its header.
+pub fn finish_request(mut buf: Vec<u8>, max_frame: usize) -> Result<Vec<u8>, frame::FrameError> {
+    buf.push(b'}');
+    frame::seal(&mut buf, max_frame)?;
+    Ok(buf)
+}
+
+/// A whole request frame from already-encoded JSON arguments.
+pub fn request(
+    id: u64,
+    command: &str,
+    args_json: &[u8],
+    max_frame: usize,
+) -> Result<Vec<u8>, frame::FrameError> {
+    let mut buf = begin_request(id, command, args_json.len());
+    buf.extend_from_slice(args_json);
+    finish_request(buf, max_frame)
+}
+
+/// What the pool itself needs to know of a reply; the result stays undecoded.
+#[derive(Debug, PartialEq)]
+pub struct ReplyHead {
+    pub id: u64,
+    pub success: bool,
+}
+
+#[derive(Deserialize)]
+struct RawHead {
+    id: u64,
+    success: bool,
+    #[serde(default)]
+    #[allow(dead_code)]
+    result: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    error: Option<IgnoredAny>,
+}
+
+/// Checks that `body` is a well-formed reply and returns its head.
+pub fn reply_head(body: &[u8]) -> Result<ReplyHead, String> {
+    match serde_json::from_slice::<RawHead>(body) {
+        Ok(head) => Ok(ReplyHead {
+            id: head.id,
+            success: head.success,
+        }),
+        Err(e) => Err(describe_json_error(&e, body)),
+    }
+}
+
+/// A short, safe description of a bad reply: the parser's words and the first bytes seen.
+pub fn describe_json_error(err: &serde_json::Error, body: &[u8]) -> String {
+    format!("{err}; reply began with {}", preview(body))
+}
+
+pub fn preview(body: &[u8]) -> String {
+    let shown = &body[..body.len().min(60)];
+    format!("{:?}", String::from_utf8_lossy(shown))
+}
+
+/// The result of a reply to a pool-internal request (init ping, health ping, replays).
+pub fn reply_value(
+    body: &[u8],
+) -> Result<(u64, Result<serde_json::Value, serde_json::Value>), String> {
+    #[derive(Deserialize)]
+    struct Full {
+        id: u64,
+        success: bool,
+        #[serde(default)]
+        result: serde_json::Value,
+        #[serde(default)]
+        error: serde_json::Value,
+    }
+    let full: Full = serde_json::from_slice(body).map_err(|e| describe_json_error(&e, body))?;
+    Ok((
+        full.id,
+        if full.success {
+            Ok(full.result)
+        } else {
+            Err(full.error)
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_envelope() {
+        let frame = request(7, "echo", br#"{"a":"\u00e9"}"#, 1000).unwrap();
+        let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 4);
+        let v: serde_json::Value = serde_json::from_slice(&frame[4..]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": 7, "command": "echo", "args": {"a": "é"}})
+        );
+    }
+
+    #[test]
+    fn command_names_are_escaped() {
+        let frame = request(1, "a\"b\n", b"{}", 1000).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&frame[4..]).unwrap();
+        assert_eq!(v["command"], "a\"b\n");
+    }
+
+    #[test]
+    fn reply_heads() {
+        assert_eq!(
+            reply_head(br#"{"id":3,"success":true,"result":[1,{"x":null}]}"#).unwrap(),
+            ReplyHead {
+                id: 3,
+                success: true
+            }
+        );
+        assert!(reply_head(br#"{"id":3,"success":true,"result":[1,}"#).is_err());
+        assert!(reply_head(br#"{"success":true}"#).is_err());
+        assert!(reply_head(b"\xff\xfe garbage")
+            .unwrap_err()
+            .contains("reply began with"));
+    }
+
+    #[test]
+    fn reply_values() {
+        let (id, res) = reply_value(br#"{"id":9,"success":false,"error":{"type":"X"}}"#).unwrap();
+        assert_eq!(id, 9);
+        assert_eq!(res.unwrap_err()["type"], "X");
+    }
+}

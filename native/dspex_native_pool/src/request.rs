@@ -1,0 +1,176 @@
+//! One request in flight, and the small state machine that decides who may still answer it.
+//!
+//! A ticket moves `Queued -> Running -> Done`, or to `Cancelled` from either of the first two.
+//! Only the thread that wins the move to `Done` sends a reply, and a caller that wins the move to
+//! `Cancelled` knows no reply will ever reach its mailbox: a late reply is dropped, never
+//! delivered to whoever calls next.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+const CANCELLED: u8 = 3;
+
+#[derive(Debug, Default)]
+pub struct Ticket {
+    state: AtomicU8,
+}
+
+/// What a cancellation found.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Cancelled {
+    /// It had not started: it never will.
+    WhileQueued,
+    /// A worker was running it: its reply will be dropped.
+    WhileRunning,
+    /// A reply was already sent (or is being sent) to the caller.
+    AlreadyAnswered,
+    /// Someone cancelled it before.
+    AlreadyCancelled,
+}
+
+impl Ticket {
+    pub fn new() -> Arc<Ticket> {
+        Arc::new(Ticket::default())
+    }
+
+    fn advance(&self, from: u8, to: u8) -> bool {
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// A worker takes the request; `false` if it was cancelled while queued.
+    pub fn start(&self) -> bool {
+        self.advance(QUEUED, RUNNING)
+    }
+
+    /// The worker has the answer; `false` if the caller gave up meanwhile.
+    pub fn finish(&self) -> bool {
+        self.advance(RUNNING, DONE)
+    }
+
+    /// The caller gives up (deadline, death), or the pool fails a request it never started.
+    pub fn cancel(&self) -> Cancelled {
+        if self.advance(QUEUED, CANCELLED) {
+            return Cancelled::WhileQueued;
+        }
+        if self.advance(RUNNING, CANCELLED) {
+            return Cancelled::WhileRunning;
+        }
+        match self.state.load(Ordering::Acquire) {
+            DONE => Cancelled::AlreadyAnswered,
+            _ => Cancelled::AlreadyCancelled,
+        }
+    }
+
+    /// Settles a request the pool fails without running it (pool closed or unavailable);
+    /// `true` if the caller should be told.
+    pub fn settle(&self) -> bool {
+        self.advance(QUEUED, DONE) || self.advance(RUNNING, DONE)
+    }
+}
+
+/// Why the pool failed a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The worker process died while running it.
+    WorkerExited,
+    /// The worker wrote something that is not a valid reply.
+    InvalidReply,
+    /// The worker's reply announced a frame over the cap.
+    ReplyTooLarge,
+    /// The reply carried another request's id.
+    WrongReplyId,
+    /// The request could not be written to the worker.
+    WriteFailed,
+    /// The pool stopped before the request ran.
+    PoolClosed,
+    /// The pool has no worker and keeps failing to start one.
+    PoolUnavailable,
+}
+
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+    pub worker: Option<usize>,
+}
+
+/// Whoever waits for a request. Implemented in the NIF by a process that receives a message.
+pub trait Caller: Send + 'static {
+    /// Whether anyone still waits; a dead caller's queued request is dropped unrun.
+    fn is_alive(&self) -> bool;
+    /// Decodes and sends the reply `body`, which must answer request `id`. On a malformed body it
+    /// sends nothing and says what was wrong, so the pool can fail the request instead.
+    fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<(), Failure>;
+    fn fail(&mut self, failure: Failure);
+}
+
+/// A request as it waits in a queue.
+pub struct Request {
+    pub id: u64,
+    pub command: String,
+    /// The sealed frame, header included.
+    pub frame: Vec<u8>,
+    pub deadline: Instant,
+    pub ticket: Arc<Ticket>,
+    pub caller: Box<dyn Caller>,
+}
+
+impl Request {
+    /// Fails a request the pool will not run, if its caller still waits for it.
+    pub fn fail_unrun(mut self, kind: FailureKind, message: impl Into<String>) {
+        if self.ticket.settle() {
+            self.caller.fail(Failure {
+                kind,
+                message: message.into(),
+                worker: None,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_side_wins() {
+        let t = Ticket::new();
+        assert!(t.start());
+        assert_eq!(t.cancel(), Cancelled::WhileRunning);
+        assert!(!t.finish(), "a cancelled request must not be answered");
+        assert_eq!(t.cancel(), Cancelled::AlreadyCancelled);
+
+        let t = Ticket::new();
+        assert!(t.start());
+        assert!(t.finish());
+        assert_eq!(t.cancel(), Cancelled::AlreadyAnswered);
+
+        let t = Ticket::new();
+        assert_eq!(t.cancel(), Cancelled::WhileQueued);
+        assert!(!t.start(), "a request cancelled in the queue must not run");
+        assert!(!t.settle());
+    }
+
+    #[test]
+    fn racing_threads_agree() {
+        for _ in 0..1000 {
+            let t = Ticket::new();
+            assert!(t.start());
+            let t2 = t.clone();
+            let finisher = std::thread::spawn(move || t2.finish());
+            let cancel = t.cancel();
+            let finished = finisher.join().unwrap();
+            match cancel {
+                Cancelled::WhileRunning => assert!(!finished),
+                Cancelled::AlreadyAnswered => assert!(finished),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The thread behind one pool slot: it starts a worker process, feeds it requests one at a time,
+//! and replaces it when it dies, hangs or talks nonsense.
+//!
+//! The thread outlives every process it spawns (the process is killed when its spawning thread
+//! exits), and it is the only thread that reads or writes that process's pipes, so no lock sits
+//! on the request path.
+
+use std::fs::File;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select_biased, RecvTimeoutError};
+
+use crate::frame::{self, FrameError, FrameReader};
+use crate::output::Output;
+use crate::pool::{Event, Shared, SlotState};
+use crate::process::{self, ExitStatus, ProcessHandle};
+use crate::protocol;
+use crate::request::{Failure, FailureKind, Request};
+
+/// How long a worker may take to exit after its request pipe closes before it is signalled.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+/// How long to wait for the last stderr lines of a dead worker.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(250);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// One running worker process.
+struct Live {
+    process: Arc<ProcessHandle>,
+    requests: File,
+    replies: FrameReader,
+    output: Output,
+    served: u64,
+}
+
+/// Why a worker process is being let go.
+enum End {
+    /// The pool is stopping.
+    Shutdown,
+    /// It served `max_requests`.
+    Retired,
+    /// It exited by itself (end of file on its reply pipe).
+    Died,
+    /// It must be killed: hung past a deadline, failed a health check, or broke the protocol.
+    Replace(String),
+}
+
+pub fn run_slot(shared: Arc<Shared>, index: usize) {
+    let mut restarts = 0u64;
+    loop {
+        if shared.is_closing() {
+            break;
+        }
+        let slot = &shared.slots[index];
+        slot.set_state(SlotState::Starting);
+        match start(&shared, index) {
+            Ok(mut live) => {
+                slot.failures_in_row.store(0, Ordering::Release);
+                slot.os_pid.store(live.process.pid(), Ordering::Release);
+                *slot.process.lock() = Some(live.process.clone());
+                shared.events.event(Event::WorkerReady {
+                    slot: index,
+                    os_pid: live.process.pid(),
+                    restart: restarts > 0,
+                });
+                slot.set_state(SlotState::Idle);
+                let (end, pending) = serve(&shared, index, &mut live);
+                let last = finish(&shared, index, live, end, pending);
+                if last {
+                    break;
+                }
+            }
+            Err(reason) => {
+                let failures = slot.failures_in_row.fetch_add(1, Ordering::AcqRel) + 1;
+                *slot.last_exit.lock() = Some(reason.clone());
+                shared.events.event(Event::WorkerStartFailed {
+                    slot: index,
+                    reason,
+                    failures,
+                });
+                if !shared.is_available() {
+                    shared.fail_queued(index, FailureKind::PoolUnavailable);
+                }
+            }
+        }
+        restarts += 1;
+        slot.restarts.store(restarts, Ordering::Release);
+        if !backoff(&shared, index) {
+            break;
+        }
+    }
+    let slot = &shared.slots[index];
+    slot.set_state(SlotState::Stopped);
+    slot.os_pid.store(0, Ordering::Release);
+}
+
+/// Waits before the next start; `false` if the pool began stopping meanwhile.
+fn backoff(shared: &Shared, index: usize) -> bool {
+    let failures = shared.slots[index].failures_in_row.load(Ordering::Acquire);
+    let delay = if failures == 0 {
+        Duration::ZERO
+    } else {
+        let exp = FIRST_BACKOFF.saturating_mul(1 << (failures - 1).min(16));
+        exp.min(shared.config.max_backoff)
+    };
+    shared.slots[index].set_state(SlotState::Restarting);
+    match shared.shutdown_rx.recv_timeout(delay) {
+        Err(RecvTimeoutError::Timeout) => true,
+        _ => false,
+    }
+}
+
+/// Spawns a worker and waits for its answer to the init ping.
+fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> {
+    let config = &shared.config;
+    let spec = config.spawn_spec(index);
+    let deadline = Instant::now() + config.startup_timeout;
+    let proc = process::spawn(&spec).map_err(|e| {
+        format!(
+            "cannot start worker {index}: {:?} failed to run: {e}",
+            spec.program.to_string_lossy()
+        )
+    })?;
+    let output = Output::start(proc.stdout, proc.stderr, index, shared.events.clone());
+    let process = Arc::new(proc.handle);
+    let _ = frame::set_nonblocking(&proc.requests);
+    let mut live = Live {
+        process,
+        requests: proc.requests,
+        replies: FrameReader::new(proc.replies, config.max_frame),
+        output,
+        served: 0,
+    };
+    let worker_id = index.to_string();
+    let args = serde_json::json!({ "worker_id": worker_id }).to_string();
+    match call_internal(config.max_frame, &mut live, "ping", &args, deadline) {
+        Ok(Ok(result)) if result["worker_id"] == worker_id.as_str() => Ok(live),
+        Ok(Ok(result)) => Err(abandon(
+            live,
+            &format!("worker {index} answered the init ping with the wrong worker id: {result}"),
+        )),
+        Ok(Err(error)) => Err(abandon(
+            live,
+            &format!("worker {index} failed its init ping: {error}"),
+        )),
+        Err(FrameError::Timeout) => Err(abandon(
+            live,
+            &format!(
+                "worker {index} did not answer its init ping within {} ms",
+                config.startup_timeout.as_millis()
+            ),
+        )),
+        Err(FrameError::Eof) | Err(FrameError::Truncated { .. }) => Err(abandon(
+            live,
+            &format!("worker {index} exited during start-up"),
+        )),
+        Err(e) => Err(abandon(
+            live,
+            &format!("worker {index} broke the protocol during start-up: {e}"),
+        )),
+    }
+}
+
+/// Kills a worker that failed to start and describes why, quoting its stderr.
+fn abandon(live: Live, why: &str) -> String {
+    live.process.kill();
+    let status = live.process.reap();
+    live.output.drain(OUTPUT_DRAIN);
+    describe(why, status, &live.output.tail.text())
+}
+
+fn describe(why: &str, status: ExitStatus, stderr: &str) -> String {
+    if stderr.is_empty() {
+        format!("{why} ({status}; no stderr output)")
+    } else {
+        format!("{why} ({status}); its stderr ended with:\n{stderr}")
+    }
+}
+
+/// Sends a pool-internal command and waits for its answer.
+fn call_internal(
+    max_frame: usize,
+    live: &mut Live,
+    command: &str,
+    args_json: &str,
+    deadline: Instant,
+) -> Result<Result<serde_json::Value, serde_json::Value>, FrameError> {
+    let id = crate::pool::next_request_id();
+    let frame = protocol::request(id, command, args_json.as_bytes(), max_frame)?;
+    frame::write_frame(&mut live.requests, &frame, Some(deadline))?;
+    let body = live.replies.read_frame(Some(deadline))?;
+    match protocol::reply_value(&body) {
+        Ok((got, result)) if got == id => Ok(result),
+        Ok((got, _)) => Err(FrameError::Io(std::io::Error::other(format!(
+            "reply carried id {got}, expected {id}"
+        )))),
+        Err(e) => Err(FrameError::Io(std::io::Error::other(e))),
+    }
+}
+
+/// Takes requests until the worker has to go. Returns why, and the request it was running if the
+/// worker died under it (answered once the exit status is known).
+fn serve(shared: &Shared, index: usize, live: &mut Live) -> (End, Option<Request>) {
+    let slot = &shared.slots[index];
+    let config = &shared.config;
+    loop {
+        if let Some(max) = config.max_requests {
+            if live.served >= max {
+                return (End::Retired, None);
+            }
+        }
+        let request = select_biased! {
+            recv(slot.rx) -> r => r.ok(),
+            recv(shared.queue_rx) -> r => r.ok(),
+            recv(shared.shutdown_rx) -> _ => return (End::Shutdown, None),
+            default(config.health_interval) => {
+                if let Err(why) = health_check(shared, live) {
+                    return (End::Replace(why), None);
+                }
+                continue;
+            }
+        };
+        let Some(request) = request else { continue };
+        slot.set_state(SlotState::Busy);
+        let outcome = run(shared, index, live, request);
+        slot.set_state(SlotState::Idle);
+        if let Some(end) = outcome {
+            return end;
+        }
+    }
+}
+
+fn health_check(shared: &Shared, live: &mut Live) -> Result<(), String> {
+    let deadline = Instant::now() + shared.config.health_timeout;
+    match call_internal(shared.config.max_frame, live, "ping", "{}", deadline) {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("health check failed: {e}")),
+        Err(FrameError::Timeout) => Err(format!(
+            "no answer to a health check within {} ms",
+            shared.config.health_timeout.as_millis()
+        )),
+        Err(e) => Err(format!("health check failed: {e}")),
+    }
+}
+
+/// Runs one request. `None` means the worker may take the next one.
+fn run(
+    shared: &Shared,
+    index: usize,
+    live: &mut Live,
+    mut request: Request,
+) -> Option<(End, Option<Request>)> {
+    let counters = &shared.counters;
+    if !request.caller.is_alive() {
+        request.ticket.cancel();
+        counters.dropped.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    if Instant::now() >= request.deadline {
+        // The caller's own deadline fired, or is about to: it reports the timeout.
+        request.ticket.cancel();
+        return None;
+    }
+    if !request.ticket.start() {
+        counters.dropped.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    live.served += 1;
+    shared.slots[index].requests.fetch_add(1, Ordering::Relaxed);
+
+    if let Err(e) = frame::write_frame(&mut live.requests, &request.frame, Some(request.deadline)) {
+        return Some(match e {
+            FrameError::Timeout => {
+                request.ticket.cancel();
+                counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                (
+                    End::Replace(format!(
+                        "it stopped reading its requests; {:?} timed out",
+                        request.command
+                    )),
+                    None,
+                )
+            }
+            // A closed pipe: the worker is gone; report once its exit status is known.
+            _ => (End::Died, Some(request)),
+        });
+    }
+    // A worker may be kept past a deadline (kill_on_timeout: false); its late reply is dropped.
+    let mut deadline = Some(request.deadline);
+    loop {
+        match live.replies.read_frame(deadline) {
+            Ok(body) => {
+                live.replies.shrink();
+                return deliver(shared, index, request, &body);
+            }
+            Err(FrameError::Timeout) => {
+                request.ticket.cancel();
+                counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                if shared.config.kill_on_timeout {
+                    let why = format!(
+                        "it was still running {:?} at the caller's deadline",
+                        request.command
+                    );
+                    return Some((End::Replace(why), None));
+                }
+                deadline = None;
+            }
+            Err(FrameError::Eof) | Err(FrameError::Truncated { .. }) => {
+                return Some((End::Died, Some(request)));
+            }
+            Err(FrameError::TooLarge { len, max }) => {
+                let message = format!(
+                    "worker {index} sent a reply of {len} bytes, over the {max}-byte frame cap (max_frame)"
+                );
+                fail(
+                    shared,
+                    &mut request,
+                    FailureKind::ReplyTooLarge,
+                    message.clone(),
+                    index,
+                );
+                return Some((End::Replace(message), None));
+            }
+            Err(FrameError::Io(e)) => {
+                let message = format!("reading from worker {index} failed: {e}");
+                fail(
+                    shared,
+                    &mut request,
+                    FailureKind::InvalidReply,
+                    message.clone(),
+                    index,
+                );
+                return Some((End::Replace(message), None));
+            }
+        }
+    }
+}
+
+/// Hands a reply to its caller. A malformed reply fails the request and the worker is replaced,
+/// since its stream can no longer be trusted.
+fn deliver(
+    shared: &Shared,
+    index: usize,
+    mut request: Request,
+    body: &[u8],
+) -> Option<(End, Option<Request>)> {
+    let counters = &shared.counters;
+    if !request.ticket.finish() {
+        // The caller gave up: drop the reply, but still check the stream is sound.
+        return match protocol::reply_head(body) {
+            Ok(head) if head.id == request.id => None,
+            Ok(head) => Some((
+                End::Replace(format!(
+                    "reply carried id {}, expected {}",
+                    head.id, request.id
+                )),
+                None,
+            )),
+            Err(e) => Some((End::Replace(format!("invalid reply: {e}")), None)),
+        };
+    }
+    match request.caller.reply(body, request.id, index) {
+        Ok(()) => {
+            counters.completed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Err(failure) => {
+            let why = failure.message.clone();
+            counters.count_failure(failure.kind);
+            request.caller.fail(failure);
+            Some((End::Replace(why), None))
+        }
+    }
+}
+
+fn fail(shared: &Shared, request: &mut Request, kind: FailureKind, message: String, index: usize) {
+    if request.ticket.finish() {
+        shared.counters.count_failure(kind);
+        request.caller.fail(Failure {
+            kind,
+            message,
+            worker: Some(index),
+        });
+    }
+}
+
+/// Lets a worker process go and reports it. Returns `true` if the slot should stop.
+fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Option<Request>) -> bool {
+    let slot = &shared.slots[index];
+    let Live {
+        process,
+        requests,
+        output,
+        ..
+    } = live;
+    // Closing the request pipe asks a healthy worker to exit by itself.
+    drop(requests);
+    let status = match &end {
+        End::Replace(_) => {
+            process.kill();
+            process.reap()
+        }
+        _ => process.terminate(EXIT_GRACE),
+    };
+    *slot.process.lock() = None;
+    slot.os_pid.store(0, Ordering::Release);
+    output.drain(OUTPUT_DRAIN);
+    let tail = output.tail.text();
+    let reason = match &end {
+        End::Shutdown => format!("stopped with the pool ({status})"),
+        End::Retired => format!("retired after max_requests ({status})"),
+        End::Died => describe("exited unexpectedly", status, &tail),
+        End::Replace(why) => format!("replaced: {why} ({status})"),
+    };
+    if let Some(mut request) = pending {
+        let (kind, message) = if shared.is_closing() {
+            (
+                FailureKind::PoolClosed,
+                format!(
+                    "the pool stopped while worker {index} ran {:?}",
+                    request.command
+                ),
+            )
+        } else {
+            (
+                FailureKind::WorkerExited,
+                format!(
+                    "{}",
+                    describe(
+                        &format!(
+                            "worker {index} (os pid {}) died while running {:?}",
+                            process.pid(),
+                            request.command
+                        ),
+                        status,
+                        &tail
+                    )
+                ),
+            )
+        };
+        fail(shared, &mut request, kind, message, index);
+    }
+    if matches!(end, End::Died | End::Replace(_)) {
+        // A crash right after start counts towards the backoff; one after real work does not.
+        slot.failures_in_row.fetch_add(1, Ordering::AcqRel);
+    }
+    *slot.last_exit.lock() = Some(reason.clone());
+    shared.events.event(Event::WorkerExited {
+        slot: index,
+        os_pid: process.pid(),
+        reason,
+    });
+    matches!(end, End::Shutdown)
+}

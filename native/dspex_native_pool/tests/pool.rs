@@ -1,0 +1,335 @@
+//! The pool against real Python processes speaking the protocol, without the VM.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use dspex_native_pool::pool::{
+    next_request_id, Event, EventSink, Pool, PoolConfig, Route, SlotState, SubmitError,
+};
+use dspex_native_pool::process::SpawnSpec;
+use dspex_native_pool::protocol;
+use dspex_native_pool::request::{Caller, Cancelled, Failure, FailureKind, Request, Ticket};
+
+/// A tiny worker: enough protocol to test the pool without the real bridge.
+const WORKER: &str = r#"
+import json, os, sys, time
+wid = sys.argv[sys.argv.index("--worker-id") + 1]
+inp, out = os.fdopen(3, "rb", 0), 4
+def read(n):
+    b = b""
+    while len(b) < n:
+        c = inp.read(n - len(b))
+        if not c: os._exit(0)
+        b += c
+    return b
+while True:
+    req = json.loads(read(int.from_bytes(read(4), "big")))
+    cmd, args = req["command"], req["args"]
+    if cmd == "sleep": time.sleep(args["s"])
+    if cmd == "crash": os._exit(3)
+    if cmd == "garbage":
+        os.write(out, b"\x00\x00\x00\x05hello"); continue
+    if cmd == "wrong_id": req["id"] += 1
+    res = {"worker_id": wid} if cmd == "ping" else args
+    body = json.dumps({"id": req["id"], "success": True, "result": res}).encode()
+    os.write(out, len(body).to_bytes(4, "big") + body)
+"#;
+
+#[derive(Debug)]
+enum Outcome {
+    Reply(serde_json::Value),
+    Failed(Failure),
+}
+
+struct TestCaller(Sender<Outcome>);
+
+impl Caller for TestCaller {
+    fn is_alive(&self) -> bool {
+        true
+    }
+    fn reply(&mut self, body: &[u8], id: u64, _worker: usize) -> Result<(), Failure> {
+        let (got, result) = protocol::reply_value(body).map_err(|message| Failure {
+            kind: FailureKind::InvalidReply,
+            message,
+            worker: None,
+        })?;
+        if got != id {
+            return Err(Failure {
+                kind: FailureKind::WrongReplyId,
+                message: format!("id {got}, expected {id}"),
+                worker: None,
+            });
+        }
+        let _ = self.0.send(Outcome::Reply(result.unwrap()));
+        Ok(())
+    }
+    fn fail(&mut self, failure: Failure) {
+        let _ = self.0.send(Outcome::Failed(failure));
+    }
+}
+
+struct Events(Sender<Event>);
+impl EventSink for Events {
+    fn event(&self, event: Event) {
+        let _ = self.0.send(event);
+    }
+}
+
+fn config(size: usize) -> PoolConfig {
+    PoolConfig {
+        size,
+        spawn: SpawnSpec {
+            program: "python3".into(),
+            args: vec!["-c".into(), WORKER.into()],
+            ..Default::default()
+        },
+        max_frame: 1 << 20,
+        max_queue: 100,
+        startup_timeout: Duration::from_secs(10),
+        health_interval: Duration::from_secs(30),
+        health_timeout: Duration::from_secs(5),
+        max_backoff: Duration::from_millis(200),
+        max_requests: None,
+        kill_on_timeout: true,
+    }
+}
+
+fn start(config: PoolConfig) -> (Pool, Receiver<Event>) {
+    let (tx, rx) = unbounded();
+    let size = config.size;
+    let pool = Pool::start(config, Arc::new(Events(tx))).unwrap();
+    let mut ready = 0;
+    while ready < size {
+        match rx.recv_timeout(Duration::from_secs(10)).unwrap() {
+            Event::WorkerReady { .. } => ready += 1,
+            Event::WorkerStartFailed { reason, .. } => panic!("start failed: {reason}"),
+            _ => {}
+        }
+    }
+    (pool, rx)
+}
+
+fn submit(
+    pool: &Pool,
+    command: &str,
+    args: serde_json::Value,
+    timeout: Duration,
+) -> (Arc<Ticket>, Receiver<Outcome>) {
+    let (tx, rx) = unbounded();
+    let id = next_request_id();
+    let ticket = Ticket::new();
+    let request = Request {
+        id,
+        command: command.into(),
+        frame: protocol::request(id, command, args.to_string().as_bytes(), 1 << 20).unwrap(),
+        deadline: Instant::now() + timeout,
+        ticket: ticket.clone(),
+        caller: Box::new(TestCaller(tx)),
+    };
+    pool.submit(request, Route::AnyWorker)
+        .map_err(|(e, _)| e)
+        .unwrap();
+    (ticket, rx)
+}
+
+fn call(pool: &Pool, command: &str, args: serde_json::Value) -> Outcome {
+    let (_, rx) = submit(pool, command, args, Duration::from_secs(10));
+    rx.recv_timeout(Duration::from_secs(10)).unwrap()
+}
+
+#[test]
+fn echo_round_trip_and_stats() {
+    let (pool, _events) = start(config(2));
+    for i in 0..50 {
+        match call(&pool, "echo", serde_json::json!({"i": i})) {
+            Outcome::Reply(v) => assert_eq!(v["i"], i),
+            other => panic!("{other:?}"),
+        }
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.completed, 50);
+    assert_eq!(stats.workers.iter().map(|w| w.requests).sum::<u64>(), 50);
+    assert!(stats
+        .workers
+        .iter()
+        .all(|w| w.os_pid > 0 && w.state == SlotState::Idle));
+    pool.close(Duration::from_secs(1));
+    assert!(pool
+        .stats()
+        .workers
+        .iter()
+        .all(|w| w.state == SlotState::Stopped));
+}
+
+#[test]
+fn crash_is_reported_and_worker_replaced() {
+    let (pool, events) = start(config(1));
+    match call(&pool, "crash", serde_json::json!({})) {
+        Outcome::Failed(f) => {
+            assert_eq!(f.kind, FailureKind::WorkerExited);
+            assert!(f.message.contains("exited with status 3"), "{}", f.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    loop {
+        if let Event::WorkerReady { restart: true, .. } =
+            events.recv_timeout(Duration::from_secs(10)).unwrap()
+        {
+            break;
+        }
+    }
+    assert!(matches!(
+        call(&pool, "echo", serde_json::json!({"a": 1})),
+        Outcome::Reply(_)
+    ));
+    pool.close(Duration::from_secs(1));
+}
+
+#[test]
+fn bad_replies_fail_the_request() {
+    let (pool, _events) = start(config(1));
+    for (cmd, kind) in [
+        ("garbage", FailureKind::InvalidReply),
+        ("wrong_id", FailureKind::WrongReplyId),
+    ] {
+        match call(&pool, cmd, serde_json::json!({})) {
+            Outcome::Failed(f) => assert_eq!(f.kind, kind, "{cmd}: {}", f.message),
+            other => panic!("{cmd}: {other:?}"),
+        }
+    }
+    // Replaced, and serving again.
+    assert!(matches!(
+        call(&pool, "echo", serde_json::json!({})),
+        Outcome::Reply(_)
+    ));
+    pool.close(Duration::from_secs(1));
+}
+
+#[test]
+fn deadline_kills_hung_worker_and_drops_late_reply() {
+    let (pool, _events) = start(config(1));
+    let (ticket, rx) = submit(
+        &pool,
+        "sleep",
+        serde_json::json!({"s": 30}),
+        Duration::from_millis(200),
+    );
+    // The caller's side of a timeout: cancel at the deadline.
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    // Whichever side notices first, the request is cancelled and never answered.
+    assert!(matches!(
+        ticket.cancel(),
+        Cancelled::WhileRunning | Cancelled::AlreadyCancelled
+    ));
+    assert!(matches!(
+        call(&pool, "echo", serde_json::json!({"x": 1})),
+        Outcome::Reply(_)
+    ));
+    assert!(rx.try_recv().is_err(), "no late reply");
+    assert_eq!(pool.stats().timed_out, 1);
+    pool.close(Duration::from_secs(1));
+}
+
+#[test]
+fn full_queue_rejects_and_close_fails_queued() {
+    let mut cfg = config(1);
+    cfg.max_queue = 2;
+    let (pool, _events) = start(cfg);
+    let (_t, busy) = submit(
+        &pool,
+        "sleep",
+        serde_json::json!({"s": 30}),
+        Duration::from_secs(60),
+    );
+    // Wait until the worker has taken it, so the queue is empty.
+    while pool.stats().workers[0].state != SlotState::Busy {
+        std::thread::yield_now();
+    }
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            submit(
+                &pool,
+                "echo",
+                serde_json::json!({}),
+                Duration::from_secs(60),
+            )
+            .1
+        })
+        .collect();
+    let (tx, _rx) = unbounded();
+    let id = next_request_id();
+    let extra = Request {
+        id,
+        command: "echo".into(),
+        frame: protocol::request(id, "echo", b"{}", 1 << 20).unwrap(),
+        deadline: Instant::now() + Duration::from_secs(1),
+        ticket: Ticket::new(),
+        caller: Box::new(TestCaller(tx)),
+    };
+    assert_eq!(
+        pool.submit(extra, Route::AnyWorker).err().map(|e| e.0),
+        Some(SubmitError::Saturated)
+    );
+    pool.close(Duration::from_millis(100));
+    for rx in queued.iter().chain(std::iter::once(&busy)) {
+        match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Outcome::Failed(f) => assert_eq!(f.kind, FailureKind::PoolClosed, "{}", f.message),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn broken_start_reports_stderr_then_pool_becomes_unavailable() {
+    let mut cfg = config(1);
+    cfg.spawn.args = vec![
+        "-c".into(),
+        "import sys; sys.stderr.write('boom: no module\\n'); sys.exit(2)".into(),
+    ];
+    let (tx, events) = unbounded();
+    let pool = Pool::start(cfg, Arc::new(Events(tx))).unwrap();
+    let mut failures = 0;
+    while failures < 3 {
+        if let Event::WorkerStartFailed { reason, .. } =
+            events.recv_timeout(Duration::from_secs(10)).unwrap()
+        {
+            assert!(reason.contains("boom: no module"), "{reason}");
+            assert!(reason.contains("exited with status 2"), "{reason}");
+            failures += 1;
+        }
+    }
+    assert!(!pool.stats().available);
+    let (tx, _rx) = unbounded();
+    let request = Request {
+        id: 1,
+        command: "echo".into(),
+        frame: vec![],
+        deadline: Instant::now() + Duration::from_secs(1),
+        ticket: Ticket::new(),
+        caller: Box::new(TestCaller(tx)),
+    };
+    assert_eq!(
+        pool.submit(request, Route::AnyWorker).err().map(|e| e.0),
+        Some(SubmitError::Unavailable)
+    );
+    pool.close(Duration::ZERO);
+}
+
+#[test]
+fn missing_executable_is_a_clear_start_failure() {
+    let mut cfg = config(1);
+    cfg.spawn.program = "/no/such/python".into();
+    let (tx, events) = unbounded();
+    let pool = Pool::start(cfg, Arc::new(Events(tx))).unwrap();
+    loop {
+        if let Event::WorkerStartFailed { reason, .. } =
+            events.recv_timeout(Duration::from_secs(10)).unwrap()
+        {
+            assert!(reason.contains("/no/such/python"), "{reason}");
+            assert!(reason.contains("No such file"), "{reason}");
+            break;
+        }
+    }
+    pool.close(Duration::ZERO);
+}
