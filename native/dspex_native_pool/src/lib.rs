@@ -1,7 +1,443 @@
+//! NIF entry points for `DSPex.NativePool.Nif`. Each one decodes its arguments, calls into the
+//! plain Rust modules below (which know nothing of Erlang), and encodes the answer.
+
 pub mod frame;
 pub mod output;
 pub mod pool;
 pub mod process;
 pub mod protocol;
 pub mod request;
+pub mod term_json;
 pub mod worker;
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustler::env::SavedTerm;
+use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, OwnedEnv, Resource, ResourceArc, Term};
+
+use pool::{Event, EventSink, Pool, PoolConfig, PoolStats, Route, SlotState, SubmitError};
+use process::SpawnSpec;
+use request::{Caller, Cancelled, Failure, FailureKind, Request, Ticket};
+use term_json::EncodeError;
+
+mod atoms {
+    rustler::atoms! {
+        ok, error, dirty, nil,
+        queued, running, answered,
+        python_error, pool_error, validation_error, frame_too_large,
+        saturated, closed, unavailable, no_such_worker,
+        worker_exited, invalid_reply, reply_too_large, wrong_reply_id, write_failed,
+        pool_closed, pool_unavailable,
+        starting, idle, busy, restarting, stopped,
+        stdout, stderr,
+        dspex_native_pool, worker_ready, worker_start_failed, log,
+        pool_size, queue_length, available, closing, workers, counters,
+        id, os_pid, state, requests, restarts, last_exit,
+        completed, timed_out, rejected, dropped,
+    }
+}
+
+/// Encodes in place on a normal scheduler up to this many bytes; larger arguments are encoded
+/// on a dirty scheduler so that no call holds a normal scheduler for long.
+const INLINE_ENCODE_BUDGET: usize = 64 * 1024;
+
+/// The pool, owned by the GenServer that started it (and monitored: if it dies, the pool stops).
+pub struct PoolResource {
+    pool: Arc<Pool>,
+}
+
+#[rustler::resource_impl]
+impl Resource for PoolResource {
+    const IMPLEMENTS_DOWN: bool = true;
+
+    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _monitor: Monitor) {
+        close_in_background(self.pool.clone(), Duration::ZERO);
+    }
+}
+
+impl Drop for PoolResource {
+    fn drop(&mut self) {
+        // Garbage collection runs this on a scheduler: never block here.
+        close_in_background(self.pool.clone(), Duration::ZERO);
+    }
+}
+
+/// Closing sends messages (`send_and_clear`), which the VM only allows from threads of our own.
+fn close_in_background(pool: Arc<Pool>, grace: Duration) {
+    let _ = std::thread::Builder::new()
+        .name("dspex-np-close".into())
+        .spawn(move || pool.close(grace));
+}
+
+pub struct TicketResource(Arc<Ticket>);
+
+#[rustler::resource_impl]
+impl Resource for TicketResource {}
+
+/// The process waiting for a request, and the tag it waits on.
+struct ProcessCaller {
+    pid: LocalPid,
+    env: OwnedEnv,
+    tag: SavedTerm,
+}
+
+impl Caller for ProcessCaller {
+    fn is_alive(&self) -> bool {
+        self.env.run(|env| env.is_process_alive(self.pid))
+    }
+
+    fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<(), Failure> {
+        let tag = &self.tag;
+        let message = self.env.run(|env| -> Result<SavedTerm, Failure> {
+            let reply = term_json::decode_reply(env, body).map_err(|e| Failure {
+                kind: FailureKind::InvalidReply,
+                message: format!(
+                    "worker {worker} sent an invalid reply: {}",
+                    protocol::describe_json_error(&e, body)
+                ),
+                worker: Some(worker),
+            })?;
+            if reply.id != id {
+                return Err(Failure {
+                    kind: FailureKind::WrongReplyId,
+                    message: format!(
+                        "worker {worker} answered request {} while running request {id}",
+                        reply.id
+                    ),
+                    worker: Some(worker),
+                });
+            }
+            let outcome = if reply.success {
+                (atoms::ok(), reply.payload).encode(env)
+            } else {
+                (atoms::python_error(), reply.payload, worker).encode(env)
+            };
+            Ok(self.env.save((tag.load(env), outcome)))
+        })?;
+        let _ = self.env.send_and_clear(&self.pid, |env| message.load(env));
+        Ok(())
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        let tag = &self.tag;
+        let _ = self.env.send_and_clear(&self.pid, |env| {
+            let kind = match failure.kind {
+                FailureKind::WorkerExited => atoms::worker_exited(),
+                FailureKind::InvalidReply => atoms::invalid_reply(),
+                FailureKind::ReplyTooLarge => atoms::reply_too_large(),
+                FailureKind::WrongReplyId => atoms::wrong_reply_id(),
+                FailureKind::WriteFailed => atoms::write_failed(),
+                FailureKind::PoolClosed => atoms::pool_closed(),
+                FailureKind::PoolUnavailable => atoms::pool_unavailable(),
+            };
+            let worker = match failure.worker {
+                Some(w) => w.encode(env),
+                None => atoms::nil().encode(env),
+            };
+            (
+                tag.load(env),
+                (atoms::pool_error(), kind, failure.message.as_str(), worker),
+            )
+                .encode(env)
+        });
+    }
+}
+
+/// Sends worker lifecycle and output to the owning GenServer.
+struct OwnerEvents {
+    owner: LocalPid,
+}
+
+impl EventSink for OwnerEvents {
+    fn event(&self, event: Event) {
+        let mut env = OwnedEnv::new();
+        let _ = env.send_and_clear(&self.owner, |env| {
+            let tag = atoms::dspex_native_pool();
+            match &event {
+                Event::WorkerReady {
+                    slot,
+                    os_pid,
+                    restart,
+                } => (tag, atoms::worker_ready(), *slot, *os_pid, *restart).encode(env),
+                Event::WorkerStartFailed {
+                    slot,
+                    reason,
+                    failures,
+                } => (
+                    tag,
+                    atoms::worker_start_failed(),
+                    *slot,
+                    reason.as_str(),
+                    *failures,
+                )
+                    .encode(env),
+                Event::WorkerExited {
+                    slot,
+                    os_pid,
+                    reason,
+                } => (tag, atoms::worker_exited(), *slot, *os_pid, reason.as_str()).encode(env),
+                Event::Log { slot, stream, line } => {
+                    let stream = match stream {
+                        pool::Stream::Stdout => atoms::stdout(),
+                        pool::Stream::Stderr => atoms::stderr(),
+                    };
+                    (tag, atoms::log(), *slot, stream, line.as_str()).encode(env)
+                }
+            }
+        });
+    }
+}
+
+fn get<'a, T: rustler::Decoder<'a>>(map: Term<'a>, key: &str) -> NifResult<T> {
+    let env = map.get_env();
+    let key = rustler::Atom::from_str(env, key)?;
+    map.map_get(key)?.decode()
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn decode_config(config: Term) -> NifResult<PoolConfig> {
+    let env_pairs: Vec<(String, String)> = get(config, "env")?;
+    let cwd: Option<String> = get(config, "cwd")?;
+    let args: Vec<String> = get(config, "args")?;
+    let max_requests: Option<u64> = get(config, "max_requests")?;
+    Ok(PoolConfig {
+        size: get(config, "size")?,
+        spawn: SpawnSpec {
+            program: OsString::from(get::<String>(config, "python")?),
+            args: args.into_iter().map(OsString::from).collect(),
+            env: env_pairs
+                .into_iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+                .collect(),
+            cwd: cwd.map(OsString::from),
+        },
+        max_frame: get(config, "max_frame")?,
+        max_queue: get(config, "max_queue")?,
+        startup_timeout: millis(get(config, "startup_timeout")?),
+        health_interval: millis(get(config, "health_interval")?),
+        health_timeout: millis(get(config, "health_timeout")?),
+        max_backoff: millis(get(config, "max_backoff")?),
+        max_requests,
+        kill_on_timeout: get(config, "kill_on_timeout")?,
+    })
+}
+
+#[rustler::nif]
+fn start_pool<'a>(env: Env<'a>, config: Term<'a>, owner: LocalPid) -> NifResult<Term<'a>> {
+    let config = decode_config(config)?;
+    let events = Arc::new(OwnerEvents { owner });
+    match Pool::start(config, events) {
+        Ok(pool) => {
+            let resource = ResourceArc::new(PoolResource {
+                pool: Arc::new(pool),
+            });
+            resource.monitor(Some(env), &owner);
+            Ok((atoms::ok(), resource).encode(env))
+        }
+        Err(e) => Ok((atoms::error(), format!("cannot start pool threads: {e}")).encode(env)),
+    }
+}
+
+fn submit_with<'a>(
+    env: Env<'a>,
+    pool: &PoolResource,
+    tag: Term<'a>,
+    command: String,
+    args: Term<'a>,
+    timeout_ms: u64,
+    worker: i64,
+    budget: Option<usize>,
+) -> Term<'a> {
+    let deadline = Instant::now() + millis(timeout_ms);
+    let id = pool::next_request_id();
+    let mut buf = protocol::begin_request(id, &command, 256);
+    match term_json::encode(args, &mut buf, budget) {
+        Ok(()) => {}
+        Err(EncodeError::OverBudget) => return atoms::dirty().encode(env),
+        Err(e) => {
+            return (
+                atoms::error(),
+                (atoms::validation_error(), e.describe("args")),
+            )
+                .encode(env)
+        }
+    }
+    let max_frame = pool.pool.config().max_frame;
+    let frame = match protocol::finish_request(buf, max_frame) {
+        Ok(frame) => frame,
+        Err(frame::FrameError::TooLarge { len, max }) => {
+            return (atoms::error(), (atoms::frame_too_large(), len, max)).encode(env)
+        }
+        Err(e) => return (atoms::error(), (atoms::validation_error(), e.to_string())).encode(env),
+    };
+    let owned = OwnedEnv::new();
+    let saved_tag = owned.save(tag);
+    let ticket = Ticket::new();
+    let request = Request {
+        id,
+        command,
+        frame,
+        deadline,
+        ticket: ticket.clone(),
+        caller: Box::new(ProcessCaller {
+            pid: env.pid(),
+            env: owned,
+            tag: saved_tag,
+        }),
+    };
+    let route = if worker < 0 {
+        Route::AnyWorker
+    } else {
+        Route::Worker(worker as usize)
+    };
+    match pool.pool.submit(request, route) {
+        Ok(()) => (atoms::ok(), ResourceArc::new(TicketResource(ticket))).encode(env),
+        Err((e, _request)) => {
+            let reason = match e {
+                SubmitError::Saturated => atoms::saturated(),
+                SubmitError::Closed => atoms::closed(),
+                SubmitError::Unavailable => atoms::unavailable(),
+                SubmitError::NoSuchWorker => atoms::no_such_worker(),
+            };
+            (atoms::error(), reason).encode(env)
+        }
+    }
+}
+
+/// Encodes and enqueues a request; the reply arrives as `{tag, outcome}`. Returns `:dirty` when
+/// the arguments are too large to encode here: call `submit_dirty/6` instead.
+#[rustler::nif]
+fn submit<'a>(
+    env: Env<'a>,
+    pool: ResourceArc<PoolResource>,
+    tag: Term<'a>,
+    command: String,
+    arguments: Term<'a>,
+    timeout_ms: u64,
+    worker: i64,
+) -> Term<'a> {
+    submit_with(
+        env,
+        &pool,
+        tag,
+        command,
+        arguments,
+        timeout_ms,
+        worker,
+        Some(INLINE_ENCODE_BUDGET),
+    )
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn submit_dirty<'a>(
+    env: Env<'a>,
+    pool: ResourceArc<PoolResource>,
+    tag: Term<'a>,
+    command: String,
+    arguments: Term<'a>,
+    timeout_ms: u64,
+    worker: i64,
+) -> Term<'a> {
+    submit_with(
+        env, &pool, tag, command, arguments, timeout_ms, worker, None,
+    )
+}
+
+/// Gives up on a request. `:queued` or `:running`: no reply will come. `:answered`: the reply
+/// is in (or on its way to) the caller's mailbox.
+#[rustler::nif]
+fn cancel(ticket: ResourceArc<TicketResource>) -> rustler::Atom {
+    match ticket.0.cancel() {
+        Cancelled::WhileQueued => atoms::queued(),
+        Cancelled::WhileRunning | Cancelled::AlreadyCancelled => atoms::running(),
+        Cancelled::AlreadyAnswered => atoms::answered(),
+    }
+}
+
+/// Stops the pool and waits until every worker is gone.
+#[rustler::nif(schedule = "DirtyIo")]
+fn stop_pool(pool: ResourceArc<PoolResource>, grace_ms: u64) -> rustler::Atom {
+    let pool = pool.pool.clone();
+    let closer = std::thread::Builder::new()
+        .name("dspex-np-close".into())
+        .spawn(move || pool.close(millis(grace_ms)));
+    if let Ok(closer) = closer {
+        let _ = closer.join();
+    }
+    atoms::ok()
+}
+
+#[rustler::nif]
+fn pool_stats(env: Env, pool: ResourceArc<PoolResource>) -> NifResult<Term> {
+    encode_stats(env, &pool.pool.stats())
+}
+
+fn map_of<'a>(env: Env<'a>, pairs: Vec<(rustler::Atom, Term<'a>)>) -> NifResult<Term<'a>> {
+    let (keys, values): (Vec<Term>, Vec<Term>) =
+        pairs.into_iter().map(|(k, v)| (k.encode(env), v)).unzip();
+    Term::map_from_term_arrays(env, &keys, &values)
+}
+
+fn encode_stats<'a>(env: Env<'a>, s: &PoolStats) -> NifResult<Term<'a>> {
+    let workers = s
+        .workers
+        .iter()
+        .map(|w| {
+            let state = match w.state {
+                SlotState::Starting => atoms::starting(),
+                SlotState::Idle => atoms::idle(),
+                SlotState::Busy => atoms::busy(),
+                SlotState::Restarting => atoms::restarting(),
+                SlotState::Stopped => atoms::stopped(),
+            };
+            let os_pid = if w.os_pid > 0 {
+                w.os_pid.encode(env)
+            } else {
+                atoms::nil().encode(env)
+            };
+            map_of(
+                env,
+                vec![
+                    (atoms::id(), w.id.encode(env)),
+                    (atoms::os_pid(), os_pid),
+                    (atoms::state(), state.encode(env)),
+                    (atoms::requests(), w.requests.encode(env)),
+                    (atoms::restarts(), w.restarts.encode(env)),
+                    (atoms::last_exit(), w.last_exit.as_deref().encode(env)),
+                    (atoms::queue_length(), w.queue_length.encode(env)),
+                ],
+            )
+        })
+        .collect::<NifResult<Vec<Term>>>()?;
+    let counters = map_of(
+        env,
+        vec![
+            (atoms::completed(), s.completed.encode(env)),
+            (atoms::timed_out(), s.timed_out.encode(env)),
+            (atoms::rejected(), s.rejected.encode(env)),
+            (atoms::dropped(), s.dropped.encode(env)),
+            (atoms::worker_exited(), s.worker_exited.encode(env)),
+            (atoms::invalid_reply(), s.invalid_reply.encode(env)),
+            (atoms::pool_closed(), s.pool_closed.encode(env)),
+            (atoms::pool_unavailable(), s.pool_unavailable.encode(env)),
+        ],
+    )?;
+    map_of(
+        env,
+        vec![
+            (atoms::pool_size(), s.size.encode(env)),
+            (atoms::queue_length(), s.queue_length.encode(env)),
+            (atoms::available(), s.available.encode(env)),
+            (atoms::closing(), s.closing.encode(env)),
+            (atoms::counters(), counters),
+            (atoms::workers(), workers.encode(env)),
+        ],
+    )
+}
+
+rustler::init!("Elixir.DSPex.NativePool.Nif");

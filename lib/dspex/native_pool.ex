@@ -1,0 +1,469 @@
+defmodule DSPex.NativePool do
+  @moduledoc """
+  A pool of Python worker processes, run by a Rust NIF.
+
+  Each worker is a Python process that runs commands: the built-in `ping`, `echo` and
+  `get_stats`, and the public functions of a handler module you name. A call encodes its
+  arguments to JSON in Rust, puts the request on the pool's queue and waits in `receive`; the
+  first idle worker's native thread writes it to its Python process, reads the reply, decodes it
+  and sends it straight to the caller. No Elixir process sits between caller and worker.
+
+  ## Example
+
+      children = [{DSPex.NativePool, name: MyPool, pool_size: 4}]
+      Supervisor.start_link(children, strategy: :one_for_one)
+
+      {:ok, %{"status" => "ok"}} = DSPex.NativePool.execute("ping", %{}, pool: MyPool)
+      {:ok, %{"text" => "hi"}} = DSPex.NativePool.execute("echo", %{text: "hi"}, pool: MyPool)
+
+  Your own commands live in a Python module; each public function takes the arguments as a
+  dict and returns anything JSON can carry:
+
+      # /app/python/my_handlers.py
+      def add(args):
+          return {"sum": args["a"] + args["b"]}
+
+      {DSPex.NativePool, name: MyPool, handlers: "my_handlers", python_path: ["/app/python"]}
+
+      {:ok, %{"sum" => 3}} = DSPex.NativePool.execute("add", %{a: 1, b: 2}, pool: MyPool)
+
+  ## Options
+
+  | option | default | meaning |
+  |---|---|---|
+  | `:name` | `DSPex.NativePool` | the pool's name, used as `:pool` in calls |
+  | `:pool_size` | schedulers online | number of Python worker processes |
+  | `:python` | `.venv/bin/python` made by `bin/setup`, else `python3` (`DSPEX_PYTHON` overrides) | the Python executable |
+  | `:handlers` | `nil` | a Python module whose public functions `fun(args: dict)` become commands |
+  | `:python_path` | `[]` | directories put on the workers' import path |
+  | `:env` | `%{}` | extra environment variables for the workers (strings) |
+  | `:startup_timeout` | `30_000` | ms a worker has to start and answer its init ping |
+  | `:max_frame` | `67_108_864` (64 MiB) | largest request or reply, in bytes |
+  | `:max_queue` | `10_000` | requests that may wait for a worker; beyond, calls fail at once with `:pool_saturated` |
+  | `:health_interval` | `30_000` | ms of idleness after which a worker is pinged |
+  | `:health_timeout` | `5_000` | ms a health ping may take before the worker is replaced |
+  | `:max_backoff` | `5_000` | longest wait, in ms, between attempts to replace a failing worker |
+  | `:max_requests` | `nil` | retire and replace a worker after this many requests |
+  | `:kill_on_timeout` | `true` | kill (and replace) a worker still running a request at its deadline; `false` keeps it and drops the late reply |
+  | `:shutdown_timeout` | `5_000` | ms running requests get to finish when the pool stops, before workers are killed |
+
+  Invalid options make `start_link/1` return `{:error, {:validation_error, :invalid_options,
+  message, context}}`.
+
+  ## Errors
+
+  Calls return `{:ok, result}` or `{:error, {category, type, message, context}}`; the categories
+  and types are listed in `DSPex.NativePool.Error`.
+
+  ## Lifecycle
+
+  Workers start in parallel; `start_link/1` returns once every one has answered an init ping
+  carrying its worker id, or `{:error, reason}` quoting the stderr of a worker that could not
+  start. Stopping the pool (supervisor shutdown, `GenServer.stop/1`, or the death of the process
+  that owns it) ends every worker process. A worker also exits by itself when its request pipe
+  closes, and is killed by the kernel if the VM dies.
+  """
+
+  use GenServer
+  require Logger
+
+  alias DSPex.NativePool.{Error, Nif, Options}
+
+  @default_timeout 60_000
+  # Deadlines are tracked in Rust too; :infinity there is this long.
+  @infinity_ms 100 * 365 * 24 * 3600 * 1000
+
+  @typedoc "A pool name, as given in `:name`."
+  @type pool :: atom
+
+  @typedoc "What a failed call returns; see `DSPex.NativePool.Error`."
+  @type error :: {:error, Error.reason()}
+
+  @typedoc "Options of `execute/3`: `:pool` (default `DSPex.NativePool`) and `:timeout` (ms, default 60 s)."
+  @type call_option :: {:pool, pool} | {:timeout, timeout}
+
+  defmodule Handle do
+    @moduledoc "A request started with `DSPex.NativePool.execute_async/3`, for `DSPex.NativePool.await/2`."
+    @enforce_keys [:ref, :ticket, :deadline, :owner, :context]
+    defstruct [:ref, :ticket, :deadline, :owner, :context]
+
+    @type t :: %__MODULE__{
+            ref: reference,
+            ticket: reference,
+            deadline: integer | :infinity,
+            owner: pid,
+            context: map
+          }
+  end
+
+  ## Starting
+
+  @doc """
+  Starts a pool linked to the caller. See the options table in the module doc.
+
+      {:ok, pid} = DSPex.NativePool.start_link(name: MyPool, pool_size: 2)
+  """
+  @spec start_link(keyword) :: GenServer.on_start()
+  def start_link(opts \\ []) do
+    case Options.validate(opts) do
+      {:ok, config} ->
+        GenServer.start_link(__MODULE__, config, name: config[:name])
+
+      {:error, message} ->
+        {:error, {:validation_error, :invalid_options, message, %{pool: opts[:name]}}}
+    end
+  end
+
+  @doc """
+  A child spec; the supervisor waits `:shutdown_timeout` plus a margin for the pool to stop.
+
+      children = [{DSPex.NativePool, name: MyPool}]
+  """
+  @spec child_spec(keyword) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    shutdown = Keyword.get(opts, :shutdown_timeout, Options.defaults()[:shutdown_timeout])
+
+    %{
+      id: Keyword.get(opts, :name, __MODULE__),
+      start: {__MODULE__, :start_link, [opts]},
+      shutdown: (is_integer(shutdown) && shutdown + 5_000) || 10_000,
+      type: :worker
+    }
+  end
+
+  ## Calling
+
+  @doc """
+  Runs `command` with `args` on an idle worker and returns its result.
+
+  `args` is a map (atom or string keys) or keyword list; values may be maps, lists, strings,
+  numbers, booleans, `nil` and atoms. Options: `:pool` (default `DSPex.NativePool`) and
+  `:timeout`, in ms or `:infinity` (default 60 000): one deadline that covers waiting in the
+  queue and running.
+
+      {:ok, %{"text" => "hi"}} = DSPex.NativePool.execute("echo", %{text: "hi"}, pool: MyPool)
+      {:error, {:timeout_error, :request_timeout, _, _}} =
+        DSPex.NativePool.execute("slow", %{}, pool: MyPool, timeout: 100)
+  """
+  @spec execute(String.t() | atom, map | keyword, [call_option]) :: {:ok, term} | error
+  def execute(command, args \\ %{}, opts \\ []) do
+    with {:ok, pool, resource, timeout, context} <- prepare(command, opts),
+         {:ok, args} <- normalize_args(args, context) do
+      ref = make_ref()
+
+      case submit(resource, ref, context.command, args, timeout) do
+        {:ok, ticket} ->
+          receive do
+            {^ref, outcome} -> outcome(outcome, context)
+          after
+            timeout -> give_up(ref, ticket, timeout, context)
+          end
+
+        {:error, reason} ->
+          {:error, Error.from_submit(reason, context, config(pool))}
+      end
+    end
+  end
+
+  @doc """
+  Like `execute/3`, but returns the result or raises `DSPex.NativePool.Error`.
+
+      %{"text" => "hi"} = DSPex.NativePool.execute!("echo", %{text: "hi"}, pool: MyPool)
+  """
+  @spec execute!(String.t() | atom, map | keyword, [call_option]) :: term
+  def execute!(command, args \\ %{}, opts \\ []) do
+    case execute(command, args, opts) do
+      {:ok, result} -> result
+      {:error, reason} -> raise Error, reason
+    end
+  end
+
+  @doc """
+  Starts a request and returns at once with a handle; `await/2` collects the result. Only the
+  calling process may await it. The deadline (`:timeout`) starts now.
+
+      handles = for i <- 1..100, do: DSPex.NativePool.execute_async("echo", %{i: i}, pool: MyPool)
+      results = Enum.map(handles, &DSPex.NativePool.await/1)
+  """
+  @spec execute_async(String.t() | atom, map | keyword, [call_option]) :: Handle.t() | error
+  def execute_async(command, args \\ %{}, opts \\ []) do
+    with {:ok, pool, resource, timeout, context} <- prepare(command, opts),
+         {:ok, args} <- normalize_args(args, context) do
+      ref = make_ref()
+
+      case submit(resource, ref, context.command, args, timeout) do
+        {:ok, ticket} ->
+          %Handle{
+            ref: ref,
+            ticket: ticket,
+            deadline: deadline(timeout),
+            owner: self(),
+            context: context
+          }
+
+        {:error, reason} ->
+          {:error, Error.from_submit(reason, context, config(pool))}
+      end
+    end
+  end
+
+  @doc """
+  Waits for a request started by `execute_async/3`: until its deadline, or `timeout` ms if that
+  comes first, after which the request is cancelled. An error tuple from `execute_async/3` is
+  passed through, so results can be piped.
+
+      handle = DSPex.NativePool.execute_async("echo", %{a: 1}, pool: MyPool)
+      {:ok, %{"a" => 1}} = DSPex.NativePool.await(handle)
+  """
+  @spec await(Handle.t() | error, timeout) :: {:ok, term} | error
+  def await(handle, timeout \\ :infinity)
+
+  def await({:error, _} = error, _timeout), do: error
+
+  def await(%Handle{owner: owner} = handle, timeout) do
+    if owner != self() do
+      raise ArgumentError, "a handle can only be awaited by the process that started it"
+    end
+
+    %Handle{ref: ref, ticket: ticket, context: context} = handle
+    wait = min_timeout(remaining(handle.deadline), timeout)
+
+    receive do
+      {^ref, outcome} -> outcome(outcome, context)
+    after
+      wait -> give_up(ref, ticket, wait, context)
+    end
+  end
+
+  ## Introspection
+
+  @doc """
+  A snapshot of the pool: `:pool_size`, `:queue_length`, `:available`, `:counters` and one map
+  per worker with `:id`, `:os_pid`, `:state` (`:starting`, `:idle`, `:busy`, `:restarting`,
+  `:stopped`), `:requests`, `:restarts`, `:last_exit` and `:queue_length`.
+
+      %{pool_size: 4, workers: [%{id: 0, state: :idle} | _]} = DSPex.NativePool.stats(MyPool)
+  """
+  @spec stats(pool) :: map | error
+  def stats(pool \\ __MODULE__) do
+    case lookup(pool) do
+      {:ok, resource} -> resource |> Nif.pool_stats() |> Map.put(:name, pool)
+      {:error, _} = error -> error
+    end
+  end
+
+  ## Internals of a call
+
+  defp prepare(command, opts) do
+    pool = Keyword.get(opts, :pool, __MODULE__)
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+    context = %{pool: pool, command: command, worker_id: nil}
+
+    cond do
+      not (is_binary(command) or (is_atom(command) and not is_nil(command))) ->
+        {:error,
+         {:validation_error, :invalid_command,
+          "the command must be a string or an atom, got: #{inspect(command)}", context}}
+
+      not (timeout == :infinity or (is_integer(timeout) and timeout >= 0)) ->
+        {:error,
+         {:validation_error, :invalid_options,
+          "timeout must be a non-negative integer (ms) or :infinity, got: #{inspect(timeout)}",
+          context}}
+
+      true ->
+        context = %{context | command: to_string(command)}
+
+        case lookup(pool) do
+          {:ok, resource} -> {:ok, pool, resource, timeout, context}
+          {:error, _} = error -> error
+        end
+    end
+  end
+
+  defp normalize_args(args, _context) when is_map(args) and not is_struct(args), do: {:ok, args}
+
+  defp normalize_args(args, context) when is_list(args) do
+    if Keyword.keyword?(args),
+      do: {:ok, Map.new(args)},
+      else: invalid_args("args must be a map or a keyword list, got: #{inspect(args)}", context)
+  end
+
+  defp normalize_args(args, context),
+    do: invalid_args("args must be a map or a keyword list, got: #{inspect(args)}", context)
+
+  defp invalid_args(message, context),
+    do: {:error, {:validation_error, :invalid_args, message, context}}
+
+  # Small arguments are encoded inline; large ones on a dirty scheduler (the NIF says which).
+  defp submit(resource, ref, command, args, timeout) do
+    timeout_ms = if timeout == :infinity, do: @infinity_ms, else: timeout
+
+    case Nif.submit(resource, ref, command, args, timeout_ms, -1) do
+      :dirty -> Nif.submit_dirty(resource, ref, command, args, timeout_ms, -1)
+      other -> other
+    end
+  end
+
+  defp outcome({:ok, _} = ok, _context), do: ok
+  defp outcome(error, context), do: {:error, Error.from_outcome(error, context)}
+
+  # The deadline passed. Once cancel/1 returns, no reply can reach the mailbox, unless one
+  # was already sent, in which case it is taken here.
+  defp give_up(ref, ticket, timeout, context) do
+    case Nif.cancel(ticket) do
+      :answered ->
+        receive do
+          {^ref, outcome} -> outcome(outcome, context)
+        end
+
+      :queued ->
+        {:error,
+         {:timeout_error, :queue_timeout,
+          "no worker became free within #{timeout} ms; the request never ran", context}}
+
+      :running ->
+        {:error,
+         {:timeout_error, :request_timeout,
+          "the worker did not answer within #{timeout} ms; its reply will be dropped", context}}
+    end
+  end
+
+  defp deadline(:infinity), do: :infinity
+  defp deadline(timeout), do: System.monotonic_time(:millisecond) + timeout
+
+  defp remaining(:infinity), do: :infinity
+  defp remaining(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
+
+  defp min_timeout(:infinity, b), do: b
+  defp min_timeout(a, :infinity), do: a
+  defp min_timeout(a, b), do: min(a, b)
+
+  defp lookup(pool) do
+    case :persistent_term.get({__MODULE__, pool}, nil) do
+      {resource, _config} ->
+        {:ok, resource}
+
+      nil ->
+        {:error,
+         {:resource_error, :pool_not_found,
+          "no pool named #{inspect(pool)} is running; start one with {DSPex.NativePool, name: #{inspect(pool)}}",
+          %{pool: pool, command: nil, worker_id: nil}}}
+    end
+  end
+
+  defp config(pool) do
+    case :persistent_term.get({__MODULE__, pool}, nil) do
+      {_resource, config} -> config
+      nil -> []
+    end
+  end
+
+  ## GenServer: owns the pool's lifecycle, never its requests
+
+  @impl true
+  def init(config) do
+    # Terminate runs on shutdown, so workers are stopped gracefully.
+    Process.flag(:trap_exit, true)
+    # The VM ignores SIGCHLD by default, which makes the kernel discard exit statuses; the pool
+    # reaps its own children, and ports reap theirs through erl_child_setup.
+    :os.set_signal(:sigchld, :default)
+    name = config[:name]
+
+    case Nif.start_pool(Options.nif_config(config), self()) do
+      {:ok, resource} ->
+        deadline = System.monotonic_time(:millisecond) + config[:startup_timeout] + 5_000
+
+        case await_workers(name, config[:pool_size], deadline) do
+          :ok ->
+            :persistent_term.put({__MODULE__, name}, {resource, config})
+            {:ok, %{name: name, resource: resource, config: config}}
+
+          {:error, reason} ->
+            Nif.stop_pool(resource, 0)
+            {:stop, reason}
+        end
+
+      {:error, message} ->
+        {:stop, {:resource_error, :startup_failed, message, %{pool: name}}}
+    end
+  end
+
+  # Every worker must answer its init ping; the first that cannot start fails the pool.
+  defp await_workers(_name, 0, _deadline), do: :ok
+
+  defp await_workers(name, pending, deadline) do
+    wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {:dspex_native_pool, :worker_ready, slot, os_pid, _restart} ->
+        Logger.debug("worker #{slot} ready (os pid #{os_pid})", pool: name, worker_id: slot)
+        await_workers(name, pending - 1, deadline)
+
+      {:dspex_native_pool, :worker_start_failed, slot, reason, _failures} ->
+        {:error, {:resource_error, :worker_start_failed, reason, %{pool: name, worker_id: slot}}}
+
+      {:dspex_native_pool, :log, slot, stream, line} ->
+        log_line(name, slot, stream, line)
+        await_workers(name, pending, deadline)
+    after
+      wait ->
+        {:error,
+         {:timeout_error, :startup_timeout, "#{pending} worker(s) did not become ready in time",
+          %{pool: name}}}
+    end
+  end
+
+  @impl true
+  def handle_info({:dspex_native_pool, :log, slot, stream, line}, state) do
+    log_line(state.name, slot, stream, line)
+    {:noreply, state}
+  end
+
+  def handle_info({:dspex_native_pool, :worker_ready, slot, os_pid, restart?}, state) do
+    if restart? do
+      Logger.info("worker #{slot} replaced (os pid #{os_pid})", pool: state.name, worker_id: slot)
+    end
+
+    {:noreply, state}
+  end
+
+  def handle_info({:dspex_native_pool, :worker_exited, slot, os_pid, reason}, state) do
+    unless String.starts_with?(reason, "stopped with the pool") do
+      Logger.warning("worker #{slot} (os pid #{os_pid}) #{reason}",
+        pool: state.name,
+        worker_id: slot
+      )
+    end
+
+    {:noreply, state}
+  end
+
+  def handle_info({:dspex_native_pool, :worker_start_failed, slot, reason, failures}, state) do
+    Logger.error("worker #{slot} failed to start (attempt #{failures}): #{reason}",
+      pool: state.name,
+      worker_id: slot
+    )
+
+    {:noreply, state}
+  end
+
+  def handle_info({:EXIT, _from, reason}, state) do
+    {:stop, reason, state}
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  @impl true
+  def terminate(_reason, state) do
+    :persistent_term.erase({__MODULE__, state.name})
+    Nif.stop_pool(state.resource, state.config[:shutdown_timeout])
+    :ok
+  end
+
+  defp log_line(name, slot, :stdout, line),
+    do: Logger.info("[python] " <> line, pool: name, worker_id: slot)
+
+  defp log_line(name, slot, :stderr, line),
+    do: Logger.warning("[python] " <> line, pool: name, worker_id: slot)
+end

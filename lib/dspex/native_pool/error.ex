@@ -1,0 +1,142 @@
+defmodule DSPex.NativePool.Error do
+  @moduledoc """
+  The error shape of `DSPex.NativePool`, and the exception `DSPex.NativePool.execute!/3` raises.
+
+  Every failure is `{:error, {category, type, message, context}}`, the shape DSPex's
+  SessionPoolV2 used, so its callers can switch without rewriting their error handling:
+
+    * `category` — one of `:timeout_error`, `:resource_error`, `:communication_error`,
+      `:system_error`, `:validation_error`;
+    * `type` — an atom naming the exact failure (table below);
+    * `message` — a sentence for humans;
+    * `context` — a map with `:pool`, `:command` and `:worker_id` where known, and for
+      Python exceptions `:python_type` and `:traceback`.
+
+  | category | type | when |
+  |---|---|---|
+  | `:validation_error` | `:invalid_args` | an argument cannot be encoded as JSON (pid, ref, fun, tuple, struct, non-UTF-8 binary, integer beyond 64 bits, nesting deeper than 128); nothing was sent |
+  | `:validation_error` | `:invalid_command` | the command is not a string or atom |
+  | `:validation_error` | `:invalid_options` | an option of the call is not valid |
+  | `:validation_error` | `:request_too_large` | the encoded request is over the pool's `:max_frame` |
+  | `:validation_error` | `:unknown_command` | the worker has no such command |
+  | `:timeout_error` | `:queue_timeout` | the deadline passed while the request waited for a worker; it never ran |
+  | `:timeout_error` | `:request_timeout` | the deadline passed while a worker ran the request; its reply, if any, is dropped |
+  | `:resource_error` | `:pool_not_found` | no pool of that name is running |
+  | `:resource_error` | `:pool_saturated` | the queue is full (`:max_queue`); fails at once |
+  | `:resource_error` | `:pool_unavailable` | every worker keeps failing to start; fails at once until one starts |
+  | `:resource_error` | `:pool_closed` | the pool stopped before (or while) the request ran |
+  | `:resource_error` | `:reply_too_large` | the worker's reply is over `:max_frame` (Python side) |
+  | `:communication_error` | `:worker_exited` | the worker process died while running the request (exit status or signal, and its last stderr lines, in the message) |
+  | `:communication_error` | `:invalid_reply` | the worker wrote bytes that are not a valid reply frame or JSON; it is replaced |
+  | `:communication_error` | `:wrong_reply_id` | the worker answered another request's id; it is replaced |
+  | `:communication_error` | `:write_failed` | the request could not be written to the worker |
+  | `:communication_error` | `:protocol_error` | the worker could not read the request |
+  | `:system_error` | `:python_exception` | the command raised; `context` has `:python_type` and `:traceback` |
+  | `:system_error` | `:unserializable_result` | the command returned something JSON cannot carry |
+  """
+
+  @type category ::
+          :timeout_error
+          | :resource_error
+          | :communication_error
+          | :system_error
+          | :validation_error
+
+  @type context :: %{optional(atom) => term}
+  @type reason :: {category, atom, String.t(), context}
+
+  defexception [:category, :type, :message, :context]
+
+  @type t :: %__MODULE__{
+          category: category,
+          type: atom,
+          message: String.t(),
+          context: context
+        }
+
+  @doc "Turns an error reason into an exception."
+  @spec exception(reason) :: t
+  def exception({category, type, message, context}) do
+    %__MODULE__{category: category, type: type, message: message, context: context}
+  end
+
+  @impl true
+  def message(%__MODULE__{category: category, type: type, message: message, context: context}) do
+    where =
+      context
+      |> Map.take([:pool, :command, :worker_id])
+      |> Enum.reject(fn {_k, v} -> is_nil(v) end)
+      |> Enum.map_join(", ", fn {k, v} -> "#{k}: #{inspect(v)}" end)
+
+    "#{category}/#{type}: #{message}" <> if(where == "", do: "", else: " (#{where})")
+  end
+
+  @doc false
+  # Maps what the NIF reports to the public shape.
+  @spec from_outcome(term, context) :: reason
+  def from_outcome({:python_error, error, worker}, context) when is_map(error) do
+    context = Map.put(context, :worker_id, worker)
+    python_type = Map.get(error, "type", "Exception")
+    message = Map.get(error, "message", "")
+
+    case python_type do
+      "UnknownCommand" -> {:validation_error, :unknown_command, message, context}
+      "FrameTooLarge" -> {:resource_error, :reply_too_large, message, context}
+      "SerializationError" -> {:system_error, :unserializable_result, message, context}
+      "ProtocolError" -> {:communication_error, :protocol_error, message, context}
+      _ -> python_exception(python_type, message, error, context)
+    end
+  end
+
+  def from_outcome({:python_error, error, worker}, context) do
+    python_exception("Exception", inspect(error), %{}, Map.put(context, :worker_id, worker))
+  end
+
+  def from_outcome({:pool_error, kind, message, worker}, context) do
+    context = Map.put(context, :worker_id, worker)
+
+    case kind do
+      :pool_closed -> {:resource_error, :pool_closed, message, context}
+      :pool_unavailable -> {:resource_error, :pool_unavailable, message, context}
+      :reply_too_large -> {:resource_error, :reply_too_large, message, context}
+      other -> {:communication_error, other, message, context}
+    end
+  end
+
+  defp python_exception(python_type, message, error, context) do
+    context =
+      Map.merge(context, %{python_type: python_type, traceback: Map.get(error, "traceback")})
+
+    {:system_error, :python_exception, "#{python_type}: #{message}", context}
+  end
+
+  @doc false
+  # Maps a refusal of the NIF's submit to the public shape.
+  @spec from_submit(term, context, keyword) :: reason
+  def from_submit(reason, context, config) do
+    case reason do
+      {:validation_error, message} ->
+        {:validation_error, :invalid_args, message, context}
+
+      {:frame_too_large, len, max} ->
+        {:validation_error, :request_too_large,
+         "the request encodes to #{len} bytes, over the pool's max_frame of #{max}", context}
+
+      :saturated ->
+        {:resource_error, :pool_saturated,
+         "the pool's queue is full (max_queue: #{config[:max_queue]}); try again later or raise :max_queue",
+         context}
+
+      :unavailable ->
+        {:resource_error, :pool_unavailable,
+         "no worker could be started; the pool keeps retrying with backoff (see the log for why)",
+         context}
+
+      :closed ->
+        {:resource_error, :pool_closed, "the pool is stopping", context}
+
+      :no_such_worker ->
+        {:validation_error, :invalid_options, "no worker with that id in this pool", context}
+    end
+  end
+end

@@ -1,0 +1,365 @@
+//! Erlang terms to JSON text and back, without an intermediate value tree.
+//!
+//! Encoding accepts maps with atom or string keys, lists, UTF-8 binaries, 64-bit integers,
+//! floats, `nil`/`true`/`false` and other atoms (as strings); anything else is refused with the
+//! path to the offending value. Decoding makes string keys only: no atom is ever created from
+//! worker data.
+
+use std::fmt;
+
+use rustler::{Binary, Encoder, Env, Term, TermType};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+rustler::atoms! {
+    nil,
+    __struct__,
+}
+
+/// Why a term cannot be encoded.
+#[derive(Debug)]
+pub enum EncodeError {
+    /// Not representable as JSON; `path` locates it (`args.items[2]`).
+    Invalid {
+        path: Vec<PathPart>,
+        message: String,
+    },
+    /// The output grew past the budget: encode again on a dirty scheduler.
+    OverBudget,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathPart {
+    Key(String),
+    Index(usize),
+}
+
+impl EncodeError {
+    fn invalid(message: impl Into<String>) -> Self {
+        EncodeError::Invalid {
+            path: Vec::new(),
+            message: message.into(),
+        }
+    }
+
+    fn within(mut self, part: PathPart) -> Self {
+        if let EncodeError::Invalid { path, .. } = &mut self {
+            path.push(part);
+        }
+        self
+    }
+
+    /// "args.items[2]: a pid cannot be encoded as JSON"
+    pub fn describe(&self, root: &str) -> String {
+        match self {
+            EncodeError::OverBudget => "over budget".to_string(),
+            EncodeError::Invalid { path, message } => {
+                let mut at = root.to_string();
+                for part in path.iter().rev() {
+                    match part {
+                        PathPart::Key(k) => {
+                            at.push('.');
+                            at.push_str(k);
+                        }
+                        PathPart::Index(i) => at.push_str(&format!("[{i}]")),
+                    }
+                }
+                format!("{at}: {message}")
+            }
+        }
+    }
+}
+
+/// Appends the JSON text of `term` to `out`. With a `budget`, gives up once `out` would exceed it.
+pub fn encode(term: Term, out: &mut Vec<u8>, budget: Option<usize>) -> Result<(), EncodeError> {
+    let limit = budget.map(|b| out.len() + b);
+    Encoding {
+        out,
+        limit,
+        depth: 0,
+    }
+    .value(term)
+}
+
+/// Deeper nesting is refused, so a hostile term cannot overflow a scheduler's stack. It matches
+/// the decoder's limit, so whatever is sent can also come back.
+pub const MAX_DEPTH: usize = 128;
+
+struct Encoding<'o> {
+    out: &'o mut Vec<u8>,
+    limit: Option<usize>,
+    depth: usize,
+}
+
+impl Encoding<'_> {
+    fn check(&self, extra: usize) -> Result<(), EncodeError> {
+        match self.limit {
+            Some(limit) if self.out.len() + extra > limit => Err(EncodeError::OverBudget),
+            _ => Ok(()),
+        }
+    }
+
+    fn value(&mut self, term: Term) -> Result<(), EncodeError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(EncodeError::invalid(format!(
+                "nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        self.depth += 1;
+        let result = self.dispatch(term);
+        self.depth -= 1;
+        result
+    }
+
+    fn dispatch(&mut self, term: Term) -> Result<(), EncodeError> {
+        match term.get_type() {
+            TermType::Atom => self.atom(term),
+            TermType::Binary => self.string(term),
+            TermType::Integer => self.integer(term),
+            TermType::Float => {
+                let f: f64 = term
+                    .decode()
+                    .map_err(|_| EncodeError::invalid("unreadable float"))?;
+                serde_json::to_writer(&mut *self.out, &f)
+                    .map_err(|e| EncodeError::invalid(e.to_string()))
+            }
+            TermType::List => self.list(term),
+            TermType::Map => self.map(term),
+            TermType::Tuple => Err(EncodeError::invalid(
+                "a tuple cannot be encoded as JSON (use a list or a map)",
+            )),
+            TermType::Pid => Err(EncodeError::invalid("a pid cannot be encoded as JSON")),
+            TermType::Port => Err(EncodeError::invalid("a port cannot be encoded as JSON")),
+            TermType::Ref => Err(EncodeError::invalid(
+                "a reference cannot be encoded as JSON",
+            )),
+            TermType::Fun => Err(EncodeError::invalid("a function cannot be encoded as JSON")),
+            TermType::Unknown => Err(EncodeError::invalid("this term cannot be encoded as JSON")),
+        }
+    }
+
+    fn atom(&mut self, term: Term) -> Result<(), EncodeError> {
+        let name = term
+            .atom_to_string()
+            .map_err(|_| EncodeError::invalid("unreadable atom"))?;
+        match name.as_str() {
+            "nil" => self.out.extend_from_slice(b"null"),
+            "true" => self.out.extend_from_slice(b"true"),
+            "false" => self.out.extend_from_slice(b"false"),
+            _ => self.text(&name)?,
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, s: &str) -> Result<(), EncodeError> {
+        self.check(s.len())?;
+        serde_json::to_writer(&mut *self.out, s).map_err(|e| EncodeError::invalid(e.to_string()))
+    }
+
+    fn string(&mut self, term: Term) -> Result<(), EncodeError> {
+        let bin = Binary::from_term(term).map_err(|_| {
+            EncodeError::invalid(
+                "a bitstring that is not a whole number of bytes cannot be encoded as JSON",
+            )
+        })?;
+        self.check(bin.len())?;
+        let s = std::str::from_utf8(bin.as_slice()).map_err(|e| {
+            EncodeError::invalid(format!(
+                "a binary that is not valid UTF-8 cannot be encoded as a JSON string (invalid byte at offset {}; Base64-encode binary data)",
+                e.valid_up_to()
+            ))
+        })?;
+        self.text(s)
+    }
+
+    fn integer(&mut self, term: Term) -> Result<(), EncodeError> {
+        if let Ok(i) = term.decode::<i64>() {
+            self.out.extend_from_slice(i.to_string().as_bytes());
+        } else if let Ok(u) = term.decode::<u64>() {
+            self.out.extend_from_slice(u.to_string().as_bytes());
+        } else {
+            return Err(EncodeError::invalid(
+                "an integer beyond 64 bits cannot be encoded (send it as a string)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn list(&mut self, mut term: Term) -> Result<(), EncodeError> {
+        self.out.push(b'[');
+        let mut index = 0;
+        while !term.is_empty_list() {
+            let (head, tail) = term
+                .list_get_cell()
+                .map_err(|_| EncodeError::invalid("an improper list cannot be encoded as JSON"))?;
+            if index > 0 {
+                self.out.push(b',');
+            }
+            self.value(head)
+                .map_err(|e| e.within(PathPart::Index(index)))?;
+            index += 1;
+            term = tail;
+        }
+        self.out.push(b']');
+        self.check(0)
+    }
+
+    fn map(&mut self, term: Term) -> Result<(), EncodeError> {
+        let env = term.get_env();
+        if term.map_get(__struct__().encode(env)).is_ok() {
+            let name = term
+                .map_get(__struct__().encode(env))
+                .ok()
+                .and_then(|m| m.atom_to_string().ok())
+                .unwrap_or_default();
+            let name = name.strip_prefix("Elixir.").unwrap_or(&name).to_string();
+            return Err(EncodeError::invalid(format!(
+                "a %{name}{{}} struct cannot be encoded as JSON (convert it to a plain map first, e.g. with Map.from_struct/1)"
+            )));
+        }
+        let iter = rustler::types::map::MapIterator::new(term)
+            .ok_or_else(|| EncodeError::invalid("unreadable map"))?;
+        self.out.push(b'{');
+        for (n, (key, value)) in iter.enumerate() {
+            if n > 0 {
+                self.out.push(b',');
+            }
+            let name = key_name(key)?;
+            self.text(&name)?;
+            self.out.push(b':');
+            self.value(value)
+                .map_err(|e| e.within(PathPart::Key(name)))?;
+        }
+        self.out.push(b'}');
+        self.check(0)
+    }
+}
+
+fn key_name(key: Term) -> Result<String, EncodeError> {
+    match key.get_type() {
+        TermType::Atom => key
+            .atom_to_string()
+            .map_err(|_| EncodeError::invalid("unreadable atom key")),
+        TermType::Binary => {
+            let bin =
+                Binary::from_term(key).map_err(|_| EncodeError::invalid("a bitstring map key"))?;
+            std::str::from_utf8(bin.as_slice())
+                .map(str::to_owned)
+                .map_err(|_| EncodeError::invalid("a map key that is not valid UTF-8"))
+        }
+        _ => Err(EncodeError::invalid(format!(
+            "map keys must be atoms or strings, got {key:?}"
+        ))),
+    }
+}
+
+/// Builds a term straight from JSON text.
+#[derive(Clone, Copy)]
+pub struct TermSeed<'a>(pub Env<'a>);
+
+impl<'de, 'a> DeserializeSeed<'de> for TermSeed<'a> {
+    type Value = Term<'a>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Term<'a>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, 'a> Visitor<'de> for TermSeed<'a> {
+    type Value = Term<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Term<'a>, E> {
+        Ok(v.encode(self.0))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Term<'a>, E> {
+        Ok(v.encode(self.0))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Term<'a>, E> {
+        Ok(v.encode(self.0))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Term<'a>, E> {
+        Ok(v.encode(self.0))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Term<'a>, E> {
+        Ok(v.encode(self.0))
+    }
+    fn visit_unit<E>(self) -> Result<Term<'a>, E> {
+        Ok(nil().encode(self.0))
+    }
+    fn visit_none<E>(self) -> Result<Term<'a>, E> {
+        Ok(nil().encode(self.0))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Term<'a>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(items.encode(self.0))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Term<'a>, A::Error> {
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            keys.push(key.as_ref().encode(self.0));
+            values.push(map.next_value_seed(self)?);
+        }
+        match Term::map_from_term_arrays(self.0, &keys, &values) {
+            Ok(m) => Ok(m),
+            // Duplicate keys: the last one wins, as in Python's json.
+            Err(_) => {
+                let mut m = Term::map_new(self.0);
+                for (k, v) in keys.into_iter().zip(values) {
+                    m = m
+                        .map_put(k, v)
+                        .map_err(|_| de::Error::custom("cannot build map"))?;
+                }
+                Ok(m)
+            }
+        }
+    }
+}
+
+/// A reply, decoded: its id, and the result or error as terms.
+pub struct DecodedReply<'a> {
+    pub id: u64,
+    pub success: bool,
+    pub payload: Term<'a>,
+}
+
+struct ReplySeed<'a>(Env<'a>);
+
+impl<'de, 'a> Visitor<'de> for ReplySeed<'a> {
+    type Value = DecodedReply<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a reply object with id, success and result or error")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut id, mut success, mut payload) = (None, None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "id" => id = Some(map.next_value::<u64>()?),
+                "success" => success = Some(map.next_value::<bool>()?),
+                "result" | "error" => payload = Some(map.next_value_seed(TermSeed(self.0))?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(DecodedReply {
+            id: id.ok_or_else(|| de::Error::missing_field("id"))?,
+            success: success.ok_or_else(|| de::Error::missing_field("success"))?,
+            payload: payload.unwrap_or_else(|| nil().encode(self.0)),
+        })
+    }
+}
+
+pub fn decode_reply<'a>(env: Env<'a>, body: &[u8]) -> Result<DecodedReply<'a>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let reply = de::Deserializer::deserialize_map(&mut de, ReplySeed(env))?;
+    de.end()?;
+    Ok(reply)
+}
