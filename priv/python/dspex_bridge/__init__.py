@@ -1,0 +1,15 @@
+"""DSPex.NativePool Python worker: the Python side of the pool's Rust NIF.
+
+Modules, one idea each:
+
+* ``protocol`` - the wire format (documented there) and frame I/O on fds 3/4
+* ``codec``    - JSON encode/decode, stdlib or orjson with identical behaviour
+* ``commands`` - the command registry and the built-in commands
+* ``handlers`` - turning a user's ``--handlers`` module into commands
+* ``errors``   - exceptions to ``{"type", "message", "traceback"}``
+* ``process``  - fd, signal, stdio and parent-death hygiene
+* ``state``    - worker identity and counters
+* ``worker``   - start-up sequence and the request loop
+
+The entry point is ``priv/python/dspex_worker.py``.
+"""

@@ -1,0 +1,113 @@
+"""JSON encoding and decoding for frame payloads, with an optional accelerator.
+
+Why a module of its own: the worker must behave the same whether or not
+``orjson`` happens to be importable on the user's machine, so every place
+where the two libraries disagree is handled here and nowhere else.
+
+The reference behaviour is the standard library's::
+
+    json.loads(payload)                        # payload: bytes / bytearray
+    json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
+               allow_nan=False).encode()
+
+When ``orjson`` imports (and ``DSPEX_WORKER_JSON`` is not ``json``), it is
+used as the fast path, and the few cases where it would answer differently
+are detected cheaply and sent to the standard library, whose answer is then
+authoritative:
+
+* ``NaN`` / ``Infinity``: orjson silently writes ``null``; stdlib (with
+  ``allow_nan=False``) raises.  If the orjson output contains ``null`` at all,
+  the value is re-encoded by the stdlib, which raises for a non-finite float.
+  (A plain ``None`` pays for one extra stdlib encode, nothing more.)
+* Integers beyond 64 bits: orjson refuses to encode them (retried with
+  stdlib, which succeeds) and decodes them as lossy floats (so a payload with
+  a run of 20+ digits anywhere, even inside a string, is decoded by stdlib
+  instead; the scan for such runs costs about 0.4 ns per payload byte).
+* Non-``str`` dict keys (int, float, bool, None): stdlib converts them to
+  strings; orjson does so with ``OPT_NON_STR_KEYS``.
+* dataclasses and datetimes: stdlib refuses them, so orjson is told to refuse
+  too (``OPT_PASSTHROUGH_*`` with no ``default``).  The remaining known
+  difference is that orjson also encodes ``uuid.UUID`` and ``enum.Enum``
+  members, which the stdlib refuses.
+* Anything orjson cannot decode (lone surrogate escapes, ``NaN`` literals) is
+  retried with the stdlib, which accepts a few of these.
+
+``dumps`` raises ``TypeError``/``ValueError`` (including
+``UnicodeEncodeError`` for strings holding lone surrogates, which cannot be
+UTF-8) or ``RecursionError`` for values that cannot be sent.
+"""
+
+import json as _json
+import os as _os
+
+_std_encoder = _json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+_std_loads = _json.loads
+
+
+def std_dumps(obj):
+    """Encode ``obj`` with the standard library (the reference behaviour)."""
+    return _std_encoder(obj).encode("utf-8")
+
+
+def std_loads(payload):
+    """Decode UTF-8 JSON ``payload`` (bytes/bytearray) with the standard library."""
+    return _std_loads(payload)
+
+
+def _load_orjson():
+    if _os.environ.get("DSPEX_WORKER_JSON", "").strip().lower() == "json":
+        return None
+    try:
+        import orjson
+    except Exception:  # not installed, or a broken install: stdlib is always fine
+        return None
+    return orjson
+
+
+_orjson = _load_orjson()
+
+if _orjson is None:
+    BACKEND = "json"
+    dumps = std_dumps
+    loads = std_loads
+else:
+    BACKEND = "orjson"
+
+    def _make_orjson_codec(orjson):
+        o_dumps = orjson.dumps
+        o_loads = orjson.loads
+        option = (
+            orjson.OPT_NON_STR_KEYS
+            | orjson.OPT_PASSTHROUGH_DATACLASS
+            | orjson.OPT_PASSTHROUGH_DATETIME
+        )
+        # u64 max has 20 digits, i64 min 19 plus the sign: only a run of 20 or
+        # more digits can be an integer orjson would turn into a float.  Map
+        # every digit to "0" and everything else to " ", then look for 20
+        # zeros: two C passes, about 3x cheaper than a regex on small frames
+        # and 20x on digit-heavy ones.
+        digits_to_zero = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+        twenty_zeros = b"0" * 20
+
+        def dumps(obj):
+            try:
+                out = o_dumps(obj, None, option)
+            except TypeError:  # orjson.JSONEncodeError is TypeError
+                return std_dumps(obj)
+            if b"null" in out:
+                return std_dumps(obj)
+            return out
+
+        def loads(payload):
+            if twenty_zeros in payload.translate(digits_to_zero):
+                return _std_loads(payload)
+            try:
+                return o_loads(payload)
+            except ValueError:  # orjson.JSONDecodeError is a ValueError
+                return _std_loads(payload)
+
+        return dumps, loads
+
+    dumps, loads = _make_orjson_codec(_orjson)

@@ -1,0 +1,242 @@
+"""Wire protocol between the DSPex.NativePool Rust NIF and a Python worker.
+
+Transport
+    The worker reads requests from **fd 3** and writes replies to **fd 4**;
+    nothing else ever touches these two descriptors.  stdout (fd 1) and
+    stderr (fd 2) are separate pipes that Rust turns into Logger lines, so
+    ``print()`` from user code, chatty libraries or C extensions can never
+    corrupt a frame.  stdin (fd 0) is ``/dev/null``.
+
+Framing (both directions)
+    A 4-byte big-endian unsigned length ``N``, then exactly ``N`` bytes of
+    UTF-8 JSON.  ``N`` may not exceed the worker's ``--max-frame`` (default
+    67108864 = 64 MiB).
+
+Request
+    ``{"id": <int>, "command": <str>, "args": <object>}``
+
+Reply, success
+    ``{"id": <same int>, "success": true, "result": <any JSON>}``
+
+Reply, failure
+    ``{"id": <same int>, "success": false,
+    "error": {"type": <str>, "message": <str>, "traceback": <str>}}``
+
+    Error types produced by the worker itself, besides the exception class
+    names of failing commands (``"ValueError"``, ``"mymod.MyError"``):
+    ``UnknownCommand``, ``ProtocolError``, ``SerializationError``,
+    ``FrameTooLarge``.
+
+Rules
+    * Exactly one reply per request, in request order, carrying the
+      request's id; ``"id"`` is always the first key of a reply, so a reader
+      can route a reply without parsing all of it.
+    * End of stream on fd 3 (at a frame boundary or inside a frame) means the
+      pool is done with this worker: it exits at once with status 0.
+    * A request length over ``--max-frame`` means the stream can no longer be
+      trusted: the worker says so on stderr and exits with status 3.
+    * A payload that is not valid JSON, or not an object with an int ``id``,
+      a str ``command`` and an object ``args``, gets a ``ProtocolError``
+      reply if its id can be recovered; otherwise the worker exits with
+      status 3.
+    * A reply that would exceed ``--max-frame`` is replaced by a
+      ``FrameTooLarge`` error reply.
+
+This module only knows bytes and frames; what commands mean lives in
+``commands.py`` and the policy for errors and exits in ``worker.py``.
+"""
+
+import io
+import os
+import re
+
+from .codec import loads, std_dumps
+
+HEADER_SIZE = 4
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+REQUEST_FD = 3
+REPLY_FD = 4
+
+
+class RequestTooLarge(Exception):
+    """A request header announced more bytes than ``--max-frame`` allows."""
+
+    def __init__(self, size, max_frame):
+        super().__init__(
+            f"request frame of {size} bytes exceeds --max-frame {max_frame} bytes"
+        )
+        self.size = size
+        self.max_frame = max_frame
+
+
+class ProtocolError(Exception):
+    """A complete frame whose payload is not a valid request.
+
+    ``request_id`` is the id recovered from the payload, or ``None`` when no
+    id could be found (then no reply can be addressed and the worker exits).
+    """
+
+    def __init__(self, message, request_id=None):
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def frame_reader(fd, max_frame):
+    """Return ``read_frame()``: the next payload as a ``bytearray``, or ``None`` at EOF.
+
+    Reads go straight to the descriptor (a raw, unbuffered ``FileIO`` and
+    ``readinto``) into a buffer of exactly the announced size, so no byte of
+    a following frame is ever consumed and no intermediate copy is made.
+    Short reads (large frames, pipe buffer of 64 KiB) are looped over.
+    ``RequestTooLarge`` is raised before any of the payload is read.
+    """
+    raw = io.FileIO(fd, "rb", closefd=False)
+    readinto = raw.readinto
+    header = bytearray(HEADER_SIZE)
+    from_bytes = int.from_bytes
+
+    def fill(buf, got):
+        # Finish a short read; False on EOF.  readinto returns 0 at EOF (and
+        # None only on a non-blocking fd, which the worker rules out at start).
+        view = memoryview(buf)
+        size = len(buf)
+        while got < size:
+            n = readinto(view[got:])
+            if not n:
+                return False
+            got += n
+        return True
+
+    def read_frame():
+        n = readinto(header)
+        if n != HEADER_SIZE and not (n and fill(header, n)):
+            return None
+        size = from_bytes(header, "big")
+        if size > max_frame:
+            raise RequestTooLarge(size, max_frame)
+        body = bytearray(size)
+        if size:
+            n = readinto(body)
+            if n != size and not (n and fill(body, n)):
+                return None
+        return body
+
+    read_frame.raw = raw  # keep the FileIO alive as long as the reader
+    return read_frame
+
+
+def frame_writer(fd):
+    """Return ``write_frame(frame)`` that writes a complete frame (header included).
+
+    The frame is one buffer handed to ``os.write``; the loop only matters
+    when the kernel accepts part of a large frame.  ``OSError`` (for example
+    ``BrokenPipeError`` once the pool is gone) propagates to the caller.
+    """
+    write = os.write
+
+    def write_frame(frame):
+        n = write(fd, frame)
+        size = len(frame)
+        if n != size:
+            view = memoryview(frame)
+            while n < size:
+                n += write(fd, view[n:])
+
+    return write_frame
+
+
+# -- requests ---------------------------------------------------------------
+
+# Rust (serde) writes "id" first; this finds it even when the rest of the
+# payload is broken, so the broken request still gets its one reply.
+_LEADING_ID = re.compile(rb'\A\s*\{\s*"id"\s*:\s*(-?[0-9]{1,20})\s*[,}]').match
+
+
+def recover_id(payload):
+    """Best-effort id of a payload that could not be decoded as a request."""
+    m = _LEADING_ID(payload)
+    return int(m.group(1)) if m else None
+
+
+def _short(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def decode_request(payload):
+    """Return ``(id, command, args)`` or raise ``ProtocolError``."""
+    try:
+        req = loads(payload)
+    except Exception as exc:  # JSONDecodeError, UnicodeDecodeError, RecursionError...
+        raise ProtocolError(
+            f"request payload is not valid UTF-8 JSON: {exc}", recover_id(payload)
+        ) from None
+    if type(req) is not dict:
+        raise ProtocolError(
+            f"request must be a JSON object, got {type(req).__name__}", None
+        )
+    rid = req.get("id")
+    if type(rid) is not int:
+        raise ProtocolError(f"request 'id' must be an integer, got {_short(rid)}", None)
+    command = req.get("command")
+    if type(command) is not str:
+        raise ProtocolError(
+            f"request 'command' must be a string, got {_short(command)}", rid
+        )
+    args = req.get("args")
+    if type(args) is not dict:
+        raise ProtocolError(
+            f"request 'args' must be a JSON object, got {type(args).__name__}", rid
+        )
+    return rid, command, args
+
+
+# -- replies ----------------------------------------------------------------
+
+_SUCCESS_PREFIX = b'{"id":%d,"success":true,"result":'
+_SUCCESS_FRAME_OVERHEAD = len(_SUCCESS_PREFIX) - 2 + 1  # minus "%d", plus "}"
+
+
+def success_frame(rid, result_json, max_frame):
+    """Complete frame for a success reply, or ``None`` if it exceeds ``max_frame``.
+
+    ``result_json`` is the already-encoded result; it is spliced into the
+    envelope instead of re-encoding a wrapper dict, which keeps ``"id"``
+    first and saves a pass over large results.
+    """
+    prefix = _SUCCESS_PREFIX % rid
+    size = len(prefix) + len(result_json) + 1
+    if size > max_frame:
+        return None
+    return b"".join((size.to_bytes(HEADER_SIZE, "big"), prefix, result_json, b"}"))
+
+
+def _clean(text, limit):
+    # Error texts come from arbitrary exceptions: make them sendable UTF-8
+    # (lone surrogates become U+FFFD) and optionally bound their length.
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + f"\n... [truncated, {len(text) - limit} more characters]"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def error_frame(rid, type_name, message, traceback_text, max_frame):
+    """Complete frame for an error reply; texts are truncated if it would not fit."""
+    for limit in (None, 16384, 1024, 64):
+        payload = std_dumps(
+            {
+                "id": rid,
+                "success": False,
+                "error": {
+                    "type": _clean(type_name, 256 if limit else None),
+                    "message": _clean(message, limit),
+                    "traceback": _clean(traceback_text, limit),
+                },
+            }
+        )
+        if len(payload) <= max_frame:
+            break
+    return len(payload).to_bytes(HEADER_SIZE, "big") + payload
