@@ -46,6 +46,7 @@ defmodule DSPex.NativePool do
   | `:max_requests` | `nil` | retire and replace a worker after this many requests |
   | `:kill_on_timeout` | `true` | kill (and replace) a worker still running a request at its deadline; `false` keeps it and drops the late reply |
   | `:shutdown_timeout` | `5_000` | ms running requests get to finish when the pool stops, before workers are killed |
+  | `:session_ttl` | `3_600_000` | ms after which an idle session is forgotten and its state freed on its worker |
 
   Invalid options make `start_link/1` return `{:error, {:validation_error, :invalid_options,
   message, context}}`.
@@ -67,9 +68,11 @@ defmodule DSPex.NativePool do
   use GenServer
   require Logger
 
-  alias DSPex.NativePool.{Error, Nif, Options}
+  alias DSPex.NativePool.{Error, Nif, Options, Telemetry}
 
   @default_timeout 60_000
+  # Commands whose effect must hold on every worker; see execute/3.
+  @pool_wide ["configure_lm", "create_program", "delete_program", "reset_state"]
   # Deadlines are tracked in Rust too; :infinity there is this long.
   @infinity_ms 100 * 365 * 24 * 3600 * 1000
 
@@ -141,27 +144,20 @@ defmodule DSPex.NativePool do
   `:timeout`, in ms or `:infinity` (default 60 000): one deadline that covers waiting in the
   queue and running.
 
+  Commands that define pool-wide state (#{Enum.map_join(@pool_wide, ", ", &"`#{&1}`")}) run on
+  every worker, as with `broadcast/3`, and are replayed on workers that replace them; the
+  first worker's result is returned.
+
       {:ok, %{"text" => "hi"}} = DSPex.NativePool.execute("echo", %{text: "hi"}, pool: MyPool)
       {:error, {:timeout_error, :request_timeout, _, _}} =
         DSPex.NativePool.execute("slow", %{}, pool: MyPool, timeout: 100)
   """
   @spec execute(String.t() | atom, map | keyword, [call_option]) :: {:ok, term} | error
   def execute(command, args \\ %{}, opts \\ []) do
-    with {:ok, pool, resource, timeout, context} <- prepare(command, opts),
-         {:ok, args} <- normalize_args(args, context) do
-      ref = make_ref()
-
-      case submit(resource, ref, context.command, args, timeout) do
-        {:ok, ticket} ->
-          receive do
-            {^ref, outcome} -> outcome(outcome, context)
-          after
-            timeout -> give_up(ref, ticket, timeout, context)
-          end
-
-        {:error, reason} ->
-          {:error, Error.from_submit(reason, context, config(pool))}
-      end
+    with {:ok, call} <- prepare(command, args, opts) do
+      if call.context.command in @pool_wide,
+        do: pool_wide(call),
+        else: run(call, nil, nil)
     end
   end
 
@@ -179,6 +175,98 @@ defmodule DSPex.NativePool do
   end
 
   @doc """
+  Runs `command` on the worker that holds session `session_id`, binding the session to the
+  least-loaded worker on first use. `"session_id"` is added to `args`.
+
+  What a session creates there (`create_program`; `delete_program` forgets it) is remembered:
+  if the worker dies, a replacement re-creates it before the session's next request runs.
+  A `create_program` without a `program_id` gets one here, so the re-creation keeps it.
+
+      {:ok, %{"program_id" => id}} =
+        DSPex.NativePool.execute_in_session("user-42", "create_program",
+          %{signature: "question -> answer"}, pool: MyPool)
+
+      {:ok, %{"outputs" => _}} =
+        DSPex.NativePool.execute_in_session("user-42", "execute_program",
+          %{program_id: id, inputs: %{question: "2+2?"}}, pool: MyPool)
+  """
+  @spec execute_in_session(String.t(), String.t() | atom, map | keyword, [call_option]) ::
+          {:ok, term} | error
+  def execute_in_session(session_id, command, args \\ %{}, opts \\ [])
+
+  def execute_in_session(session_id, command, args, opts) when is_binary(session_id) do
+    with {:ok, call} <- prepare(command, args, opts) do
+      call = %{call | context: Map.put(call.context, :session_id, session_id)}
+      {call, record} = session_record(call, session_id)
+      run(call, {:session, session_id}, record)
+    end
+  end
+
+  def execute_in_session(session_id, _command, _args, opts) do
+    {:error,
+     {:validation_error, :invalid_session,
+      "a session id must be a string, got: #{inspect(session_id)}",
+      %{pool: Keyword.get(opts, :pool, __MODULE__), session_id: session_id}}}
+  end
+
+  @doc """
+  Ends a session: its state is freed on its worker (`cleanup_session`) and it is forgotten.
+  Returns `:ok` whether or not the session existed.
+
+      :ok = DSPex.NativePool.end_session("user-42", pool: MyPool)
+  """
+  @spec end_session(String.t(), [call_option]) :: :ok | error
+  def end_session(session_id, opts \\ []) when is_binary(session_id) do
+    with {:ok, call} <- prepare("cleanup_session", %{session_id: session_id}, opts) do
+      case Nif.end_session(call.resource, session_id) do
+        nil ->
+          :ok
+
+        worker ->
+          call = %{call | context: Map.put(call.context, :session_id, session_id)}
+
+          case run(call, {:worker, worker}, nil) do
+            {:ok, _} -> :ok
+            {:error, _} = error -> error
+          end
+      end
+    end
+  end
+
+  @doc """
+  The live sessions of a pool: `:id`, `:worker` (the worker index holding it), `:requests`,
+  `:age_ms`, `:idle_ms` and `:definitions` (the number of remembered creations).
+
+      [%{id: "user-42", worker: 1}] = DSPex.NativePool.sessions(MyPool)
+  """
+  @spec sessions(pool) :: [map] | error
+  def sessions(pool \\ __MODULE__) do
+    with {:ok, resource, _config} <- lookup(pool), do: Nif.list_sessions(resource)
+  end
+
+  @doc """
+  Runs `command` on every worker and returns each worker's result, keyed by worker index.
+
+      {:ok, %{0 => {:ok, %{"status" => "ok"}}, 1 => {:ok, _}}} =
+        DSPex.NativePool.broadcast("ping", %{}, pool: MyPool)
+  """
+  @spec broadcast(String.t() | atom, map | keyword, [call_option]) ::
+          {:ok, %{non_neg_integer => {:ok, term} | error}} | error
+  def broadcast(command, args \\ %{}, opts \\ []) do
+    with {:ok, call} <- prepare(command, args, opts), do: {:ok, run_everywhere(call)}
+  end
+
+  @doc """
+  Configures the language model on every worker, now and on every worker started later.
+  `config` is what the bridge's `configure_lm` takes: `%{model: "openai/gpt-4o-mini"}` (keys
+  from the environment) or `%{model: "dummy", answers: [%{answer: "Paris"}]}` for offline use.
+
+      {:ok, _} = DSPex.NativePool.configure_lm(%{model: "dummy", answers: [%{answer: "4"}]}, pool: MyPool)
+  """
+  @spec configure_lm(map | keyword, [call_option]) :: {:ok, term} | error
+  def configure_lm(config, opts \\ []), do: execute("configure_lm", config, opts)
+
+  @doc """
   Starts a request and returns at once with a handle; `await/2` collects the result. Only the
   calling process may await it. The deadline (`:timeout`) starts now.
 
@@ -187,11 +275,11 @@ defmodule DSPex.NativePool do
   """
   @spec execute_async(String.t() | atom, map | keyword, [call_option]) :: Handle.t() | error
   def execute_async(command, args \\ %{}, opts \\ []) do
-    with {:ok, pool, resource, timeout, context} <- prepare(command, opts),
-         {:ok, args} <- normalize_args(args, context) do
+    with {:ok, call} <- prepare(command, args, opts) do
+      %{resource: resource, args: args, timeout: timeout, context: context} = call
       ref = make_ref()
 
-      case submit(resource, ref, context.command, args, timeout) do
+      case submit(resource, ref, context.command, args, timeout, nil, nil) do
         {:ok, ticket} ->
           %Handle{
             ref: ref,
@@ -202,7 +290,7 @@ defmodule DSPex.NativePool do
           }
 
         {:error, reason} ->
-          {:error, Error.from_submit(reason, context, config(pool))}
+          rejected(reason, call)
       end
     end
   end
@@ -238,23 +326,26 @@ defmodule DSPex.NativePool do
   ## Introspection
 
   @doc """
-  A snapshot of the pool: `:pool_size`, `:queue_length`, `:available`, `:counters` and one map
-  per worker with `:id`, `:os_pid`, `:state` (`:starting`, `:idle`, `:busy`, `:restarting`,
-  `:stopped`), `:requests`, `:restarts`, `:last_exit` and `:queue_length`.
+  A snapshot of the pool: `:pool_size`, `:queue_length`, `:available`, `:sessions`,
+  `:counters` (`:completed`, `:timed_out`, `:rejected`, `:dropped`, `:worker_exited`,
+  `:invalid_reply`, `:pool_closed`, `:pool_unavailable`) and one map per worker with `:id`,
+  `:os_pid`, `:state` (`:starting`, `:idle`, `:busy`, `:restarting`, `:stopped`), `:requests`,
+  `:restarts`, `:last_exit` and `:queue_length`.
 
       %{pool_size: 4, workers: [%{id: 0, state: :idle} | _]} = DSPex.NativePool.stats(MyPool)
   """
   @spec stats(pool) :: map | error
   def stats(pool \\ __MODULE__) do
-    case lookup(pool) do
-      {:ok, resource} -> resource |> Nif.pool_stats() |> Map.put(:name, pool)
-      {:error, _} = error -> error
+    with {:ok, resource, _config} <- lookup(pool) do
+      resource
+      |> Nif.pool_stats()
+      |> Map.merge(%{name: pool, sessions: length(Nif.list_sessions(resource))})
     end
   end
 
   ## Internals of a call
 
-  defp prepare(command, opts) do
+  defp prepare(command, args, opts) do
     pool = Keyword.get(opts, :pool, __MODULE__)
     timeout = Keyword.get(opts, :timeout, @default_timeout)
     context = %{pool: pool, command: command, worker_id: nil}
@@ -274,9 +365,10 @@ defmodule DSPex.NativePool do
       true ->
         context = %{context | command: to_string(command)}
 
-        case lookup(pool) do
-          {:ok, resource} -> {:ok, pool, resource, timeout, context}
-          {:error, _} = error -> error
+        with {:ok, resource, config} <- lookup(pool),
+             {:ok, args} <- normalize_args(args, context) do
+          {:ok,
+           %{resource: resource, config: config, args: args, timeout: timeout, context: context}}
         end
     end
   end
@@ -295,14 +387,42 @@ defmodule DSPex.NativePool do
   defp invalid_args(message, context),
     do: {:error, {:validation_error, :invalid_args, message, context}}
 
+  # One request, from submit to reply, in the caller's process.
+  defp run(call, target, record) do
+    %{resource: resource, args: args, timeout: timeout, context: context} = call
+    started = Telemetry.start(context)
+    ref = make_ref()
+
+    result =
+      case submit(resource, ref, context.command, args, timeout, target, record) do
+        {:ok, ticket} ->
+          receive do
+            {^ref, outcome} -> outcome(outcome, context)
+          after
+            timeout -> give_up(ref, ticket, timeout, context)
+          end
+
+        {:error, reason} ->
+          rejected(reason, call)
+      end
+
+    Telemetry.stop(started, context, result)
+  end
+
   # Small arguments are encoded inline; large ones on a dirty scheduler (the NIF says which).
-  defp submit(resource, ref, command, args, timeout) do
+  defp submit(resource, ref, command, args, timeout, target, record) do
     timeout_ms = if timeout == :infinity, do: @infinity_ms, else: timeout
 
-    case Nif.submit(resource, ref, command, args, timeout_ms, -1) do
-      :dirty -> Nif.submit_dirty(resource, ref, command, args, timeout_ms, -1)
+    case Nif.submit(resource, ref, command, args, timeout_ms, target, record) do
+      :dirty -> Nif.submit_dirty(resource, ref, command, args, timeout_ms, target, record)
       other -> other
     end
+  end
+
+  defp rejected(reason, call) do
+    {:error, error} = {:error, Error.from_submit(reason, call.context, call.config)}
+    Telemetry.rejected(call.context, error)
+    {:error, error}
   end
 
   defp outcome({:ok, _} = ok, _context), do: ok
@@ -329,6 +449,107 @@ defmodule DSPex.NativePool do
     end
   end
 
+  # Every worker gets its own request; all run concurrently under one deadline.
+  defp run_everywhere(call) do
+    %{resource: resource, args: args, timeout: timeout, context: context} = call
+    deadline = deadline(timeout)
+
+    pending =
+      for worker <- 0..(call.config[:pool_size] - 1) do
+        ref = make_ref()
+        context = %{context | worker_id: worker}
+
+        case submit(resource, ref, context.command, args, timeout, {:worker, worker}, nil) do
+          {:ok, ticket} -> {worker, {ref, ticket, context}}
+          {:error, reason} -> {worker, rejected(reason, %{call | context: context})}
+        end
+      end
+
+    Map.new(pending, fn
+      {worker, {ref, ticket, context}} -> {worker, await_reply(ref, ticket, deadline, context)}
+      {worker, error} -> {worker, error}
+    end)
+  end
+
+  defp await_reply(ref, ticket, deadline, context) do
+    wait = remaining(deadline)
+
+    receive do
+      {^ref, outcome} -> outcome(outcome, context)
+    after
+      wait -> give_up(ref, ticket, wait, context)
+    end
+  end
+
+  # Pool-wide state: remembered for future workers first, so none can miss it, then applied to
+  # every current worker.
+  defp pool_wide(call) do
+    call = remember_pool_wide(call)
+    results = run_everywhere(call)
+
+    case Enum.find(results, fn {_worker, result} -> match?({:error, _}, result) end) do
+      nil -> results |> Enum.min_by(&elem(&1, 0)) |> elem(1)
+      {_worker, error} -> error
+    end
+  end
+
+  defp remember_pool_wide(%{context: %{command: "create_program"}} = call) do
+    call = ensure_program_id(call)
+    key = "program:" <> program_id(call.args)
+    :ok = Nif.record_global(call.resource, key, "create_program", call.args)
+    call
+  end
+
+  defp remember_pool_wide(%{context: %{command: "delete_program"}} = call) do
+    Nif.forget_global(call.resource, "program:" <> to_string(program_id(call.args)))
+    call
+  end
+
+  defp remember_pool_wide(%{context: %{command: "reset_state"}} = call) do
+    Nif.forget_global(call.resource, "program:")
+    call
+  end
+
+  defp remember_pool_wide(%{context: %{command: "configure_lm"}} = call) do
+    case Nif.record_global(call.resource, "configure_lm", "configure_lm", call.args) do
+      :ok -> call
+      # Unencodable: the call itself reports it.
+      {:error, _} -> call
+    end
+  end
+
+  # Session state to remember on success: what create_program made, what delete_program drops.
+  defp session_record(call, session_id) do
+    call = %{call | args: Map.put(drop_key(call.args, :session_id), "session_id", session_id)}
+
+    case call.context.command do
+      "create_program" ->
+        call = ensure_program_id(call)
+        {call, {:put, session_id, program_id(call.args)}}
+
+      "delete_program" ->
+        {call, {:delete, session_id, to_string(program_id(call.args))}}
+
+      _ ->
+        {call, nil}
+    end
+  end
+
+  defp ensure_program_id(call) do
+    case program_id(call.args) do
+      nil ->
+        id = "prog_" <> Integer.to_string(System.unique_integer([:positive]), 36)
+        %{call | args: Map.put(call.args, "program_id", id)}
+
+      _id ->
+        call
+    end
+  end
+
+  defp program_id(args), do: Map.get(args, "program_id") || Map.get(args, :program_id)
+
+  defp drop_key(args, key), do: args |> Map.delete(key) |> Map.delete(Atom.to_string(key))
+
   defp deadline(:infinity), do: :infinity
   defp deadline(timeout), do: System.monotonic_time(:millisecond) + timeout
 
@@ -341,21 +562,14 @@ defmodule DSPex.NativePool do
 
   defp lookup(pool) do
     case :persistent_term.get({__MODULE__, pool}, nil) do
-      {resource, _config} ->
-        {:ok, resource}
+      {resource, config} ->
+        {:ok, resource, config}
 
       nil ->
         {:error,
          {:resource_error, :pool_not_found,
           "no pool named #{inspect(pool)} is running; start one with {DSPex.NativePool, name: #{inspect(pool)}}",
           %{pool: pool, command: nil, worker_id: nil}}}
-    end
-  end
-
-  defp config(pool) do
-    case :persistent_term.get({__MODULE__, pool}, nil) do
-      {_resource, config} -> config
-      nil -> []
     end
   end
 
@@ -368,6 +582,7 @@ defmodule DSPex.NativePool do
     # The VM ignores SIGCHLD by default, which makes the kernel discard exit statuses; the pool
     # reaps its own children, and ports reap theirs through erl_child_setup.
     :os.set_signal(:sigchld, :default)
+    Telemetry.refresh()
     name = config[:name]
 
     case Nif.start_pool(Options.nif_config(config), self()) do
@@ -377,6 +592,7 @@ defmodule DSPex.NativePool do
         case await_workers(name, config[:pool_size], deadline) do
           :ok ->
             :persistent_term.put({__MODULE__, name}, {resource, config})
+            schedule_session_sweep(config)
             {:ok, %{name: name, resource: resource, config: config}}
 
           {:error, reason} ->
@@ -396,15 +612,16 @@ defmodule DSPex.NativePool do
     wait = max(deadline - System.monotonic_time(:millisecond), 0)
 
     receive do
-      {:dspex_native_pool, :worker_ready, slot, os_pid, _restart} ->
-        Logger.debug("worker #{slot} ready (os pid #{os_pid})", pool: name, worker_id: slot)
+      {:dspex_native_pool, :worker_ready, worker, os_pid, restart?} ->
+        worker_started(name, worker, os_pid, restart?)
         await_workers(name, pending - 1, deadline)
 
-      {:dspex_native_pool, :worker_start_failed, slot, reason, _failures} ->
-        {:error, {:resource_error, :worker_start_failed, reason, %{pool: name, worker_id: slot}}}
+      {:dspex_native_pool, :worker_start_failed, worker, reason, _failures} ->
+        {:error,
+         {:resource_error, :worker_start_failed, reason, %{pool: name, worker_id: worker}}}
 
-      {:dspex_native_pool, :log, slot, stream, line} ->
-        log_line(name, slot, stream, line)
+      {:dspex_native_pool, :log, worker, stream, line} ->
+        log_line(name, worker, stream, line)
         await_workers(name, pending, deadline)
     after
       wait ->
@@ -415,42 +632,70 @@ defmodule DSPex.NativePool do
   end
 
   @impl true
-  def handle_info({:dspex_native_pool, :log, slot, stream, line}, state) do
-    log_line(state.name, slot, stream, line)
+  def handle_info({:dspex_native_pool, :log, worker, stream, line}, state) do
+    log_line(state.name, worker, stream, line)
     {:noreply, state}
   end
 
-  def handle_info({:dspex_native_pool, :worker_ready, slot, os_pid, restart?}, state) do
-    if restart? do
-      Logger.info("worker #{slot} replaced (os pid #{os_pid})", pool: state.name, worker_id: slot)
-    end
-
+  def handle_info({:dspex_native_pool, :worker_ready, worker, os_pid, restart?}, state) do
+    worker_started(state.name, worker, os_pid, restart?)
     {:noreply, state}
   end
 
-  def handle_info({:dspex_native_pool, :worker_exited, slot, os_pid, reason}, state) do
+  def handle_info({:dspex_native_pool, :worker_exited, worker, os_pid, reason}, state) do
+    Telemetry.worker(:exit, %{pool: state.name, worker_id: worker, os_pid: os_pid, reason: reason})
+
     unless String.starts_with?(reason, "stopped with the pool") do
-      Logger.warning("worker #{slot} (os pid #{os_pid}) #{reason}",
+      Logger.warning("worker #{worker} (os pid #{os_pid}) #{reason}",
         pool: state.name,
-        worker_id: slot
+        worker_id: worker
       )
     end
 
     {:noreply, state}
   end
 
-  def handle_info({:dspex_native_pool, :worker_start_failed, slot, reason, failures}, state) do
-    Logger.error("worker #{slot} failed to start (attempt #{failures}): #{reason}",
+  def handle_info({:dspex_native_pool, :worker_start_failed, worker, reason, failures}, state) do
+    Logger.error("worker #{worker} failed to start (attempt #{failures}): #{reason}",
       pool: state.name,
-      worker_id: slot
+      worker_id: worker
     )
 
+    {:noreply, state}
+  end
+
+  def handle_info({:dspex_native_pool, :warning, worker, message}, state) do
+    Logger.warning(message, pool: state.name, worker_id: worker)
+    {:noreply, state}
+  end
+
+  # Idle sessions are forgotten and their state freed on their workers.
+  def handle_info(:sweep_sessions, state) do
+    for {session_id, worker} <- Nif.expire_sessions(state.resource, state.config[:session_ttl]) do
+      Logger.debug("session #{inspect(session_id)} expired", pool: state.name, worker_id: worker)
+      args = %{"session_id" => session_id}
+
+      Nif.submit(
+        state.resource,
+        make_ref(),
+        "cleanup_session",
+        args,
+        30_000,
+        {:worker, worker},
+        nil
+      )
+    end
+
+    schedule_session_sweep(state.config)
     {:noreply, state}
   end
 
   def handle_info({:EXIT, _from, reason}, state) do
     {:stop, reason, state}
   end
+
+  # Replies to the session clean-ups sent above.
+  def handle_info({ref, _outcome}, state) when is_reference(ref), do: {:noreply, state}
 
   def handle_info(_other, state), do: {:noreply, state}
 
@@ -459,6 +704,20 @@ defmodule DSPex.NativePool do
     :persistent_term.erase({__MODULE__, state.name})
     Nif.stop_pool(state.resource, state.config[:shutdown_timeout])
     :ok
+  end
+
+  defp worker_started(name, worker, os_pid, restart?) do
+    Telemetry.worker(:start, %{pool: name, worker_id: worker, os_pid: os_pid, restart: restart?})
+
+    if restart? do
+      Logger.info("worker #{worker} replaced (os pid #{os_pid})", pool: name, worker_id: worker)
+    else
+      Logger.debug("worker #{worker} ready (os pid #{os_pid})", pool: name, worker_id: worker)
+    end
+  end
+
+  defp schedule_session_sweep(config) do
+    Process.send_after(self(), :sweep_sessions, min(config[:session_ttl], 60_000))
   end
 
   defp log_line(name, slot, :stdout, line),

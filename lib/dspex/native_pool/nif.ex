@@ -9,15 +9,17 @@ defmodule DSPex.NativePool.Nif do
     :erlang.load_nif(path, 0)
   end
 
-  def start_pool(_config, _owner), do: :erlang.nif_error(:nif_not_loaded)
+  def start_pool(_config, _owner), do: err()
+  def submit(_pool, _tag, _command, _args, _timeout_ms, _target, _record), do: err()
+  def submit_dirty(_pool, _tag, _command, _args, _timeout_ms, _target, _record), do: err()
+  def cancel(_ticket), do: err()
+  def stop_pool(_pool, _grace_ms), do: err()
+  def pool_stats(_pool), do: err()
+  def record_global(_pool, _key, _command, _args), do: err()
+  def forget_global(_pool, _prefix), do: err()
+  def end_session(_pool, _session), do: err()
+  def expire_sessions(_pool, _ttl_ms), do: err()
+  def list_sessions(_pool), do: err()
 
-  def submit(_pool, _tag, _command, _args, _timeout_ms, _worker),
-    do: :erlang.nif_error(:nif_not_loaded)
-
-  def submit_dirty(_pool, _tag, _command, _args, _timeout_ms, _worker),
-    do: :erlang.nif_error(:nif_not_loaded)
-
-  def cancel(_ticket), do: :erlang.nif_error(:nif_not_loaded)
-  def stop_pool(_pool, _grace_ms), do: :erlang.nif_error(:nif_not_loaded)
-  def pool_stats(_pool), do: :erlang.nif_error(:nif_not_loaded)
+  defp err, do: :erlang.nif_error(:nif_not_loaded)
 end

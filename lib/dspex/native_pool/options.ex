@@ -20,7 +20,8 @@ defmodule DSPex.NativePool.Options do
     max_backoff: 5_000,
     max_requests: nil,
     kill_on_timeout: true,
-    shutdown_timeout: 5_000
+    shutdown_timeout: 5_000,
+    session_ttl: 3_600_000
   ]
 
   @doc false
@@ -107,8 +108,9 @@ defmodule DSPex.NativePool.Options do
   defp check(:kill_on_timeout, bool) when is_boolean(bool), do: {:ok, bool}
   defp check(:kill_on_timeout, other), do: {:error, "expected a boolean, got: #{inspect(other)}"}
 
-  defp check(key, n) when key in [:health_timeout, :startup_timeout] and is_integer(n) and n > 0,
-    do: {:ok, n}
+  defp check(key, n)
+       when key in [:health_timeout, :startup_timeout, :session_ttl] and is_integer(n) and n > 0,
+       do: {:ok, n}
 
   defp check(key, n)
        when key in [:max_frame, :max_queue, :max_requests] and is_integer(n) and n > 0,

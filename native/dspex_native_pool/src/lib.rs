@@ -7,6 +7,7 @@ pub mod pool;
 pub mod process;
 pub mod protocol;
 pub mod request;
+pub mod sessions;
 pub mod term_json;
 pub mod worker;
 
@@ -32,7 +33,8 @@ mod atoms {
         pool_closed, pool_unavailable,
         starting, idle, busy, restarting, stopped,
         stdout, stderr,
-        dspex_native_pool, worker_ready, worker_start_failed, log,
+        dspex_native_pool, worker_ready, worker_start_failed, log, warning,
+        worker, session, put, delete, slot, idle_ms, age_ms, definitions,
         pool_size, queue_length, available, closing, workers, counters,
         id, os_pid, state, requests, restarts, last_exit,
         completed, timed_out, rejected, dropped,
@@ -88,9 +90,9 @@ impl Caller for ProcessCaller {
         self.env.run(|env| env.is_process_alive(self.pid))
     }
 
-    fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<(), Failure> {
+    fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<bool, Failure> {
         let tag = &self.tag;
-        let message = self.env.run(|env| -> Result<SavedTerm, Failure> {
+        let (message, success) = self.env.run(|env| -> Result<(SavedTerm, bool), Failure> {
             let reply = term_json::decode_reply(env, body).map_err(|e| Failure {
                 kind: FailureKind::InvalidReply,
                 message: format!(
@@ -114,10 +116,10 @@ impl Caller for ProcessCaller {
             } else {
                 (atoms::python_error(), reply.payload, worker).encode(env)
             };
-            Ok(self.env.save((tag.load(env), outcome)))
+            Ok((self.env.save((tag.load(env), outcome)), reply.success))
         })?;
         let _ = self.env.send_and_clear(&self.pid, |env| message.load(env));
-        Ok(())
+        Ok(success)
     }
 
     fn fail(&mut self, failure: Failure) {
@@ -178,6 +180,9 @@ impl EventSink for OwnerEvents {
                     os_pid,
                     reason,
                 } => (tag, atoms::worker_exited(), *slot, *os_pid, reason.as_str()).encode(env),
+                Event::Warning { slot, message } => {
+                    (tag, atoms::warning(), *slot, message.as_str()).encode(env)
+                }
                 Event::Log { slot, stream, line } => {
                     let stream = match stream {
                         pool::Stream::Stdout => atoms::stdout(),
@@ -243,6 +248,37 @@ fn start_pool<'a>(env: Env<'a>, config: Term<'a>, owner: LocalPid) -> NifResult<
     }
 }
 
+/// Where a request goes: `nil` (any worker), `{:worker, index}` or `{:session, id}`.
+enum Target {
+    Any,
+    Worker(usize),
+    Session(String),
+}
+
+fn decode_target(term: Term) -> NifResult<Target> {
+    if term.is_atom() {
+        return Ok(Target::Any);
+    }
+    let (kind, value): (rustler::Atom, Term) = term.decode()?;
+    if kind == atoms::worker() {
+        Ok(Target::Worker(value.decode()?))
+    } else if kind == atoms::session() {
+        Ok(Target::Session(value.decode()?))
+    } else {
+        Err(rustler::Error::BadArg)
+    }
+}
+
+/// What to remember on success: `nil`, `{:put, session, key}` or `{:delete, session, key}`.
+fn decode_record(term: Term) -> NifResult<Option<(String, String, bool)>> {
+    if term.is_atom() {
+        return Ok(None);
+    }
+    let (kind, session, key): (rustler::Atom, String, String) = term.decode()?;
+    Ok(Some((session, key, kind == atoms::put())))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn submit_with<'a>(
     env: Env<'a>,
     pool: &PoolResource,
@@ -250,30 +286,50 @@ fn submit_with<'a>(
     command: String,
     args: Term<'a>,
     timeout_ms: u64,
-    worker: i64,
+    target: Term<'a>,
+    record: Term<'a>,
     budget: Option<usize>,
-) -> Term<'a> {
+) -> NifResult<Term<'a>> {
+    let target = decode_target(target)?;
+    let record = decode_record(record)?;
     let deadline = Instant::now() + millis(timeout_ms);
     let id = pool::next_request_id();
     let mut buf = protocol::begin_request(id, &command, 256);
+    let args_start = buf.len();
     match term_json::encode(args, &mut buf, budget) {
         Ok(()) => {}
-        Err(EncodeError::OverBudget) => return atoms::dirty().encode(env),
+        Err(EncodeError::OverBudget) => return Ok(atoms::dirty().encode(env)),
         Err(e) => {
-            return (
+            return Ok((
                 atoms::error(),
                 (atoms::validation_error(), e.describe("args")),
             )
-                .encode(env)
+                .encode(env))
         }
     }
+    let record = record.map(|(session, key, put)| {
+        let record = if put {
+            sessions::Record::Put {
+                key,
+                replay: sessions::Replay {
+                    command: command.clone(),
+                    args_json: buf[args_start..].to_vec(),
+                },
+            }
+        } else {
+            sessions::Record::Delete { key }
+        };
+        (session, record)
+    });
     let max_frame = pool.pool.config().max_frame;
     let frame = match protocol::finish_request(buf, max_frame) {
         Ok(frame) => frame,
         Err(frame::FrameError::TooLarge { len, max }) => {
-            return (atoms::error(), (atoms::frame_too_large(), len, max)).encode(env)
+            return Ok((atoms::error(), (atoms::frame_too_large(), len, max)).encode(env))
         }
-        Err(e) => return (atoms::error(), (atoms::validation_error(), e.to_string())).encode(env),
+        Err(e) => {
+            return Ok((atoms::error(), (atoms::validation_error(), e.to_string())).encode(env))
+        }
     };
     let owned = OwnedEnv::new();
     let saved_tag = owned.save(tag);
@@ -289,14 +345,15 @@ fn submit_with<'a>(
             env: owned,
             tag: saved_tag,
         }),
+        record,
     };
-    let route = if worker < 0 {
-        Route::AnyWorker
-    } else {
-        Route::Worker(worker as usize)
+    let route = match &target {
+        Target::Any => Route::AnyWorker,
+        Target::Worker(i) => Route::Worker(*i),
+        Target::Session(s) => Route::Session(s),
     };
-    match pool.pool.submit(request, route) {
-        Ok(()) => (atoms::ok(), ResourceArc::new(TicketResource(ticket))).encode(env),
+    Ok(match pool.pool.submit(request, route) {
+        Ok(_) => (atoms::ok(), ResourceArc::new(TicketResource(ticket))).encode(env),
         Err((e, _request)) => {
             let reason = match e {
                 SubmitError::Saturated => atoms::saturated(),
@@ -306,12 +363,13 @@ fn submit_with<'a>(
             };
             (atoms::error(), reason).encode(env)
         }
-    }
+    })
 }
 
 /// Encodes and enqueues a request; the reply arrives as `{tag, outcome}`. Returns `:dirty` when
-/// the arguments are too large to encode here: call `submit_dirty/6` instead.
+/// the arguments are too large to encode here: call `submit_dirty/8` instead.
 #[rustler::nif]
+#[allow(clippy::too_many_arguments)]
 fn submit<'a>(
     env: Env<'a>,
     pool: ResourceArc<PoolResource>,
@@ -319,8 +377,9 @@ fn submit<'a>(
     command: String,
     arguments: Term<'a>,
     timeout_ms: u64,
-    worker: i64,
-) -> Term<'a> {
+    target: Term<'a>,
+    record: Term<'a>,
+) -> NifResult<Term<'a>> {
     submit_with(
         env,
         &pool,
@@ -328,12 +387,14 @@ fn submit<'a>(
         command,
         arguments,
         timeout_ms,
-        worker,
+        target,
+        record,
         Some(INLINE_ENCODE_BUDGET),
     )
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
+#[allow(clippy::too_many_arguments)]
 fn submit_dirty<'a>(
     env: Env<'a>,
     pool: ResourceArc<PoolResource>,
@@ -341,11 +402,81 @@ fn submit_dirty<'a>(
     command: String,
     arguments: Term<'a>,
     timeout_ms: u64,
-    worker: i64,
-) -> Term<'a> {
+    target: Term<'a>,
+    record: Term<'a>,
+) -> NifResult<Term<'a>> {
     submit_with(
-        env, &pool, tag, command, arguments, timeout_ms, worker, None,
+        env, &pool, tag, command, arguments, timeout_ms, target, record, None,
     )
+}
+
+/// Remembers a pool-wide command (e.g. configuring the LM) to replay on every new worker.
+#[rustler::nif]
+fn record_global<'a>(
+    env: Env<'a>,
+    pool: ResourceArc<PoolResource>,
+    key: String,
+    command: String,
+    arguments: Term<'a>,
+) -> Term<'a> {
+    let mut args_json = Vec::new();
+    if let Err(e) = term_json::encode(arguments, &mut args_json, None) {
+        return (
+            atoms::error(),
+            (atoms::validation_error(), e.describe("args")),
+        )
+            .encode(env);
+    }
+    pool.pool.record_global(sessions::Record::Put {
+        key,
+        replay: sessions::Replay { command, args_json },
+    });
+    atoms::ok().encode(env)
+}
+
+/// Forgets the pool-wide state recorded under keys starting with `prefix`.
+#[rustler::nif]
+fn forget_global(pool: ResourceArc<PoolResource>, prefix: String) -> rustler::Atom {
+    pool.pool.forget_global(&prefix);
+    atoms::ok()
+}
+
+/// Forgets a session; returns the worker index that held it, or nil.
+#[rustler::nif]
+fn end_session(env: Env, pool: ResourceArc<PoolResource>, session: String) -> Term {
+    match pool.pool.end_session(&session) {
+        Some(slot) => slot.encode(env),
+        None => atoms::nil().encode(env),
+    }
+}
+
+/// Forgets sessions idle for `ttl_ms`; returns `[{session, worker_index}]`.
+#[rustler::nif]
+fn expire_sessions(pool: ResourceArc<PoolResource>, ttl_ms: u64) -> Vec<(String, usize)> {
+    pool.pool.expire_sessions(millis(ttl_ms))
+}
+
+#[rustler::nif]
+fn list_sessions(env: Env, pool: ResourceArc<PoolResource>) -> NifResult<Term> {
+    let sessions = pool
+        .pool
+        .sessions()
+        .into_iter()
+        .map(|s| {
+            map_of(
+                env,
+                vec![
+                    (atoms::id(), s.id.encode(env)),
+                    (atoms::worker(), s.slot.encode(env)),
+                    (atoms::age_ms(), (s.age.as_millis() as u64).encode(env)),
+                    (atoms::idle_ms(), (s.idle.as_millis() as u64).encode(env)),
+                    (atoms::requests(), s.requests.encode(env)),
+                    (atoms::definitions(), s.definitions.encode(env)),
+                ],
+            )
+        })
+        .collect::<NifResult<Vec<Term>>>()?;
+    Ok(sessions.encode(env))
 }
 
 /// Gives up on a request. `:queued` or `:running`: no reply will come. `:answered`: the reply

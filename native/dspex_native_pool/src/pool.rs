@@ -16,6 +16,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::process::SpawnSpec;
 use crate::request::{FailureKind, Request};
+use crate::sessions::{Record, SessionInfo, Sessions};
 
 /// Request ids are unique across every pool of the VM, so a reply can never be mistaken for
 /// another pool's.
@@ -89,6 +90,8 @@ impl Stream {
 /// What the pool reports about its workers (lifecycle and output), never per request.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// Something went wrong that no caller can be told about (a failed replay).
+    Warning { slot: usize, message: String },
     WorkerReady {
         slot: usize,
         os_pid: i32,
@@ -192,6 +195,7 @@ pub struct Shared {
     closing_flag: AtomicBool,
     pub events: Arc<dyn EventSink>,
     pub counters: Counters,
+    pub(crate) sessions: Mutex<Sessions>,
 }
 
 /// Pools with all workers failing to start this many times in a row fail calls at once.
@@ -241,9 +245,11 @@ pub enum SubmitError {
 
 /// Where a request may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub enum Route<'a> {
     AnyWorker,
     Worker(usize),
+    /// The worker the session is bound to (bound now if the session is new).
+    Session(&'a str),
 }
 
 pub struct Pool {
@@ -302,6 +308,7 @@ impl Pool {
             closing_flag: AtomicBool::new(false),
             events,
             counters: Counters::default(),
+            sessions: Mutex::new(Sessions::default()),
         });
         let (done_tx, threads_done) = bounded::<()>(0);
         let pool = Pool {
@@ -334,7 +341,7 @@ impl Pool {
     }
 
     /// Enqueues a request without blocking.
-    pub fn submit(&self, request: Request, route: Route) -> Result<(), (SubmitError, Request)> {
+    pub fn submit(&self, request: Request, route: Route) -> Result<usize, (SubmitError, Request)> {
         let closing = self.shared.closing.read();
         if *closing {
             return Err((SubmitError::Closed, request));
@@ -346,23 +353,54 @@ impl Pool {
                 .fetch_add(1, Ordering::Relaxed);
             return Err((SubmitError::Unavailable, request));
         }
-        let tx = match route {
-            Route::AnyWorker => &self.shared.queue_tx,
-            Route::Worker(i) => match self.shared.slots.get(i) {
-                Some(slot) => &slot.tx,
-                None => return Err((SubmitError::NoSuchWorker, request)),
-            },
+        let slots = &self.shared.slots;
+        let target = match route {
+            Route::AnyWorker => None,
+            Route::Worker(i) if i < slots.len() => Some(i),
+            Route::Worker(_) => return Err((SubmitError::NoSuchWorker, request)),
+            Route::Session(id) => Some(self.shared.sessions.lock().route(id, slots.len(), |i| {
+                slots[i].failures_in_row.load(Ordering::Acquire) < UNAVAILABLE_AFTER
+            })),
         };
-        tx.try_send(request).map_err(|e| match e {
-            TrySendError::Full(r) => {
-                self.shared
-                    .counters
-                    .rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                (SubmitError::Saturated, r)
-            }
-            TrySendError::Disconnected(r) => (SubmitError::Closed, r),
-        })
+        let tx = match target {
+            None => &self.shared.queue_tx,
+            Some(i) => &slots[i].tx,
+        };
+        tx.try_send(request)
+            .map(|()| target.unwrap_or(usize::MAX))
+            .map_err(|e| match e {
+                TrySendError::Full(r) => {
+                    self.shared
+                        .counters
+                        .rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                    (SubmitError::Saturated, r)
+                }
+                TrySendError::Disconnected(r) => (SubmitError::Closed, r),
+            })
+    }
+
+    /// Remembers pool-wide state to replay on every new worker.
+    pub fn record_global(&self, record: Record) {
+        self.shared.sessions.lock().record_global(record);
+    }
+
+    pub fn forget_global(&self, prefix: &str) {
+        self.shared.sessions.lock().forget_global(prefix);
+    }
+
+    /// Forgets a session; returns the slot whose worker holds its state.
+    pub fn end_session(&self, session: &str) -> Option<usize> {
+        self.shared.sessions.lock().end(session)
+    }
+
+    /// Forgets sessions idle for `ttl`; returns them with their slots.
+    pub fn expire_sessions(&self, ttl: Duration) -> Vec<(String, usize)> {
+        self.shared.sessions.lock().expire(ttl)
+    }
+
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.shared.sessions.lock().info()
     }
 
     pub fn stats(&self) -> PoolStats {

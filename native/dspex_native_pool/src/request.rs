@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::sessions::Record;
+
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
@@ -104,9 +106,10 @@ pub struct Failure {
 pub trait Caller: Send + 'static {
     /// Whether anyone still waits; a dead caller's queued request is dropped unrun.
     fn is_alive(&self) -> bool;
-    /// Decodes and sends the reply `body`, which must answer request `id`. On a malformed body it
-    /// sends nothing and says what was wrong, so the pool can fail the request instead.
-    fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<(), Failure>;
+    /// Decodes and sends the reply `body`, which must answer request `id`, and tells whether the
+    /// command succeeded. On a malformed body it sends nothing and says what was wrong, so the
+    /// pool can fail the request instead.
+    fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<bool, Failure>;
     fn fail(&mut self, failure: Failure);
 }
 
@@ -119,6 +122,8 @@ pub struct Request {
     pub deadline: Instant,
     pub ticket: Arc<Ticket>,
     pub caller: Box<dyn Caller>,
+    /// What to remember for the session named here if the command succeeds.
+    pub record: Option<(String, Record)>,
 }
 
 impl Request {

@@ -135,7 +135,10 @@ fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> {
     let worker_id = index.to_string();
     let args = serde_json::json!({ "worker_id": worker_id }).to_string();
     match call_internal(config.max_frame, &mut live, "ping", &args, deadline) {
-        Ok(Ok(result)) if result["worker_id"] == worker_id.as_str() => Ok(live),
+        Ok(Ok(result)) if result["worker_id"] == worker_id.as_str() => {
+            replay(shared, index, &mut live, deadline)?;
+            Ok(live)
+        }
         Ok(Ok(result)) => Err(abandon(
             live,
             &format!("worker {index} answered the init ping with the wrong worker id: {result}"),
@@ -160,6 +163,33 @@ fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> {
             &format!("worker {index} broke the protocol during start-up: {e}"),
         )),
     }
+}
+
+/// Gives a new worker the state its predecessor had: pool-wide settings, then the definitions
+/// of the sessions bound to this slot. A command that fails is reported and skipped; a worker
+/// that dies or hangs doing it failed to start.
+fn replay(shared: &Shared, index: usize, live: &mut Live, deadline: Instant) -> Result<(), String> {
+    let replays = shared.sessions.lock().replays_for(index);
+    for r in replays {
+        let args = String::from_utf8_lossy(&r.args_json);
+        match call_internal(shared.config.max_frame, live, &r.command, &args, deadline) {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => shared.events.event(Event::Warning {
+                slot: index,
+                message: format!(
+                    "replaying {:?} on the new worker failed: {error}",
+                    r.command
+                ),
+            }),
+            Err(e) => {
+                return Err(format!(
+                    "worker {index} failed while replaying {:?}: {e}",
+                    r.command
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Kills a worker that failed to start and describes why, quoting its stderr.
@@ -361,8 +391,11 @@ fn deliver(
         };
     }
     match request.caller.reply(body, request.id, index) {
-        Ok(()) => {
+        Ok(success) => {
             counters.completed.fetch_add(1, Ordering::Relaxed);
+            if let (true, Some((session, record))) = (success, request.record.take()) {
+                shared.sessions.lock().record(&session, record);
+            }
             None
         }
         Err(failure) => {
