@@ -1,15 +1,7 @@
 //! NIF entry points for `DSPex.NativePool.Nif`. Each one decodes its arguments, calls into the
 //! plain Rust modules below (which know nothing of Erlang), and encodes the answer.
 
-pub mod frame;
-pub mod output;
-pub mod pool;
-pub mod process;
-pub mod protocol;
-pub mod request;
-pub mod sessions;
-pub mod term_json;
-pub mod worker;
+mod term_json;
 
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -18,9 +10,10 @@ use std::time::{Duration, Instant};
 use rustler::env::SavedTerm;
 use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, OwnedEnv, Resource, ResourceArc, Term};
 
+use dspex_pool_core::{frame, pool, protocol, sessions};
 use pool::{Event, EventSink, Pool, PoolConfig, PoolStats, Route, SlotState, SubmitError};
-use process::SpawnSpec;
-use request::{Caller, Cancelled, Failure, FailureKind, Request, Ticket};
+use dspex_pool_core::process::SpawnSpec;
+use dspex_pool_core::request::{Caller, Cancelled, Failure, FailureKind, Request, Ticket};
 use term_json::EncodeError;
 
 mod atoms {

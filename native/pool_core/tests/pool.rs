@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use dspex_native_pool::pool::{
+use dspex_pool_core::pool::{
     next_request_id, Event, EventSink, Pool, PoolConfig, Route, SlotState, SubmitError,
 };
-use dspex_native_pool::process::SpawnSpec;
-use dspex_native_pool::protocol;
-use dspex_native_pool::request::{Caller, Cancelled, Failure, FailureKind, Request, Ticket};
+use dspex_pool_core::process::SpawnSpec;
+use dspex_pool_core::protocol;
+use dspex_pool_core::request::{Caller, Cancelled, Failure, FailureKind, Request, Ticket};
 
 /// A tiny worker: enough protocol to test the pool without the real bridge.
 const WORKER: &str = r#"
@@ -48,7 +48,7 @@ impl Caller for TestCaller {
     fn is_alive(&self) -> bool {
         true
     }
-    fn reply(&mut self, body: &[u8], id: u64, _worker: usize) -> Result<(), Failure> {
+    fn reply(&mut self, body: &[u8], id: u64, _worker: usize) -> Result<bool, Failure> {
         let (got, result) = protocol::reply_value(body).map_err(|message| Failure {
             kind: FailureKind::InvalidReply,
             message,
@@ -61,8 +61,9 @@ impl Caller for TestCaller {
                 worker: None,
             });
         }
+        let success = result.is_ok();
         let _ = self.0.send(Outcome::Reply(result.unwrap()));
-        Ok(())
+        Ok(success)
     }
     fn fail(&mut self, failure: Failure) {
         let _ = self.0.send(Outcome::Failed(failure));
@@ -126,6 +127,7 @@ fn submit(
         deadline: Instant::now() + timeout,
         ticket: ticket.clone(),
         caller: Box::new(TestCaller(tx)),
+        record: None,
     };
     pool.submit(request, Route::AnyWorker)
         .map_err(|(e, _)| e)
@@ -266,6 +268,7 @@ fn full_queue_rejects_and_close_fails_queued() {
         deadline: Instant::now() + Duration::from_secs(1),
         ticket: Ticket::new(),
         caller: Box::new(TestCaller(tx)),
+        record: None,
     };
     assert_eq!(
         pool.submit(extra, Route::AnyWorker).err().map(|e| e.0),
@@ -308,6 +311,7 @@ fn broken_start_reports_stderr_then_pool_becomes_unavailable() {
         deadline: Instant::now() + Duration::from_secs(1),
         ticket: Ticket::new(),
         caller: Box::new(TestCaller(tx)),
+        record: None,
     };
     assert_eq!(
         pool.submit(request, Route::AnyWorker).err().map(|e| e.0),
