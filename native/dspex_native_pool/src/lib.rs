@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use rustler::env::SavedTerm;
 use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, OwnedEnv, Resource, ResourceArc, Term};
 
-use dspex_pool_core::{frame, pool, protocol, sessions};
-use pool::{Event, EventSink, Pool, PoolConfig, PoolStats, Route, SlotState, SubmitError};
 use dspex_pool_core::process::SpawnSpec;
 use dspex_pool_core::request::{Caller, Cancelled, Failure, FailureKind, Request, Ticket};
+use dspex_pool_core::{frame, pool, protocol, sessions};
+use pool::{Event, EventSink, Pool, PoolConfig, PoolStats, Route, SlotState, SubmitError};
 use term_json::EncodeError;
 
 mod atoms {
@@ -339,6 +339,7 @@ fn submit_with<'a>(
             tag: saved_tag,
         }),
         record,
+        route_slot: None,
     };
     let route = match &target {
         Target::Any => Route::AnyWorker,

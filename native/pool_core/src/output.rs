@@ -54,6 +54,12 @@ impl Output {
         }
     }
 
+    /// Disconnects when the worker's stderr closes, which is when the process has exited (or
+    /// closed it on purpose): lets an idle worker's death be noticed at once.
+    pub fn stderr_closed(&self) -> &Receiver<()> {
+        &self.finished[1]
+    }
+
     /// Waits (at most `limit`) for both streams to reach end of file, so that the tail holds
     /// everything the worker wrote before it died.
     pub fn drain(&self, limit: Duration) {

@@ -341,7 +341,11 @@ impl Pool {
     }
 
     /// Enqueues a request without blocking.
-    pub fn submit(&self, request: Request, route: Route) -> Result<usize, (SubmitError, Request)> {
+    pub fn submit(
+        &self,
+        mut request: Request,
+        route: Route,
+    ) -> Result<usize, (SubmitError, Request)> {
         let closing = self.shared.closing.read();
         if *closing {
             return Err((SubmitError::Closed, request));
@@ -362,6 +366,7 @@ impl Pool {
                 slots[i].failures_in_row.load(Ordering::Acquire) < UNAVAILABLE_AFTER
             })),
         };
+        request.route_slot = target;
         let tx = match target {
             None => &self.shared.queue_tx,
             Some(i) => &slots[i].tx,

@@ -50,6 +50,12 @@ impl Ticket {
         self.advance(QUEUED, RUNNING)
     }
 
+    /// The worker died before reading the request: it may run again elsewhere. `false` if the
+    /// caller gave up meanwhile.
+    pub fn requeue(&self) -> bool {
+        self.advance(RUNNING, QUEUED)
+    }
+
     /// The worker has the answer; `false` if the caller gave up meanwhile.
     pub fn finish(&self) -> bool {
         self.advance(RUNNING, DONE)
@@ -124,6 +130,9 @@ pub struct Request {
     pub caller: Box<dyn Caller>,
     /// What to remember for the session named here if the command succeeds.
     pub record: Option<(String, Record)>,
+    /// Set when the request must run on one worker (session or broadcast), so a requeue keeps
+    /// it there.
+    pub route_slot: Option<usize>,
 }
 
 impl Request {

@@ -244,6 +244,7 @@ fn serve(shared: &Shared, index: usize, live: &mut Live) -> (End, Option<Request
             recv(slot.rx) -> r => r.ok(),
             recv(shared.queue_rx) -> r => r.ok(),
             recv(shared.shutdown_rx) -> _ => return (End::Shutdown, None),
+            recv(live.output.stderr_closed()) -> _ => return (End::Died, None),
             default(config.health_interval) => {
                 if let Err(why) = health_check(shared, live) {
                     return (End::Replace(why), None);
@@ -312,8 +313,12 @@ fn run(
                     None,
                 )
             }
-            // A closed pipe: the worker is gone; report once its exit status is known.
-            _ => (End::Died, Some(request)),
+            // A closed pipe: the worker died before it could read the request, which never
+            // ran: it goes back in the queue for another worker (or this slot's replacement).
+            _ => {
+                requeue(shared, index, request);
+                (End::Died, None)
+            }
         });
     }
     // A worker may be kept past a deadline (kill_on_timeout: false); its late reply is dropped.
@@ -364,6 +369,27 @@ fn run(
                 return Some((End::Replace(message), None));
             }
         }
+    }
+}
+
+/// Puts a request that never reached its worker back in line. It keeps its deadline; if the
+/// queue is full it fails, as a new request would.
+fn requeue(shared: &Shared, index: usize, request: Request) {
+    if !request.ticket.requeue() {
+        return; // the caller gave up meanwhile
+    }
+    let session_bound = request.route_slot.is_some();
+    let tx = if session_bound {
+        &shared.slots[index].tx
+    } else {
+        &shared.queue_tx
+    };
+    if let Err(e) = tx.try_send(request) {
+        let request = e.into_inner();
+        request.fail_unrun(
+            FailureKind::WorkerExited,
+            format!("worker {index} died before it could take the request, and the queue is full"),
+        );
     }
 }
 

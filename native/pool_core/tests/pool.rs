@@ -128,6 +128,7 @@ fn submit(
         ticket: ticket.clone(),
         caller: Box::new(TestCaller(tx)),
         record: None,
+        route_slot: None,
     };
     pool.submit(request, Route::AnyWorker)
         .map_err(|(e, _)| e)
@@ -269,6 +270,7 @@ fn full_queue_rejects_and_close_fails_queued() {
         ticket: Ticket::new(),
         caller: Box::new(TestCaller(tx)),
         record: None,
+        route_slot: None,
     };
     assert_eq!(
         pool.submit(extra, Route::AnyWorker).err().map(|e| e.0),
@@ -312,6 +314,7 @@ fn broken_start_reports_stderr_then_pool_becomes_unavailable() {
         ticket: Ticket::new(),
         caller: Box::new(TestCaller(tx)),
         record: None,
+        route_slot: None,
     };
     assert_eq!(
         pool.submit(request, Route::AnyWorker).err().map(|e| e.0),
