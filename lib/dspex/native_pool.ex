@@ -326,7 +326,7 @@ defmodule DSPex.NativePool do
   ## Introspection
 
   @doc """
-  A snapshot of the pool: `:pool_size`, `:queue_length`, `:available`, `:sessions`,
+  A snapshot of the pool: `:pool_size`, `:queue_length`, `:available`, `:sessions`, `:uptime_ms`,
   `:counters` (`:completed`, `:timed_out`, `:rejected`, `:dropped`, `:worker_exited`,
   `:invalid_reply`, `:pool_closed`, `:pool_unavailable`) and one map per worker with `:id`,
   `:os_pid`, `:state` (`:starting`, `:idle`, `:busy`, `:restarting`, `:stopped`), `:requests`,
@@ -336,10 +336,14 @@ defmodule DSPex.NativePool do
   """
   @spec stats(pool) :: map | error
   def stats(pool \\ __MODULE__) do
-    with {:ok, resource, _config} <- lookup(pool) do
+    with {:ok, resource, config} <- lookup(pool) do
       resource
       |> Nif.pool_stats()
-      |> Map.merge(%{name: pool, sessions: length(Nif.list_sessions(resource))})
+      |> Map.merge(%{
+        name: pool,
+        sessions: length(Nif.list_sessions(resource)),
+        uptime_ms: System.monotonic_time(:millisecond) - config[:started_at]
+      })
     end
   end
 
@@ -591,6 +595,7 @@ defmodule DSPex.NativePool do
 
         case await_workers(name, config[:pool_size], deadline) do
           :ok ->
+            config = Keyword.put(config, :started_at, System.monotonic_time(:millisecond))
             :persistent_term.put({__MODULE__, name}, {resource, config})
             schedule_session_sweep(config)
             {:ok, %{name: name, resource: resource, config: config}}
