@@ -24,6 +24,10 @@ import heavy dependencies (``dspy``) inside its functions, not at the top.
 
 User handler commands (``--handlers``) are added to the same table by
 ``handlers.py`` after the built-ins, and may not reuse a built-in's name.
+
+An extension module can add keys to ``get_stats`` with ``@stats_extension``
+(a function ``fn() -> dict``, cheap and never raising); it cannot replace
+the built-in keys.
 """
 
 import importlib.util
@@ -37,6 +41,7 @@ from .state import STATE
 EXTENSION_MODULES = ("dspex_bridge.dspy_commands",)
 
 _REGISTRY = {}
+_STATS_EXTENSIONS = []
 
 
 class CommandClash(Exception):
@@ -70,6 +75,15 @@ def command(name_or_fn=None):
     return decorate
 
 
+def stats_extension(fn):
+    """Decorator: ``fn() -> dict`` adds keys to every ``get_stats`` result."""
+    if not callable(fn):
+        raise TypeError(f"stats extension must be callable, got {fn!r}")
+    if fn not in _STATS_EXTENSIONS:
+        _STATS_EXTENSIONS.append(fn)
+    return fn
+
+
 def builtins():
     """A copy of the built-in command table (name -> function)."""
     return dict(_REGISTRY)
@@ -91,11 +105,20 @@ _PYTHON_VERSION = "%d.%d.%d" % sys.version_info[:3]
 _dspy_available = None
 
 
+def dspy_disabled():
+    """True when ``DSPEX_DISABLE_DSPY`` is set (to anything but ``""``/``0``/``false``/``no``):
+    the worker then behaves as if DSPy were not installed (tests, DSPy-free pools)."""
+    return os.environ.get("DSPEX_DISABLE_DSPY", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _has_dspy():
     # find_spec locates the package without importing it (importing dspy takes
     # seconds and pulls in half of PyPI); cached, because ping is a health check.
     global _dspy_available
     if _dspy_available is None:
+        if dspy_disabled():
+            _dspy_available = False
+            return False
         try:
             _dspy_available = importlib.util.find_spec("dspy") is not None
         except (ImportError, ValueError):
@@ -125,8 +148,11 @@ def echo(args):
 
 @command
 def get_stats(args):
-    """Counters since start; this request is already counted."""
-    return {
+    """Counters since start; this request is already counted.
+
+    Keys added by ``@stats_extension`` functions follow the built-in ones.
+    """
+    stats = {
         "worker_id": STATE.worker_id,
         "pid": os.getpid(),
         "uptime": STATE.uptime(),
@@ -134,3 +160,7 @@ def get_stats(args):
         "errors": STATE.errors,
         "commands": dict(STATE.commands),
     }
+    for extend in _STATS_EXTENSIONS:
+        for key, value in extend().items():
+            stats.setdefault(key, value)
+    return stats
