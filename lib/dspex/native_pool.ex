@@ -499,27 +499,26 @@ defmodule DSPex.NativePool do
 
   defp remember_pool_wide(%{context: %{command: "create_program"}} = call) do
     call = ensure_program_id(call)
-    key = "program:" <> program_id(call.args)
-    :ok = Nif.record_global(call.resource, key, "create_program", call.args)
+    key = "program:" <> to_string(program_id(call.args))
+    # An unencodable definition is not remembered; the call itself reports why.
+    _ = Nif.record_global(call.resource, key, "create_program", call.args)
     call
   end
 
   defp remember_pool_wide(%{context: %{command: "delete_program"}} = call) do
-    Nif.forget_global(call.resource, "program:" <> to_string(program_id(call.args)))
+    Nif.forget(call.resource, "program:" <> to_string(program_id(call.args)))
     call
   end
 
   defp remember_pool_wide(%{context: %{command: "reset_state"}} = call) do
-    Nif.forget_global(call.resource, "program:")
+    Nif.forget(call.resource, "program:")
     call
   end
 
   defp remember_pool_wide(%{context: %{command: "configure_lm"}} = call) do
-    case Nif.record_global(call.resource, "configure_lm", "configure_lm", call.args) do
-      :ok -> call
-      # Unencodable: the call itself reports it.
-      {:error, _} -> call
-    end
+    # An unencodable configuration is not remembered; the call itself reports why.
+    _ = Nif.record_global(call.resource, "configure_lm", "configure_lm", call.args)
+    call
   end
 
   # Session state to remember on success: what create_program made, what delete_program drops.
@@ -529,10 +528,10 @@ defmodule DSPex.NativePool do
     case call.context.command do
       "create_program" ->
         call = ensure_program_id(call)
-        {call, {:put, session_id, program_id(call.args)}}
+        {call, {:put, session_id, "program:" <> to_string(program_id(call.args))}}
 
       "delete_program" ->
-        {call, {:delete, session_id, to_string(program_id(call.args))}}
+        {call, {:delete, session_id, "program:" <> to_string(program_id(call.args))}}
 
       _ ->
         {call, nil}
@@ -550,7 +549,10 @@ defmodule DSPex.NativePool do
     end
   end
 
-  defp program_id(args), do: Map.get(args, "program_id") || Map.get(args, :program_id)
+  # V2 callers name it "id".
+  defp program_id(args) do
+    Enum.find_value(["program_id", :program_id, "id", :id], &Map.get(args, &1))
+  end
 
   defp drop_key(args, key), do: args |> Map.delete(key) |> Map.delete(Atom.to_string(key))
 

@@ -16,7 +16,7 @@ defmodule DSPex.NativePool.Nif do
   def stop_pool(_pool, _grace_ms), do: err()
   def pool_stats(_pool), do: err()
   def record_global(_pool, _key, _command, _args), do: err()
-  def forget_global(_pool, _prefix), do: err()
+  def forget(_pool, _prefix), do: err()
   def end_session(_pool, _session), do: err()
   def expire_sessions(_pool, _ttl_ms), do: err()
   def list_sessions(_pool), do: err()

@@ -428,10 +428,10 @@ fn record_global<'a>(
     atoms::ok().encode(env)
 }
 
-/// Forgets the pool-wide state recorded under keys starting with `prefix`.
+/// Forgets the state, pool-wide and of every session, recorded under keys starting with `prefix`.
 #[rustler::nif]
-fn forget_global(pool: ResourceArc<PoolResource>, prefix: String) -> rustler::Atom {
-    pool.pool.forget_global(&prefix);
+fn forget(pool: ResourceArc<PoolResource>, prefix: String) -> rustler::Atom {
+    pool.pool.forget(&prefix);
     atoms::ok()
 }
 

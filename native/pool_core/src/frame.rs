@@ -90,6 +90,14 @@ pub fn write_frame(
     Ok(())
 }
 
+/// Bytes written to a pipe and not yet read from it (Linux answers FIONREAD on either end).
+/// Tells whether a worker that died had read its request at all.
+pub fn unread_bytes(file: &File) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FIONREAD, &mut n) };
+    (rc == 0).then_some(n as usize)
+}
+
 pub fn set_nonblocking(file: &File) -> io::Result<()> {
     let fd = file.as_raw_fd();
     unsafe {
@@ -313,6 +321,18 @@ mod tests {
             write_frame(&mut w, b"x", None),
             Err(FrameError::Io(_))
         ));
+    }
+
+    #[test]
+    fn unread_bytes_are_visible_from_the_write_end() {
+        let (mut r, mut w) = pipe();
+        w.write_all(b"12345").unwrap();
+        assert_eq!(unread_bytes(&w), Some(5));
+        let mut two = [0; 2];
+        r.read_exact(&mut two).unwrap();
+        assert_eq!(unread_bytes(&w), Some(3));
+        drop(r);
+        assert_eq!(unread_bytes(&w), Some(3), "still answers once the reader is gone");
     }
 
     #[test]

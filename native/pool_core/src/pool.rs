@@ -390,8 +390,9 @@ impl Pool {
         self.shared.sessions.lock().record_global(record);
     }
 
-    pub fn forget_global(&self, prefix: &str) {
-        self.shared.sessions.lock().forget_global(prefix);
+    /// Forgets remembered state, pool-wide and of every session, under keys starting with `prefix`.
+    pub fn forget(&self, prefix: &str) {
+        self.shared.sessions.lock().forget(prefix);
     }
 
     /// Forgets a session; returns the slot whose worker holds its state.

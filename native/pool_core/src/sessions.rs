@@ -95,9 +95,12 @@ impl Sessions {
         apply(&mut self.global, record);
     }
 
-    /// Forgets the pool-wide entries whose key starts with `prefix`.
-    pub fn forget_global(&mut self, prefix: &str) {
+    /// Forgets the entries, pool-wide and of every session, whose key starts with `prefix`.
+    pub fn forget(&mut self, prefix: &str) {
         self.global.retain(|(k, _)| !k.starts_with(prefix));
+        for s in self.sessions.values_mut() {
+            s.definitions.retain(|(k, _)| !k.starts_with(prefix));
+        }
     }
 
     /// Forgets a session; returns the slot it was bound to.
@@ -238,8 +241,16 @@ mod tests {
             key: "program:x".into(),
             replay: replay("create", "x"),
         });
-        s.forget_global("program:");
+        s.record(
+            "a",
+            Record::Put {
+                key: "program:y".into(),
+                replay: replay("create", "y"),
+            },
+        );
+        s.forget("program:");
         assert_eq!(s.replays_for(1 - slot), vec![replay("configure_lm", "y")]);
+        assert_eq!(s.replays_for(slot).len(), 3);
         s.record("a", Record::Delete { key: "p2".into() });
         assert_eq!(s.replays_for(slot).len(), 2);
         assert_eq!(s.end("a"), Some(slot));

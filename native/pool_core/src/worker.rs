@@ -241,10 +241,11 @@ fn serve(shared: &Shared, index: usize, live: &mut Live) -> (End, Option<Request
             }
         }
         let request = select_biased! {
+            // A worker already dead must not take another request.
+            recv(live.output.stderr_closed()) -> _ => return (End::Died, None),
+            recv(shared.shutdown_rx) -> _ => return (End::Shutdown, None),
             recv(slot.rx) -> r => r.ok(),
             recv(shared.queue_rx) -> r => r.ok(),
-            recv(shared.shutdown_rx) -> _ => return (End::Shutdown, None),
-            recv(live.output.stderr_closed()) -> _ => return (End::Died, None),
             default(config.health_interval) => {
                 if let Err(why) = health_check(shared, live) {
                     return (End::Replace(why), None);
@@ -342,6 +343,11 @@ fn run(
                 deadline = None;
             }
             Err(FrameError::Eof) | Err(FrameError::Truncated { .. }) => {
+                // Died before reading a byte of it (killed as it was sent): it never ran.
+                if frame::unread_bytes(&live.requests) == Some(request.frame.len()) {
+                    requeue(shared, index, request);
+                    return Some((End::Died, None));
+                }
                 return Some((End::Died, Some(request)));
             }
             Err(FrameError::TooLarge { len, max }) => {
