@@ -16,20 +16,23 @@ defmodule DSPex.NativePool.Error do
   |---|---|---|
   | `:validation_error` | `:invalid_args` | an argument cannot be encoded as JSON (pid, ref, fun, tuple, struct, non-UTF-8 binary, integer beyond 64 bits, nesting deeper than 128); nothing was sent |
   | `:validation_error` | `:invalid_command` | the command is not a string or atom |
-  | `:validation_error` | `:invalid_options` | an option of the call is not valid |
+  | `:validation_error` | `:invalid_options` | a start or call option is not valid |
+  | `:validation_error` | `:invalid_session` | a session id is not a string |
   | `:validation_error` | `:request_too_large` | the encoded request is over the pool's `:max_frame` |
   | `:validation_error` | `:unknown_command` | the worker has no such command |
   | `:timeout_error` | `:queue_timeout` | the deadline passed while the request waited for a worker; it never ran |
   | `:timeout_error` | `:request_timeout` | the deadline passed while a worker ran the request; its reply, if any, is dropped |
+  | `:timeout_error` | `:startup_timeout` | workers did not become ready in time (from `start_link/1`) |
   | `:resource_error` | `:pool_not_found` | no pool of that name is running |
   | `:resource_error` | `:pool_saturated` | the queue is full (`:max_queue`); fails at once |
   | `:resource_error` | `:pool_unavailable` | every worker keeps failing to start; fails at once until one starts |
   | `:resource_error` | `:pool_closed` | the pool stopped before (or while) the request ran |
-  | `:resource_error` | `:reply_too_large` | the worker's reply is over `:max_frame` (Python side) |
+  | `:resource_error` | `:reply_too_large` | the command's result encodes to more than `:max_frame`; the worker stays |
+  | `:resource_error` | `:worker_start_failed` | a worker could not start (from `start_link/1`; the message quotes its stderr) |
   | `:communication_error` | `:worker_exited` | the worker process died while running the request (exit status or signal, and its last stderr lines, in the message) |
   | `:communication_error` | `:invalid_reply` | the worker wrote bytes that are not a valid reply frame or JSON; it is replaced |
   | `:communication_error` | `:wrong_reply_id` | the worker answered another request's id; it is replaced |
-  | `:communication_error` | `:write_failed` | the request could not be written to the worker |
+  | `:communication_error` | `:oversized_reply` | a reply frame announced more than `:max_frame` bytes; the worker is replaced |
   | `:communication_error` | `:protocol_error` | the worker could not read the request |
   | `:system_error` | `:python_exception` | the command raised; `context` has `:python_type` and `:traceback` |
   | `:system_error` | `:unserializable_result` | the command returned something JSON cannot carry |
@@ -98,7 +101,8 @@ defmodule DSPex.NativePool.Error do
     case kind do
       :pool_closed -> {:resource_error, :pool_closed, message, context}
       :pool_unavailable -> {:resource_error, :pool_unavailable, message, context}
-      :reply_too_large -> {:resource_error, :reply_too_large, message, context}
+      # The header announced more than the cap: the stream is broken, not the result too big.
+      :reply_too_large -> {:communication_error, :oversized_reply, message, context}
       other -> {:communication_error, other, message, context}
     end
   end

@@ -22,7 +22,7 @@ mod atoms {
         queued, running, answered,
         python_error, pool_error, validation_error, frame_too_large,
         saturated, closed, unavailable, no_such_worker,
-        worker_exited, invalid_reply, reply_too_large, wrong_reply_id, write_failed,
+        worker_exited, invalid_reply, reply_too_large, wrong_reply_id,
         pool_closed, pool_unavailable,
         starting, idle, busy, restarting, stopped,
         stdout, stderr,
@@ -123,7 +123,6 @@ impl Caller for ProcessCaller {
                 FailureKind::InvalidReply => atoms::invalid_reply(),
                 FailureKind::ReplyTooLarge => atoms::reply_too_large(),
                 FailureKind::WrongReplyId => atoms::wrong_reply_id(),
-                FailureKind::WriteFailed => atoms::write_failed(),
                 FailureKind::PoolClosed => atoms::pool_closed(),
                 FailureKind::PoolUnavailable => atoms::pool_unavailable(),
             };

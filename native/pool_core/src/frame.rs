@@ -332,7 +332,11 @@ mod tests {
         r.read_exact(&mut two).unwrap();
         assert_eq!(unread_bytes(&w), Some(3));
         drop(r);
-        assert_eq!(unread_bytes(&w), Some(3), "still answers once the reader is gone");
+        assert_eq!(
+            unread_bytes(&w),
+            Some(3),
+            "still answers once the reader is gone"
+        );
     }
 
     #[test]

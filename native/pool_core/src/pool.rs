@@ -170,7 +170,7 @@ pub struct Counters {
 impl Counters {
     pub(crate) fn count_failure(&self, kind: FailureKind) {
         let counter = match kind {
-            FailureKind::WorkerExited | FailureKind::WriteFailed => &self.worker_exited,
+            FailureKind::WorkerExited => &self.worker_exited,
             FailureKind::InvalidReply | FailureKind::ReplyTooLarge | FailureKind::WrongReplyId => {
                 &self.invalid_reply
             }

@@ -93,8 +93,6 @@ pub enum FailureKind {
     ReplyTooLarge,
     /// The reply carried another request's id.
     WrongReplyId,
-    /// The request could not be written to the worker.
-    WriteFailed,
     /// The pool stopped before the request ran.
     PoolClosed,
     /// The pool has no worker and keeps failing to start one.
