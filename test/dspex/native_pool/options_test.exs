@@ -1,0 +1,69 @@
+defmodule DSPex.NativePool.OptionsTest do
+  use DSPex.NativePool.PoolCase, async: true
+
+  # Invalid options fail start_link/1 before any process or worker exists.
+  defp invalid(opts) do
+    name = Keyword.get(opts, :name)
+
+    assert {:error, {:validation_error, :invalid_options, message, context}} =
+             NativePool.start_link(opts)
+
+    assert is_binary(message)
+    assert context.pool == name
+    if is_atom(name) and name != nil, do: assert(Process.whereis(name) == nil)
+    message
+  end
+
+  test "an unknown option is named, with the known ones listed" do
+    message = invalid(name: unique_name(), pool_sise: 2)
+    assert message =~ "unknown options [:pool_sise]"
+    assert message =~ ":pool_size"
+  end
+
+  test "options must be a keyword list" do
+    assert invalid([{"name", :x}]) =~ "keyword list"
+    assert invalid(name: unique_name(), pool_size: 1, extra: 1) =~ "[:extra]"
+  end
+
+  test "pool_size must be an integer from 1 to 1024" do
+    for bad <- [0, -1, 1025, 1.5, "2", :two] do
+      message = invalid(name: unique_name(), pool_size: bad)
+      assert message =~ "invalid :pool_size"
+      assert message =~ "expected an integer 1..1024, got: #{inspect(bad)}"
+    end
+  end
+
+  test "a Python executable that does not exist is reported, with how to fix it" do
+    message = invalid(name: unique_name(), python: "/nonexistent/python3")
+    assert message =~ "invalid :python"
+    assert message =~ ~s("/nonexistent/python3" was not found)
+    assert message =~ "bin/setup"
+  end
+
+  test "other options are checked too" do
+    assert invalid(name: unique_name(), handlers: "not-a-module") =~
+             ~s("not-a-module" is not a Python module name)
+
+    assert invalid(name: unique_name(), python_path: "/tmp") =~ "invalid :python_path"
+    assert invalid(name: unique_name(), env: %{"A" => 1}) =~ "invalid :env"
+    assert invalid(name: unique_name(), startup_timeout: 0) =~ "invalid :startup_timeout"
+    assert invalid(name: unique_name(), max_frame: -1) =~ "invalid :max_frame"
+    assert invalid(name: unique_name(), kill_on_timeout: :yes) =~ "invalid :kill_on_timeout"
+    assert invalid(name: "not an atom") =~ "invalid :name"
+  end
+
+  test "a valid :env reaches the workers" do
+    source = ~S'''
+    import os
+
+
+    def getenv(args):
+        return os.environ.get(args["key"])
+    '''
+
+    %{pool: pool} = start_pool!(handlers_source: source, env: %{"NP_TEST_VALUE" => "from elixir"})
+
+    assert {:ok, "from elixir"} =
+             NativePool.execute("getenv", %{key: "NP_TEST_VALUE"}, pool: pool)
+  end
+end
