@@ -441,6 +441,16 @@ defmodule DSPex.NativePool do
           {^ref, outcome} -> outcome(outcome, context)
         end
 
+      :delivered ->
+        receive do
+          {^ref, outcome} -> outcome(outcome, context)
+        after
+          0 ->
+            {:error,
+             {:validation_error, :already_awaited, "this request's reply was already taken",
+              context}}
+        end
+
       :queued ->
         {:error,
          {:timeout_error, :queue_timeout,
@@ -569,7 +579,13 @@ defmodule DSPex.NativePool do
   defp lookup(pool) do
     case :persistent_term.get({__MODULE__, pool}, nil) do
       {resource, config} ->
-        {:ok, resource, config}
+        # An owner killed outside a supervisor never ran terminate/2: its pool is gone.
+        if Process.alive?(config[:owner]) do
+          {:ok, resource, config}
+        else
+          :persistent_term.erase({__MODULE__, pool})
+          lookup(pool)
+        end
 
       nil ->
         {:error,
@@ -597,7 +613,12 @@ defmodule DSPex.NativePool do
 
         case await_workers(name, config[:pool_size], deadline) do
           :ok ->
-            config = Keyword.put(config, :started_at, System.monotonic_time(:millisecond))
+            config =
+              Keyword.merge(config,
+                started_at: System.monotonic_time(:millisecond),
+                owner: self()
+              )
+
             :persistent_term.put({__MODULE__, name}, {resource, config})
             schedule_session_sweep(config)
             {:ok, %{name: name, resource: resource, config: config}}

@@ -20,6 +20,7 @@ defmodule DSPex.NativePool.Error do
   | `:validation_error` | `:invalid_session` | a session id is not a string |
   | `:validation_error` | `:request_too_large` | the encoded request is over the pool's `:max_frame` |
   | `:validation_error` | `:unknown_command` | the worker has no such command |
+  | `:validation_error` | `:already_awaited` | `await/2` on a handle whose reply was already taken |
   | `:timeout_error` | `:queue_timeout` | the deadline passed while the request waited for a worker; it never ran |
   | `:timeout_error` | `:request_timeout` | the deadline passed while a worker ran the request; its reply, if any, is dropped |
   | `:timeout_error` | `:startup_timeout` | workers did not become ready in time (from `start_link/1`) |
@@ -35,7 +36,7 @@ defmodule DSPex.NativePool.Error do
   | `:communication_error` | `:oversized_reply` | a reply frame announced more than `:max_frame` bytes; the worker is replaced |
   | `:communication_error` | `:protocol_error` | the worker could not read the request |
   | `:system_error` | `:python_exception` | the command raised; `context` has `:python_type` and `:traceback` |
-  | `:system_error` | `:unserializable_result` | the command returned something JSON cannot carry |
+  | `:system_error` | `:unserializable_result` | the command returned something JSON cannot carry (including integers beyond 64 bits, or nesting deeper than 512 levels) |
   """
 
   @type category ::
@@ -103,6 +104,7 @@ defmodule DSPex.NativePool.Error do
       :pool_unavailable -> {:resource_error, :pool_unavailable, message, context}
       # The header announced more than the cap: the stream is broken, not the result too big.
       :reply_too_large -> {:communication_error, :oversized_reply, message, context}
+      :result_too_deep -> {:system_error, :unserializable_result, message, context}
       other -> {:communication_error, other, message, context}
     end
   end

@@ -19,10 +19,10 @@ use term_json::EncodeError;
 mod atoms {
     rustler::atoms! {
         ok, error, dirty, nil,
-        queued, running, answered,
+        queued, running, answered, delivered,
         python_error, pool_error, validation_error, frame_too_large,
         saturated, closed, unavailable, no_such_worker,
-        worker_exited, invalid_reply, reply_too_large, wrong_reply_id,
+        worker_exited, invalid_reply, reply_too_large, wrong_reply_id, result_too_deep,
         pool_closed, pool_unavailable,
         starting, idle, busy, restarting, stopped,
         stdout, stderr,
@@ -86,13 +86,26 @@ impl Caller for ProcessCaller {
     fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<bool, Failure> {
         let tag = &self.tag;
         let (message, success) = self.env.run(|env| -> Result<(SavedTerm, bool), Failure> {
-            let reply = term_json::decode_reply(env, body).map_err(|e| Failure {
-                kind: FailureKind::InvalidReply,
-                message: format!(
-                    "worker {worker} sent an invalid reply: {}",
-                    protocol::describe_json_error(&e, body)
-                ),
-                worker: Some(worker),
+            let reply = term_json::decode_reply(env, body).map_err(|e| {
+                if term_json::is_too_deep(&e) {
+                    Failure {
+                        kind: FailureKind::ResultTooDeep,
+                        message: format!(
+                            "the result is nested deeper than {} levels",
+                            term_json::MAX_DECODE_DEPTH
+                        ),
+                        worker: Some(worker),
+                    }
+                } else {
+                    Failure {
+                        kind: FailureKind::InvalidReply,
+                        message: format!(
+                            "worker {worker} sent an invalid reply: {}",
+                            protocol::describe_json_error(&e, body)
+                        ),
+                        worker: Some(worker),
+                    }
+                }
             })?;
             if reply.id != id {
                 return Err(Failure {
@@ -122,6 +135,7 @@ impl Caller for ProcessCaller {
                 FailureKind::WorkerExited => atoms::worker_exited(),
                 FailureKind::InvalidReply => atoms::invalid_reply(),
                 FailureKind::ReplyTooLarge => atoms::reply_too_large(),
+                FailureKind::ResultTooDeep => atoms::result_too_deep(),
                 FailureKind::WrongReplyId => atoms::wrong_reply_id(),
                 FailureKind::PoolClosed => atoms::pool_closed(),
                 FailureKind::PoolUnavailable => atoms::pool_unavailable(),
@@ -473,13 +487,14 @@ fn list_sessions(env: Env, pool: ResourceArc<PoolResource>) -> NifResult<Term> {
 }
 
 /// Gives up on a request. `:queued` or `:running`: no reply will come. `:answered`: the reply
-/// is in (or on its way to) the caller's mailbox.
+/// is on its way to the caller's mailbox. `:delivered`: it is there, unless already taken.
 #[rustler::nif]
 fn cancel(ticket: ResourceArc<TicketResource>) -> rustler::Atom {
     match ticket.0.cancel() {
         Cancelled::WhileQueued => atoms::queued(),
         Cancelled::WhileRunning | Cancelled::AlreadyCancelled => atoms::running(),
         Cancelled::AlreadyAnswered => atoms::answered(),
+        Cancelled::Delivered => atoms::delivered(),
     }
 }
 

@@ -138,9 +138,7 @@ impl Encoding<'_> {
     }
 
     fn atom(&mut self, term: Term) -> Result<(), EncodeError> {
-        let name = term
-            .atom_to_string()
-            .map_err(|_| EncodeError::invalid("unreadable atom"))?;
+        let name = atom_text(term)?;
         match name.as_str() {
             "nil" => self.out.extend_from_slice(b"null"),
             "true" => self.out.extend_from_slice(b"true"),
@@ -219,9 +217,15 @@ impl Encoding<'_> {
         let iter = rustler::types::map::MapIterator::new(term)
             .ok_or_else(|| EncodeError::invalid("unreadable map"))?;
         self.out.push(b'{');
+        let (mut atom_keys, mut string_keys) = (false, false);
         for (n, (key, value)) in iter.enumerate() {
             if n > 0 {
                 self.out.push(b',');
+            }
+            if key.is_atom() {
+                atom_keys = true;
+            } else {
+                string_keys = true;
             }
             let name = key_name(key)?;
             self.text(&name)?;
@@ -230,15 +234,35 @@ impl Encoding<'_> {
                 .map_err(|e| e.within(PathPart::Key(name)))?;
         }
         self.out.push(b'}');
+        // `a:` and `"a"` would both become the JSON key "a", and one value would be lost.
+        if atom_keys && string_keys {
+            refuse_duplicate_keys(term)?;
+        }
         self.check(0)
     }
 }
 
+/// An atom's name. `enif_get_atom` only reads Latin-1 on OTP 25, so other atoms are read from
+/// their external format (ATOM_UTF8_EXT or SMALL_ATOM_UTF8_EXT).
+fn atom_text(term: Term) -> Result<String, EncodeError> {
+    if let Ok(name) = term.atom_to_string() {
+        return Ok(name);
+    }
+    let external = term.to_binary();
+    let bytes = external.as_slice();
+    let name = match bytes {
+        [131, 118, hi, lo, rest @ ..] => rest.get(..u16::from_be_bytes([*hi, *lo]) as usize),
+        [131, 119, len, rest @ ..] => rest.get(..*len as usize),
+        _ => None,
+    };
+    name.and_then(|n| std::str::from_utf8(n).ok())
+        .map(str::to_owned)
+        .ok_or_else(|| EncodeError::invalid("unreadable atom"))
+}
+
 fn key_name(key: Term) -> Result<String, EncodeError> {
     match key.get_type() {
-        TermType::Atom => key
-            .atom_to_string()
-            .map_err(|_| EncodeError::invalid("unreadable atom key")),
+        TermType::Atom => atom_text(key),
         TermType::Binary => {
             let bin =
                 Binary::from_term(key).map_err(|_| EncodeError::invalid("a bitstring map key"))?;
@@ -252,14 +276,55 @@ fn key_name(key: Term) -> Result<String, EncodeError> {
     }
 }
 
+fn refuse_duplicate_keys(map: Term) -> Result<(), EncodeError> {
+    let mut seen = std::collections::HashSet::new();
+    for (key, _) in rustler::types::map::MapIterator::new(map)
+        .into_iter()
+        .flatten()
+    {
+        let name = key_name(key)?;
+        if !seen.insert(name.clone()) {
+            return Err(EncodeError::invalid(format!(
+                "the key {name:?} appears both as an atom and as a string; JSON would keep only one"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Deepest nesting a reply may have: deep enough for anything sent (the encoder stops at
+/// [`MAX_DEPTH`]), shallow enough that decoding cannot overflow the worker thread's stack.
+pub const MAX_DECODE_DEPTH: usize = 512;
+const TOO_DEEP: &str = "nested too deeply";
+
+/// Whether a decoding error is the depth limit rather than malformed JSON.
+pub fn is_too_deep(e: &serde_json::Error) -> bool {
+    e.to_string().starts_with(TOO_DEEP)
+}
+
 /// Builds a term straight from JSON text.
 #[derive(Clone, Copy)]
-pub struct TermSeed<'a>(pub Env<'a>);
+pub struct TermSeed<'a> {
+    env: Env<'a>,
+    depth: usize,
+}
+
+impl<'a> TermSeed<'a> {
+    fn nested(self) -> Self {
+        TermSeed {
+            env: self.env,
+            depth: self.depth + 1,
+        }
+    }
+}
 
 impl<'de, 'a> DeserializeSeed<'de> for TermSeed<'a> {
     type Value = Term<'a>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Term<'a>, D::Error> {
+        if self.depth > MAX_DECODE_DEPTH {
+            return Err(de::Error::custom(TOO_DEEP));
+        }
         d.deserialize_any(self)
     }
 }
@@ -271,45 +336,45 @@ impl<'de, 'a> Visitor<'de> for TermSeed<'a> {
         f.write_str("any JSON value")
     }
     fn visit_bool<E>(self, v: bool) -> Result<Term<'a>, E> {
-        Ok(v.encode(self.0))
+        Ok(v.encode(self.env))
     }
     fn visit_i64<E>(self, v: i64) -> Result<Term<'a>, E> {
-        Ok(v.encode(self.0))
+        Ok(v.encode(self.env))
     }
     fn visit_u64<E>(self, v: u64) -> Result<Term<'a>, E> {
-        Ok(v.encode(self.0))
+        Ok(v.encode(self.env))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Term<'a>, E> {
-        Ok(v.encode(self.0))
+        Ok(v.encode(self.env))
     }
     fn visit_str<E>(self, v: &str) -> Result<Term<'a>, E> {
-        Ok(v.encode(self.0))
+        Ok(v.encode(self.env))
     }
     fn visit_unit<E>(self) -> Result<Term<'a>, E> {
-        Ok(nil().encode(self.0))
+        Ok(nil().encode(self.env))
     }
     fn visit_none<E>(self) -> Result<Term<'a>, E> {
-        Ok(nil().encode(self.0))
+        Ok(nil().encode(self.env))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Term<'a>, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(item) = seq.next_element_seed(self)? {
+        while let Some(item) = seq.next_element_seed(self.nested())? {
             items.push(item);
         }
-        Ok(items.encode(self.0))
+        Ok(items.encode(self.env))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Term<'a>, A::Error> {
         let mut keys = Vec::new();
         let mut values = Vec::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            keys.push(key.as_ref().encode(self.0));
-            values.push(map.next_value_seed(self)?);
+            keys.push(key.as_ref().encode(self.env));
+            values.push(map.next_value_seed(self.nested())?);
         }
-        match Term::map_from_term_arrays(self.0, &keys, &values) {
+        match Term::map_from_term_arrays(self.env, &keys, &values) {
             Ok(m) => Ok(m),
             // Duplicate keys: the last one wins, as in Python's json.
             Err(_) => {
-                let mut m = Term::map_new(self.0);
+                let mut m = Term::map_new(self.env);
                 for (k, v) in keys.into_iter().zip(values) {
                     m = m
                         .map_put(k, v)
@@ -343,7 +408,12 @@ impl<'de, 'a> Visitor<'de> for ReplySeed<'a> {
             match key.as_ref() {
                 "id" => id = Some(map.next_value::<u64>()?),
                 "success" => success = Some(map.next_value::<bool>()?),
-                "result" | "error" => payload = Some(map.next_value_seed(TermSeed(self.0))?),
+                "result" | "error" => {
+                    payload = Some(map.next_value_seed(TermSeed {
+                        env: self.0,
+                        depth: 1,
+                    })?)
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -359,6 +429,8 @@ impl<'de, 'a> Visitor<'de> for ReplySeed<'a> {
 
 pub fn decode_reply<'a>(env: Env<'a>, body: &[u8]) -> Result<DecodedReply<'a>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
+    // Our own depth limit (TermSeed) applies instead, counted from the result.
+    de.disable_recursion_limit();
     let reply = de::Deserializer::deserialize_map(&mut de, ReplySeed(env))?;
     de.end()?;
     Ok(reply)

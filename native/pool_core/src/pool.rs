@@ -171,9 +171,10 @@ impl Counters {
     pub(crate) fn count_failure(&self, kind: FailureKind) {
         let counter = match kind {
             FailureKind::WorkerExited => &self.worker_exited,
-            FailureKind::InvalidReply | FailureKind::ReplyTooLarge | FailureKind::WrongReplyId => {
-                &self.invalid_reply
-            }
+            FailureKind::InvalidReply
+            | FailureKind::ReplyTooLarge
+            | FailureKind::WrongReplyId
+            | FailureKind::ResultTooDeep => &self.invalid_reply,
             FailureKind::PoolClosed => &self.pool_closed,
             FailureKind::PoolUnavailable => &self.pool_unavailable,
         };
@@ -321,6 +322,8 @@ impl Pool {
             let done = done_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("dspex-np-worker-{index}"))
+                // Decoding a deeply nested reply recurses on this thread.
+                .stack_size(8 << 20)
                 .spawn(move || {
                     let _done = done;
                     crate::worker::run_slot(thread_shared, index)
@@ -453,6 +456,14 @@ impl Pool {
             s.closing_flag.store(true, Ordering::Release);
         }
         s.shutdown_tx.lock().take();
+        // A worker still starting runs no request: no reason to let it finish.
+        for slot in &s.slots {
+            if matches!(slot.state(), SlotState::Starting | SlotState::Restarting) {
+                if let Some(process) = slot.process.lock().as_ref() {
+                    process.kill();
+                }
+            }
+        }
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock());
         let _ = self.threads_done.recv_deadline(Instant::now() + grace);
         // Whoever is still running a request past the grace period is killed.

@@ -15,6 +15,7 @@ const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
 const CANCELLED: u8 = 3;
+const SENT: u8 = 4;
 
 #[derive(Debug, Default)]
 pub struct Ticket {
@@ -28,8 +29,10 @@ pub enum Cancelled {
     WhileQueued,
     /// A worker was running it: its reply will be dropped.
     WhileRunning,
-    /// A reply was already sent (or is being sent) to the caller.
+    /// A reply is being sent to the caller: it will be in its mailbox shortly.
     AlreadyAnswered,
+    /// The reply was sent: it is in the caller's mailbox, unless already taken.
+    Delivered,
     /// Someone cancelled it before.
     AlreadyCancelled,
 }
@@ -71,8 +74,14 @@ impl Ticket {
         }
         match self.state.load(Ordering::Acquire) {
             DONE => Cancelled::AlreadyAnswered,
+            SENT => Cancelled::Delivered,
             _ => Cancelled::AlreadyCancelled,
         }
+    }
+
+    /// The answer has been handed to the caller's mailbox.
+    pub fn delivered(&self) {
+        self.advance(DONE, SENT);
     }
 
     /// Settles a request the pool fails without running it (pool closed or unavailable);
@@ -91,6 +100,9 @@ pub enum FailureKind {
     InvalidReply,
     /// The worker's reply announced a frame over the cap.
     ReplyTooLarge,
+    /// The reply is sound but its result is nested too deeply to become a term; the worker's
+    /// stream is intact, so it stays.
+    ResultTooDeep,
     /// The reply carried another request's id.
     WrongReplyId,
     /// The pool stopped before the request ran.
@@ -142,6 +154,7 @@ impl Request {
                 message: message.into(),
                 worker: None,
             });
+            self.ticket.delivered();
         }
     }
 }
@@ -162,6 +175,8 @@ mod tests {
         assert!(t.start());
         assert!(t.finish());
         assert_eq!(t.cancel(), Cancelled::AlreadyAnswered);
+        t.delivered();
+        assert_eq!(t.cancel(), Cancelled::Delivered);
 
         let t = Ticket::new();
         assert_eq!(t.cancel(), Cancelled::WhileQueued);

@@ -58,13 +58,13 @@ pub fn run_slot(shared: Arc<Shared>, index: usize) {
             Ok(mut live) => {
                 slot.failures_in_row.store(0, Ordering::Release);
                 slot.os_pid.store(live.process.pid(), Ordering::Release);
-                *slot.process.lock() = Some(live.process.clone());
+                // Idle before anyone hears it is ready, so stats never lag the event.
+                slot.set_state(SlotState::Idle);
                 shared.events.event(Event::WorkerReady {
                     slot: index,
                     os_pid: live.process.pid(),
                     restart: restarts > 0,
                 });
-                slot.set_state(SlotState::Idle);
                 let (end, pending) = serve(&shared, index, &mut live);
                 let last = finish(&shared, index, live, end, pending);
                 if last {
@@ -124,6 +124,11 @@ fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> {
     })?;
     let output = Output::start(proc.stdout, proc.stderr, index, shared.events.clone());
     let process = Arc::new(proc.handle);
+    // Registered at once, so a pool that stops meanwhile can kill a worker still starting.
+    *shared.slots[index].process.lock() = Some(process.clone());
+    if shared.is_closing() {
+        process.kill();
+    }
     let _ = frame::set_nonblocking(&proc.requests);
     let mut live = Live {
         process,
@@ -134,35 +139,27 @@ fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> {
     };
     let worker_id = index.to_string();
     let args = serde_json::json!({ "worker_id": worker_id }).to_string();
-    match call_internal(config.max_frame, &mut live, "ping", &args, deadline) {
+    let why = match call_internal(config.max_frame, &mut live, "ping", &args, deadline) {
         Ok(Ok(result)) if result["worker_id"] == worker_id.as_str() => {
-            replay(shared, index, &mut live, deadline)?;
-            Ok(live)
+            match replay(shared, index, &mut live, deadline) {
+                Ok(()) => return Ok(live),
+                Err(why) => why,
+            }
         }
-        Ok(Ok(result)) => Err(abandon(
-            live,
-            &format!("worker {index} answered the init ping with the wrong worker id: {result}"),
-        )),
-        Ok(Err(error)) => Err(abandon(
-            live,
-            &format!("worker {index} failed its init ping: {error}"),
-        )),
-        Err(FrameError::Timeout) => Err(abandon(
-            live,
-            &format!(
-                "worker {index} did not answer its init ping within {} ms",
-                config.startup_timeout.as_millis()
-            ),
-        )),
-        Err(FrameError::Eof) | Err(FrameError::Truncated { .. }) => Err(abandon(
-            live,
-            &format!("worker {index} exited during start-up"),
-        )),
-        Err(e) => Err(abandon(
-            live,
-            &format!("worker {index} broke the protocol during start-up: {e}"),
-        )),
-    }
+        Ok(Ok(result)) => {
+            format!("worker {index} answered the init ping with the wrong worker id: {result}")
+        }
+        Ok(Err(error)) => format!("worker {index} failed its init ping: {error}"),
+        Err(FrameError::Timeout) => format!(
+            "worker {index} did not answer its init ping within {} ms",
+            config.startup_timeout.as_millis()
+        ),
+        Err(FrameError::Eof) | Err(FrameError::Truncated { .. }) => {
+            format!("worker {index} exited during start-up")
+        }
+        Err(e) => format!("worker {index} broke the protocol during start-up: {e}"),
+    };
+    Err(abandon(shared, index, live, &why))
 }
 
 /// Gives a new worker the state its predecessor had: pool-wide settings, then the definitions
@@ -193,9 +190,10 @@ fn replay(shared: &Shared, index: usize, live: &mut Live, deadline: Instant) -> 
 }
 
 /// Kills a worker that failed to start and describes why, quoting its stderr.
-fn abandon(live: Live, why: &str) -> String {
+fn abandon(shared: &Shared, index: usize, live: Live, why: &str) -> String {
     live.process.kill();
     let status = live.process.reap();
+    *shared.slots[index].process.lock() = None;
     live.output.drain(OUTPUT_DRAIN);
     describe(why, status, &live.output.tail.text())
 }
@@ -424,6 +422,7 @@ fn deliver(
     }
     match request.caller.reply(body, request.id, index) {
         Ok(success) => {
+            request.ticket.delivered();
             counters.completed.fetch_add(1, Ordering::Relaxed);
             if let (true, Some((session, record))) = (success, request.record.take()) {
                 shared.sessions.lock().record(&session, record);
@@ -432,9 +431,11 @@ fn deliver(
         }
         Err(failure) => {
             let why = failure.message.clone();
-            counters.count_failure(failure.kind);
+            let kind = failure.kind;
+            counters.count_failure(kind);
             request.caller.fail(failure);
-            Some((End::Replace(why), None))
+            request.ticket.delivered();
+            (kind != FailureKind::ResultTooDeep).then_some((End::Replace(why), None))
         }
     }
 }
@@ -447,6 +448,7 @@ fn fail(shared: &Shared, request: &mut Request, kind: FailureKind, message: Stri
             message,
             worker: Some(index),
         });
+        request.ticket.delivered();
     }
 }
 

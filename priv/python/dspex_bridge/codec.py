@@ -19,10 +19,12 @@ authoritative:
   ``allow_nan=False``) raises.  If the orjson output contains ``null`` at all,
   the value is re-encoded by the stdlib, which raises for a non-finite float.
   (A plain ``None`` pays for one extra stdlib encode, nothing more.)
-* Integers beyond 64 bits: orjson refuses to encode them (retried with
-  stdlib, which succeeds) and decodes them as lossy floats (so a payload with
-  a run of 20+ digits anywhere, even inside a string, is decoded by stdlib
-  instead; the scan for such runs costs about 0.4 ns per payload byte).
+* Integers beyond 64 bits are refused when encoding, by both paths: the
+  Elixir side refuses to send them and would otherwise receive a lossy float,
+  so a reply carrying one is a clear error instead of silent rounding.
+  orjson decodes them as lossy floats (so a payload with a run of 20+ digits
+  anywhere, even inside a string, is decoded by stdlib instead; the scan for
+  such runs costs about 0.4 ns per payload byte).
 * Non-``str`` dict keys (int, float, bool, None): stdlib converts them to
   strings; orjson does so with ``OPT_NON_STR_KEYS``.
 * dataclasses and datetimes: stdlib refuses them, so orjson is told to refuse
@@ -46,9 +48,35 @@ _std_encoder = _json.JSONEncoder(
 _std_loads = _json.loads
 
 
+_DIGITS_TO_ZERO = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_NINETEEN_ZEROS = b"0" * 19
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
 def std_dumps(obj):
     """Encode ``obj`` with the standard library (the reference behaviour)."""
-    return _std_encoder(obj).encode("utf-8")
+    out = _std_encoder(obj).encode("utf-8")
+    # Only a run of 19+ digits can be an integer beyond 64 bits; look closer then.
+    if _NINETEEN_ZEROS in out.translate(_DIGITS_TO_ZERO):
+        _refuse_big_ints(obj)
+    return out
+
+
+def _refuse_big_ints(obj, depth=0):
+    if isinstance(obj, bool) or depth > 1000:
+        return
+    if isinstance(obj, int):
+        if not _INT_MIN <= obj <= _INT_MAX:
+            raise ValueError(
+                "integer %d is beyond 64 bits, which Elixir would receive as a "
+                "rounded float; return it as a string" % obj
+            )
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            _refuse_big_ints(value, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _refuse_big_ints(value, depth + 1)
 
 
 def std_loads(payload):

@@ -64,7 +64,11 @@ HANDLER_SOURCE = textwrap.dedent('''
 
 
     def with_none(args):
-        return {"x": None, "big": 2 ** 70, 1: "int key"}
+        return {"x": None, "fits": 2 ** 64 - 1, 1: "int key"}
+
+
+    def big_int(args):
+        return {"big": [2 ** 70]}
 
 
     def big(args):
@@ -275,7 +279,8 @@ class HandlerModule(WorkerTestCase):
     def test_none_bigint_and_int_keys(self):
         w = self.spawn_handlers()
         reply = w.call("with_none")
-        self.assertEqual(reply["result"], {"x": None, "big": 2 ** 70, "1": "int key"})
+        self.assertEqual(reply["result"], {"x": None, "fits": 2 ** 64 - 1, "1": "int key"})
+        self.assertError(w.call("big_int"), "SerializationError", "beyond 64 bits")
 
     def test_reply_over_max_frame(self):
         w = self.spawn_handlers(max_frame=4096)
@@ -572,11 +577,12 @@ class JsonBackends(unittest.TestCase):
 
     def check(self, c):
         for value in ({"a": [1, 2.5, None, True, "é🐍"]}, {1: "x", None: "y", 2.5: "z"},
-                      2 ** 70, -(2 ** 63), "null", [], {}, 1e300, "\u2028"):
+                      2 ** 64 - 1, -(2 ** 63), "null", [], {}, 1e300, "\u2028",
+                      "12345678901234567890123"):
             self.assertEqual(json.loads(c.dumps(value)), json.loads(c.std_dumps(value)), value)
         self.assertEqual(c.dumps({"é": 1}), '{"é":1}'.encode())  # compact, raw UTF-8
         for bad in (float("nan"), [float("inf")], {"x": object()}, "\ud800",
-                    {(1, 2): "tuple key"}):
+                    {(1, 2): "tuple key"}, 2 ** 64, [{"n": -(2 ** 63) - 1}]):
             with self.assertRaises((TypeError, ValueError), msg=repr(bad)):
                 c.dumps(bad)
         self.assertEqual(c.loads(b'{"n": 123456789012345678901234567890}'),

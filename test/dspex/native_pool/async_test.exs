@@ -66,7 +66,7 @@ defmodule DSPex.NativePool.AsyncTest do
       end)
 
     result = Task.yield(task, 2_000) || Task.shutdown(task, :brutal_kill)
-    assert {:ok, {:error, {_category, _type, _message, _context}}} = result
+    assert {:ok, {:error, {:validation_error, :already_awaited, _message, _context}}} = result
   end
 
   test "errors pass through await" do

@@ -109,15 +109,18 @@ defmodule DSPex.NativePool.ExecuteTest do
       end
     end
 
-    test "Python integers beyond 64 bits come back exact, not rounded to floats", %{pool: pool} do
-      assert {:ok, result} = NativePool.execute("big_ints", %{}, pool: pool)
+    test "64-bit integers come back exact; beyond 64 bits is an error, never a rounded float",
+         %{pool: pool} do
+      assert {:ok, [max, min]} = NativePool.execute("edge_ints", %{}, pool: pool)
+      assert max === Integer.pow(2, 64) - 1
+      assert min === -Integer.pow(2, 63)
 
-      assert result == [
-               Integer.pow(2, 70),
-               -Integer.pow(2, 63) - 1,
-               Integer.pow(2, 64) - 1,
-               -Integer.pow(2, 63)
-             ]
+      assert {:error, {:system_error, :unserializable_result, message, %{worker_id: _}}} =
+               NativePool.execute("big_ints", %{}, pool: pool)
+
+      assert message =~ "beyond 64 bits"
+      # The worker stays in service.
+      assert {:ok, [_, _]} = NativePool.execute("edge_ints", %{}, pool: pool)
     end
 
     test "a 5 MB result comes back", %{pool: pool} do

@@ -104,6 +104,17 @@ defmodule DSPex.NativePool.ValidationTest do
     assert worker_os_pids(pool) == [os_pid]
   end
 
+  test "a key given both as an atom and as a string is refused, not silently merged",
+       %{pool: pool} do
+    assert {:error, {:validation_error, :invalid_args, message, _}} =
+             NativePool.execute("echo", %{"a" => 1, :a => 2}, pool: pool)
+
+    assert message =~ ~s(the key "a" appears both as an atom and as a string)
+
+    assert {:ok, %{"a" => 1, "b" => 2}} =
+             NativePool.execute("echo", %{"a" => 1, :b => 2}, pool: pool)
+  end
+
   test "args must be a map or a keyword list", %{pool: pool} do
     before = seen(pool)
 

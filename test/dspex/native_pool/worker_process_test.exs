@@ -123,15 +123,15 @@ defmodule DSPex.NativePool.WorkerProcessTest do
     end
 
     test "a worker that stops answering is replaced by the health check" do
-      %{pool: pool} =
-        start_pool!(handlers_source: :standard, health_interval: 200, health_timeout: 200)
-
+      %{pool: pool} = start_pool!(health_interval: 200, health_timeout: 500)
       attach_logs(pool)
       [frozen] = worker_os_pids(pool)
-      assert {:ok, "freezing"} = NativePool.execute("freeze", %{}, pool: pool)
 
-      assert_receive {:pool_log, ^pool, :warning, "worker 0 (os pid " <> reason, _}, 5_000
-      assert reason =~ "replaced: no answer to a health check within 200 ms"
+      # Freeze the idle worker: alive, but it will answer nothing more.
+      assert {_, 0} = System.cmd("kill", ["-STOP", Integer.to_string(frozen)])
+
+      assert_receive {:pool_log, ^pool, :warning, "worker 0 (os pid " <> reason, _}, 10_000
+      assert reason =~ "#{frozen}) replaced: no answer to a health check within 500 ms"
       assert {:ok, %{"pid" => new_os_pid}} = NativePool.execute("ping", %{}, pool: pool)
       assert new_os_pid != frozen
       refute os_process_exists?(frozen)
@@ -144,10 +144,13 @@ defmodule DSPex.NativePool.WorkerProcessTest do
     dead = Enum.at(old_os_pids, worker_id)
 
     stats =
-      eventually(fn ->
-        stats = NativePool.stats(pool)
-        all_idle?(pool) and Enum.at(stats.workers, worker_id).os_pid != dead and stats
-      end)
+      eventually(
+        fn ->
+          stats = NativePool.stats(pool)
+          all_idle?(pool) and Enum.at(stats.workers, worker_id).os_pid != dead and stats
+        end,
+        10_000
+      )
 
     refute os_process_exists?(dead)
     assert length(stats.workers) == 2

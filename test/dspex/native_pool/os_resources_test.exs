@@ -1,0 +1,115 @@
+defmodule DSPex.NativePool.OsResourcesTest do
+  # No orphans and no leaks. Not async: it counts the VM's own threads and descriptors, which
+  # other tests' pools would disturb.
+  use ExUnit.Case, async: false
+
+  alias DSPex.NativePool
+
+  defp alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> not String.contains?(stat, ") Z ")
+      {:error, _} -> false
+    end
+  end
+
+  # Polls until `check` holds or `ms` pass; returns whether it held. For OS state that sends us
+  # no message (a process ending in another VM).
+  defp within(ms, check) do
+    deadline = System.monotonic_time(:millisecond) + ms
+    poll(check, deadline)
+  end
+
+  defp poll(check, deadline) do
+    cond do
+      check.() -> true
+      System.monotonic_time(:millisecond) > deadline -> false
+      true -> receive(after: (10 -> poll(check, deadline)))
+    end
+  end
+
+  defp threads, do: length(File.ls!("/proc/self/task"))
+  defp fds, do: length(File.ls!("/proc/self/fd"))
+
+  test "when the VM is killed with SIGKILL, every worker exits within 2 s, idle or busy" do
+    dir = Path.join(System.tmp_dir!(), "dspex_vmkill_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+    File.write!(Path.join(dir, "spin.py"), "def spin(args):\n    while True:\n        pass\n")
+
+    # A second VM runs a pool: one worker spinning in a request, one idle, one sleeping.
+    script = """
+    {:ok, _} = DSPex.NativePool.start_link(name: Victim, pool_size: 2, handlers: "spin",
+      python_path: [#{inspect(dir)}])
+    spawn(fn -> DSPex.NativePool.execute("spin", %{}, pool: Victim, timeout: :infinity) end)
+    Enum.find(Stream.repeatedly(fn -> DSPex.NativePool.stats(Victim) end), fn s ->
+      Enum.any?(s.workers, &(&1.state == :busy))
+    end)
+    pids = for w <- DSPex.NativePool.stats(Victim).workers, do: w.os_pid
+    IO.puts("READY \#{System.pid()} \#{Enum.join(pids, " ")}")
+    Process.sleep(:infinity)
+    """
+
+    ebin = Application.app_dir(:dspex_native_pool, "ebin")
+
+    port =
+      Port.open({:spawn_executable, System.find_executable("elixir")}, [
+        :binary,
+        :exit_status,
+        {:line, 4096},
+        args: ["-pa", ebin, "-e", script]
+      ])
+
+    {vm_pid, worker_pids} = await_ready(port)
+    assert length(worker_pids) == 2
+    assert Enum.all?(worker_pids, &alive?/1)
+
+    System.cmd("kill", ["-9", vm_pid])
+    killed_at = System.monotonic_time(:millisecond)
+    assert within(2_000, fn -> not Enum.any?(worker_pids, &alive?/1) end)
+
+    IO.puts(
+      "workers gone #{System.monotonic_time(:millisecond) - killed_at} ms after the VM's SIGKILL"
+    )
+  end
+
+  defp await_ready(port) do
+    receive do
+      {^port, {:data, {:eol, "READY " <> rest}}} ->
+        [vm_pid | pids] = String.split(rest)
+        {vm_pid, Enum.map(pids, &String.to_integer/1)}
+
+      {^port, {:data, _other}} ->
+        await_ready(port)
+
+      {^port, {:exit_status, status}} ->
+        flunk("the second VM exited with status #{status}")
+    after
+      30_000 -> flunk("the second VM did not start its pool")
+    end
+  end
+
+  test "starting and stopping 100 pools returns threads, descriptors and memory to their level" do
+    cycle = fn i ->
+      name = :"leak_#{i}"
+      {:ok, pid} = NativePool.start_link(name: name, pool_size: 2)
+      {:ok, _} = NativePool.execute("echo", %{i: i}, pool: name)
+      GenServer.stop(pid)
+    end
+
+    # Warm up: code loading, atoms, the first thread pools.
+    Enum.each(1..3, cycle)
+    :erlang.garbage_collect()
+    before = {threads(), fds(), :erlang.memory(:total)}
+
+    Enum.each(1..100, cycle)
+    for pid <- Process.list(), do: :erlang.garbage_collect(pid)
+
+    # Reader threads end at end of file, just after their worker: give them a moment.
+    assert within(2_000, fn -> threads() <= elem(before, 0) end),
+           "threads: #{elem(before, 0)} before, #{threads()} after"
+
+    assert fds() <= elem(before, 1), "descriptors: #{elem(before, 1)} before, #{fds()} after"
+    grown = :erlang.memory(:total) - elem(before, 2)
+    assert grown < 2_000_000, "VM memory grew by #{grown} bytes over 100 pools"
+  end
+end
