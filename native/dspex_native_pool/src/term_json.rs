@@ -150,6 +150,8 @@ impl Encoding<'_> {
 
     fn text(&mut self, s: &str) -> Result<(), EncodeError> {
         self.check(s.len())?;
+        // Room for the common case (nothing to escape), so a large string is copied once.
+        self.out.reserve(s.len() + 2);
         serde_json::to_writer(&mut *self.out, s).map_err(|e| EncodeError::invalid(e.to_string()))
     }
 

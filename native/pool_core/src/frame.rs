@@ -116,6 +116,9 @@ pub struct FrameReader {
     start: usize,
     end: usize,
     max: usize,
+    /// A frame too large for `buf`, read straight into its own vector: (body, bytes filled).
+    /// Kept here so that a read interrupted by its deadline can resume.
+    large: Option<(Vec<u8>, usize)>,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -128,11 +131,15 @@ impl FrameReader {
             start: 0,
             end: 0,
             max,
+            large: None,
         }
     }
 
     /// Reads the next frame's body. `deadline: None` waits forever.
     pub fn read_frame(&mut self, deadline: Option<Instant>) -> Result<Vec<u8>, FrameError> {
+        if self.large.is_some() {
+            return self.read_large(deadline);
+        }
         self.fill(HEADER_LEN, deadline, true)?;
         let header: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
             .try_into()
@@ -140,6 +147,16 @@ impl FrameReader {
         let len = u32::from_be_bytes(header) as usize;
         if len > self.max {
             return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        if HEADER_LEN + len > self.buf.len() {
+            // Large: no growing, compacting or copying out of `buf`; the body is read in place.
+            let mut body = vec![0; len];
+            let buffered = self.end - self.start - HEADER_LEN;
+            body[..buffered].copy_from_slice(&self.buf[self.start + HEADER_LEN..self.end]);
+            self.start = 0;
+            self.end = 0;
+            self.large = Some((body, buffered));
+            return self.read_large(deadline);
         }
         // The position only moves once the whole frame is here, so a timed-out read can resume.
         self.fill(HEADER_LEN + len, deadline, false)
@@ -156,6 +173,24 @@ impl FrameReader {
         Ok(body)
     }
 
+    fn read_large(&mut self, deadline: Option<Instant>) -> Result<Vec<u8>, FrameError> {
+        let (body, filled) = self.large.as_mut().expect("a large frame in progress");
+        while *filled < body.len() {
+            wait_for(&self.file, libc::POLLIN, deadline)?;
+            match self.file.read(&mut body[*filled..]) {
+                Ok(0) => {
+                    let (expected, got) = (body.len(), *filled);
+                    self.large = None;
+                    return Err(FrameError::Truncated { expected, got });
+                }
+                Ok(n) => *filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FrameError::Io(e)),
+            }
+        }
+        Ok(self.large.take().expect("a large frame in progress").0)
+    }
+
     /// Makes at least `need` bytes available from `start`.
     fn fill(
         &mut self,
@@ -166,13 +201,11 @@ impl FrameReader {
         if self.end - self.start >= need {
             return Ok(());
         }
-        // Compact, and grow for a large frame.
+        // Compact; frames larger than the buffer never come here (see `read_large`).
+        debug_assert!(need <= self.buf.len());
         self.buf.copy_within(self.start..self.end, 0);
         self.end -= self.start;
         self.start = 0;
-        if self.buf.len() < need {
-            self.buf.resize(need, 0);
-        }
         while self.end < need {
             wait_for(&self.file, libc::POLLIN, deadline)?;
             match self.file.read(&mut self.buf[self.end..]) {
@@ -189,17 +222,6 @@ impl FrameReader {
             }
         }
         Ok(())
-    }
-
-    /// Gives back the memory of an unusually large frame once it has been taken.
-    pub fn shrink(&mut self) {
-        if self.buf.len() > READ_CHUNK && self.end - self.start <= READ_CHUNK {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            self.buf.truncate(READ_CHUNK);
-            self.buf.shrink_to_fit();
-        }
     }
 }
 
@@ -282,8 +304,28 @@ mod tests {
         let writer = std::thread::spawn(move || w.write_all(&frame).unwrap());
         let mut reader = FrameReader::new(r, 4_000_000);
         assert_eq!(reader.read_frame(None).unwrap(), body);
-        reader.shrink();
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_large_frame_interrupted_by_its_deadline_resumes() {
+        let (r, mut w) = pipe();
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let mut frame = sealed(&body);
+        frame.extend(sealed(b"next"));
+        // Less than a pipe's default capacity, so the write returns without a reader.
+        w.write_all(&frame[..60_000]).unwrap();
+        let mut reader = FrameReader::new(r, 1 << 20);
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(matches!(
+            reader.read_frame(Some(soon)),
+            Err(FrameError::Timeout)
+        ));
+        let rest = frame[60_000..].to_vec();
+        let writer = std::thread::spawn(move || w.write_all(&rest).unwrap());
+        assert_eq!(reader.read_frame(None).unwrap(), body);
+        writer.join().unwrap();
+        assert_eq!(reader.read_frame(None).unwrap(), b"next");
     }
 
     #[test]

@@ -324,10 +324,7 @@ fn run(
     let mut deadline = Some(request.deadline);
     loop {
         match live.replies.read_frame(deadline) {
-            Ok(body) => {
-                live.replies.shrink();
-                return deliver(shared, index, request, &body);
-            }
+            Ok(body) => return deliver(shared, index, request, &body),
             Err(FrameError::Timeout) => {
                 request.ticket.cancel();
                 counters.timed_out.fetch_add(1, Ordering::Relaxed);
