@@ -314,13 +314,7 @@ defmodule DSPex.NativePool do
     end
 
     %Handle{ref: ref, ticket: ticket, context: context} = handle
-    wait = min_timeout(remaining(handle.deadline), timeout)
-
-    receive do
-      {^ref, outcome} -> outcome(outcome, context)
-    after
-      wait -> give_up(ref, ticket, wait, context)
-    end
+    await_reply(ref, ticket, min_timeout(remaining(handle.deadline), timeout), context)
   end
 
   ## Introspection
@@ -480,14 +474,15 @@ defmodule DSPex.NativePool do
       end
 
     Map.new(pending, fn
-      {worker, {ref, ticket, context}} -> {worker, await_reply(ref, ticket, deadline, context)}
-      {worker, error} -> {worker, error}
+      {worker, {ref, ticket, context}} ->
+        {worker, await_reply(ref, ticket, remaining(deadline), context)}
+
+      {worker, error} ->
+        {worker, error}
     end)
   end
 
-  defp await_reply(ref, ticket, deadline, context) do
-    wait = remaining(deadline)
-
+  defp await_reply(ref, ticket, wait, context) do
     receive do
       {^ref, outcome} -> outcome(outcome, context)
     after

@@ -215,6 +215,16 @@ defmodule DSPex.NativePool.TestHelpers do
   @doc "Whether an OS process with this pid exists (a zombie, never reaped, counts as existing)."
   def os_process_exists?(os_pid) when is_integer(os_pid), do: File.exists?("/proc/#{os_pid}")
 
+  @doc "Whether an OS process with this pid is running (a zombie, dead but unreaped, is not)."
+  def os_process_alive?(os_pid) when is_integer(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> not String.contains?(stat, ") Z ")
+      {:error, _} -> false
+    end
+  end
+
+  def os_process_alive?(_), do: false
+
   @doc "The OS pids of the pool's workers, in worker id order."
   def worker_os_pids(pool), do: Enum.map(NativePool.stats(pool).workers, & &1.os_pid)
 

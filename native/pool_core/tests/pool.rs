@@ -111,12 +111,12 @@ fn start(config: PoolConfig) -> (Pool, Receiver<Event>) {
     (pool, rx)
 }
 
-fn submit(
-    pool: &Pool,
+/// A request whose outcome arrives on the returned receiver.
+fn request(
     command: &str,
     args: serde_json::Value,
     timeout: Duration,
-) -> (Arc<Ticket>, Receiver<Outcome>) {
+) -> (Request, Arc<Ticket>, Receiver<Outcome>) {
     let (tx, rx) = unbounded();
     let id = next_request_id();
     let ticket = Ticket::new();
@@ -130,6 +130,16 @@ fn submit(
         record: None,
         route_slot: None,
     };
+    (request, ticket, rx)
+}
+
+fn submit(
+    pool: &Pool,
+    command: &str,
+    args: serde_json::Value,
+    timeout: Duration,
+) -> (Arc<Ticket>, Receiver<Outcome>) {
+    let (request, ticket, rx) = request(command, args, timeout);
     pool.submit(request, Route::AnyWorker)
         .map_err(|(e, _)| e)
         .unwrap();
@@ -260,18 +270,7 @@ fn full_queue_rejects_and_close_fails_queued() {
             .1
         })
         .collect();
-    let (tx, _rx) = unbounded();
-    let id = next_request_id();
-    let extra = Request {
-        id,
-        command: "echo".into(),
-        frame: protocol::request(id, "echo", b"{}", 1 << 20).unwrap(),
-        deadline: Instant::now() + Duration::from_secs(1),
-        ticket: Ticket::new(),
-        caller: Box::new(TestCaller(tx)),
-        record: None,
-        route_slot: None,
-    };
+    let (extra, _, _) = request("echo", serde_json::json!({}), Duration::from_secs(1));
     assert_eq!(
         pool.submit(extra, Route::AnyWorker).err().map(|e| e.0),
         Some(SubmitError::Saturated)
@@ -305,19 +304,9 @@ fn broken_start_reports_stderr_then_pool_becomes_unavailable() {
         }
     }
     assert!(!pool.stats().available);
-    let (tx, _rx) = unbounded();
-    let request = Request {
-        id: 1,
-        command: "echo".into(),
-        frame: vec![],
-        deadline: Instant::now() + Duration::from_secs(1),
-        ticket: Ticket::new(),
-        caller: Box::new(TestCaller(tx)),
-        record: None,
-        route_slot: None,
-    };
+    let (refused, _, _) = request("echo", serde_json::json!({}), Duration::from_secs(1));
     assert_eq!(
-        pool.submit(request, Route::AnyWorker).err().map(|e| e.0),
+        pool.submit(refused, Route::AnyWorker).err().map(|e| e.0),
         Some(SubmitError::Unavailable)
     );
     pool.close(Duration::ZERO);

@@ -1,9 +1,7 @@
 defmodule DSPex.NativePool.FaultsTest do
   # Fault injection against real Python workers: crashes, hangs, garbage on the protocol stream,
   # dead callers, full queues, broken starts. Each test owns its pool.
-  use ExUnit.Case, async: true
-
-  alias DSPex.NativePool
+  use DSPex.NativePool.PoolCase, async: true
 
   @handlers """
   import ctypes, json, os, signal, sys, time
@@ -82,52 +80,19 @@ defmodule DSPex.NativePool.FaultsTest do
     name
   end
 
-  defp worker_pids(pool), do: for(%{os_pid: pid} <- NativePool.stats(pool).workers, do: pid)
-
-  defp alive?(os_pid) when is_integer(os_pid) do
-    case File.read("/proc/#{os_pid}/stat") do
-      {:ok, stat} -> not String.contains?(stat, ") Z ")
-      {:error, _} -> false
-    end
-  end
-
-  defp alive?(_), do: false
-
-  # Retries `check` until it returns a truthy value or `ms` pass; for states with no event to
-  # wait on (an OS process disappearing, a replacement worker coming up).
-  defp eventually(check, ms \\ 5_000) do
-    deadline = System.monotonic_time(:millisecond) + ms
-    do_eventually(check, deadline)
-  end
-
-  defp do_eventually(check, deadline) do
-    case check.() do
-      falsy when falsy in [nil, false] ->
-        if System.monotonic_time(:millisecond) > deadline do
-          flunk("condition not met in time")
-        else
-          receive after: (10 -> :ok)
-          do_eventually(check, deadline)
-        end
-
-      value ->
-        value
-    end
-  end
-
   defp replaced(pool, old_pids) do
     eventually(fn ->
       stats = NativePool.stats(pool)
 
-      Enum.all?(stats.workers, &(&1.state == :idle and alive?(&1.os_pid))) and
-        worker_pids(pool) != old_pids
+      Enum.all?(stats.workers, &(&1.state == :idle and os_process_alive?(&1.os_pid))) and
+        worker_os_pids(pool) != old_pids
     end)
   end
 
   describe "a worker that dies mid-request" do
     test "os._exit names the status and quotes stderr; the pool heals", %{dir: dir} do
       pool = start_pool(dir, [])
-      old = worker_pids(pool)
+      old = worker_os_pids(pool)
 
       assert {:error, {:communication_error, :worker_exited, message, context}} =
                NativePool.execute("crash", %{code: 3}, pool: pool)
@@ -169,9 +134,9 @@ defmodule DSPex.NativePool.FaultsTest do
 
     test "an idle worker killed from outside is replaced before it takes work", %{dir: dir} do
       pool = start_pool(dir, [])
-      [os_pid] = old = worker_pids(pool)
+      [os_pid] = old = worker_os_pids(pool)
       System.cmd("kill", ["-9", to_string(os_pid)])
-      eventually(fn -> not alive?(os_pid) end)
+      eventually(fn -> not os_process_alive?(os_pid) end)
       # The next call never fails: it waits for, or is requeued to, the replacement. (A kill
       # racing with a request is a crash mid-request, reported as such.)
       assert {:ok, %{"pid" => new_pid}} = NativePool.execute("pid", %{}, pool: pool)
@@ -185,7 +150,7 @@ defmodule DSPex.NativePool.FaultsTest do
       flag = Path.join(dir, "broken_#{System.unique_integer([:positive])}")
       pool = start_pool(dir, env: %{"FAIL_FLAG" => flag}, max_backoff: 200)
       File.write!(flag, "")
-      [os_pid] = worker_pids(pool)
+      [os_pid] = worker_os_pids(pool)
       System.cmd("kill", ["-9", to_string(os_pid)])
 
       eventually(fn -> NativePool.stats(pool).available == false end)
@@ -208,7 +173,7 @@ defmodule DSPex.NativePool.FaultsTest do
   describe "hung and slow workers" do
     test "the deadline kills and replaces the worker; no late reply arrives", %{dir: dir} do
       pool = start_pool(dir, [])
-      old = worker_pids(pool)
+      old = worker_os_pids(pool)
       started = System.monotonic_time(:millisecond)
 
       assert {:error, {:timeout_error, :request_timeout, _, _}} =
@@ -223,7 +188,7 @@ defmodule DSPex.NativePool.FaultsTest do
 
     test "kill_on_timeout: false keeps the worker and drops the late reply", %{dir: dir} do
       pool = start_pool(dir, kill_on_timeout: false)
-      [os_pid] = worker_pids(pool)
+      [os_pid] = worker_os_pids(pool)
 
       assert {:error, {:timeout_error, :request_timeout, _, _}} =
                NativePool.execute("sleep", %{s: 0.3}, pool: pool, timeout: 50)
@@ -235,7 +200,7 @@ defmodule DSPex.NativePool.FaultsTest do
 
     test "an idle worker that stops answering health pings is replaced", %{dir: dir} do
       pool = start_pool(dir, health_interval: 100, health_timeout: 200)
-      [os_pid] = old = worker_pids(pool)
+      [os_pid] = old = worker_os_pids(pool)
       System.cmd("kill", ["-STOP", to_string(os_pid)])
       replaced(pool, old)
       assert [%{last_exit: last_exit}] = NativePool.stats(pool).workers
@@ -269,7 +234,7 @@ defmodule DSPex.NativePool.FaultsTest do
 
     test "a running request's reply to a dead caller is discarded; the worker stays", %{dir: dir} do
       pool = start_pool(dir, [])
-      [os_pid] = worker_pids(pool)
+      [os_pid] = worker_os_pids(pool)
       test_pid = self()
 
       caller =
@@ -318,7 +283,7 @@ defmodule DSPex.NativePool.FaultsTest do
         ] do
       test "#{command} fails the request with #{type} and replaces the worker", %{dir: dir} do
         pool = start_pool(dir, max_frame: 1_000_000)
-        old = worker_pids(pool)
+        old = worker_os_pids(pool)
 
         assert {:error, {:communication_error, unquote(type), message, %{worker_id: 0}}} =
                  NativePool.execute(unquote(Atom.to_string(command)), %{}, pool: pool)
@@ -342,12 +307,12 @@ defmodule DSPex.NativePool.FaultsTest do
 
       assert [a, a, a, b, b, b] = pids
       assert a != b
-      eventually(fn -> not alive?(a) end)
+      eventually(fn -> not os_process_alive?(a) end)
     end
 
     test "stop lets in-flight requests finish within shutdown_timeout", %{dir: dir} do
       pool = start_pool(dir, shutdown_timeout: 5_000)
-      [os_pid] = worker_pids(pool)
+      [os_pid] = worker_os_pids(pool)
       test_pid = self()
 
       spawn(fn ->
@@ -357,12 +322,12 @@ defmodule DSPex.NativePool.FaultsTest do
       eventually(fn -> hd(NativePool.stats(pool).workers).state == :busy end)
       :ok = stop_supervised(pool)
       assert_receive {:result, {:ok, %{"slept" => 0.3}}}
-      refute alive?(os_pid)
+      refute os_process_alive?(os_pid)
     end
 
     test "past shutdown_timeout the worker is killed and the caller told", %{dir: dir} do
       pool = start_pool(dir, shutdown_timeout: 100)
-      [os_pid] = worker_pids(pool)
+      [os_pid] = worker_os_pids(pool)
       test_pid = self()
 
       spawn(fn -> send(test_pid, {:result, NativePool.execute("sleep", %{s: 30}, pool: pool)}) end)
@@ -370,7 +335,7 @@ defmodule DSPex.NativePool.FaultsTest do
       eventually(fn -> hd(NativePool.stats(pool).workers).state == :busy end)
       :ok = stop_supervised(pool)
       assert_receive {:result, {:error, {:resource_error, :pool_closed, _, _}}}, 2_000
-      refute alive?(os_pid)
+      refute os_process_alive?(os_pid)
     end
   end
 

@@ -1,31 +1,7 @@
 defmodule DSPex.NativePool.OsResourcesTest do
   # No orphans and no leaks. Not async: it counts the VM's own threads and descriptors, which
   # other tests' pools would disturb.
-  use ExUnit.Case, async: false
-
-  alias DSPex.NativePool
-
-  defp alive?(os_pid) do
-    case File.read("/proc/#{os_pid}/stat") do
-      {:ok, stat} -> not String.contains?(stat, ") Z ")
-      {:error, _} -> false
-    end
-  end
-
-  # Polls until `check` holds or `ms` pass; returns whether it held. For OS state that sends us
-  # no message (a process ending in another VM).
-  defp within(ms, check) do
-    deadline = System.monotonic_time(:millisecond) + ms
-    poll(check, deadline)
-  end
-
-  defp poll(check, deadline) do
-    cond do
-      check.() -> true
-      System.monotonic_time(:millisecond) > deadline -> false
-      true -> receive(after: (10 -> poll(check, deadline)))
-    end
-  end
+  use DSPex.NativePool.PoolCase, async: false
 
   defp threads, do: length(File.ls!("/proc/self/task"))
   defp fds, do: length(File.ls!("/proc/self/fd"))
@@ -61,11 +37,11 @@ defmodule DSPex.NativePool.OsResourcesTest do
 
     {vm_pid, worker_pids} = await_ready(port)
     assert length(worker_pids) == 2
-    assert Enum.all?(worker_pids, &alive?/1)
+    assert Enum.all?(worker_pids, &os_process_alive?/1)
 
     System.cmd("kill", ["-9", vm_pid])
     killed_at = System.monotonic_time(:millisecond)
-    assert within(2_000, fn -> not Enum.any?(worker_pids, &alive?/1) end)
+    eventually(fn -> not Enum.any?(worker_pids, &os_process_alive?/1) end, 2_000)
 
     IO.puts(
       "workers gone #{System.monotonic_time(:millisecond) - killed_at} ms after the VM's SIGKILL"
@@ -105,8 +81,7 @@ defmodule DSPex.NativePool.OsResourcesTest do
     for pid <- Process.list(), do: :erlang.garbage_collect(pid)
 
     # Reader threads end at end of file, just after their worker: give them a moment.
-    assert within(2_000, fn -> threads() <= elem(before, 0) end),
-           "threads: #{elem(before, 0)} before, #{threads()} after"
+    eventually(fn -> threads() <= elem(before, 0) end, 2_000)
 
     assert fds() <= elem(before, 1), "descriptors: #{elem(before, 1)} before, #{fds()} after"
     grown = :erlang.memory(:total) - elem(before, 2)
