@@ -238,7 +238,8 @@ fn decode_config(config: Term) -> NifResult<PoolConfig> {
     })
 }
 
-#[rustler::nif]
+/// Dirty: spawning a thread per worker can take milliseconds, too long for a normal scheduler.
+#[rustler::nif(schedule = "DirtyIo")]
 fn start_pool<'a>(env: Env<'a>, config: Term<'a>, owner: LocalPid) -> NifResult<Term<'a>> {
     let config = decode_config(config)?;
     let events = Arc::new(OwnerEvents { owner });
