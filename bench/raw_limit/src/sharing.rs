@@ -1,0 +1,79 @@
+//! How C client threads share N workers (`--handoff`):
+//!
+//! * `barging` (default): a client takes an idle worker and does the round trip itself; a
+//!   worker given back goes to whichever client asks first, usually the one that gave it back
+//!   and is still running, so the hot path needs no thread wake-up. The highest throughput, at
+//!   the price of starved clients, which makes p99 meaningless when clients outnumber workers.
+//! * `fifo`: the same, but waiting clients are served in arrival order, as the BEAM pools
+//!   serve callers; every hand-off wakes a sleeping thread.
+//! * `dispatch`: one thread per worker serves a shared request queue (the pool's own design,
+//!   without the BEAM).
+
+use std::io;
+use std::time::Instant;
+
+use crate::checkout::{Checkout, Discipline};
+use crate::dispatch::Dispatch;
+use crate::workers::{Worker, REQUEST_TIMEOUT};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    Barging,
+    Fifo,
+    Dispatch,
+}
+
+impl Handoff {
+    pub fn parse(text: &str) -> Option<Handoff> {
+        match text {
+            "barging" => Some(Handoff::Barging),
+            "fifo" => Some(Handoff::Fifo),
+            "dispatch" => Some(Handoff::Dispatch),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Handoff::Barging => "barging",
+            Handoff::Fifo => "fifo",
+            Handoff::Dispatch => "dispatch",
+        }
+    }
+}
+
+pub enum Sharing {
+    Checkout(Checkout<Worker>),
+    Dispatch(Dispatch),
+}
+
+impl Sharing {
+    pub fn new(workers: Vec<Worker>, handoff: Handoff, clients: usize) -> Sharing {
+        match handoff {
+            Handoff::Barging => Sharing::Checkout(Checkout::new(workers, Discipline::Barging)),
+            Handoff::Fifo => Sharing::Checkout(Checkout::new(workers, Discipline::Fifo)),
+            Handoff::Dispatch => Sharing::Dispatch(Dispatch::new(workers, clients)),
+        }
+    }
+
+    /// One round trip: `request` is a whole frame; returns the reply's body.
+    pub fn call(&self, request: Vec<u8>) -> io::Result<Vec<u8>> {
+        match self {
+            Sharing::Checkout(idle) => {
+                let mut worker = idle.take();
+                let reply = worker.round_trip(&request, Instant::now() + REQUEST_TIMEOUT);
+                idle.give(worker);
+                reply
+            }
+            Sharing::Dispatch(dispatch) => dispatch.call(request),
+        }
+    }
+
+    /// Drops every pipe, so the bridges see EOF and exit.
+    pub fn close(self) {
+        match self {
+            Sharing::Checkout(idle) => drop(idle.drain()),
+            Sharing::Dispatch(dispatch) => dispatch.close(),
+        }
+    }
+}

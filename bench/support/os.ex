@@ -1,0 +1,71 @@
+defmodule Bench.OS do
+  @moduledoc """
+  What the kernel knows about a process, read from /proc: resident memory, CPU time and thread
+  count. Python's memory is outside the BEAM's own accounting, and so is memory the NIF allocates
+  with the system allocator, so both are read here.
+  """
+
+  @doc "The OS pid of this VM."
+  def beam_pid, do: String.to_integer(System.pid())
+
+  @doc "VmRSS of a process, in bytes, or nil if it is gone."
+  def rss_bytes(pid) do
+    with {:ok, status} <- File.read("/proc/#{pid}/status"),
+         [_, kb] <- Regex.run(~r/^VmRSS:\s+(\d+) kB/m, status) do
+      String.to_integer(kb) * 1024
+    else
+      _ -> nil
+    end
+  end
+
+  @doc "Threads of a process."
+  def thread_count(pid) do
+    case File.ls("/proc/#{pid}/task") do
+      {:ok, tasks} -> length(tasks)
+      _ -> nil
+    end
+  end
+
+  @doc "User plus system CPU time of a process, in microseconds (0 if it is gone)."
+  def cpu_us(pid) do
+    case File.read("/proc/#{pid}/stat") do
+      {:ok, stat} ->
+        # Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        [_, rest] = String.split(stat, ") ", parts: 2)
+        fields = String.split(rest, " ")
+        ticks = String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
+        div(ticks * 1_000_000, clock_ticks())
+
+      _ ->
+        0
+    end
+  end
+
+  def cpu_us_total(pids), do: pids |> Enum.map(&cpu_us/1) |> Enum.sum()
+
+  # USER_HZ: 100 on every Linux this runs on, but ask once to be sure.
+  defp clock_ticks do
+    case :persistent_term.get({__MODULE__, :hz}, nil) do
+      nil ->
+        hz =
+          case System.cmd("getconf", ["CLK_TCK"]) do
+            {out, 0} -> out |> String.trim() |> String.to_integer()
+            _ -> 100
+          end
+
+        :persistent_term.put({__MODULE__, :hz}, hz)
+        hz
+
+      hz ->
+        hz
+    end
+  end
+
+  @doc "The 1-minute load average (the machine is shared; recorded with the results)."
+  def load_average do
+    case File.read("/proc/loadavg") do
+      {:ok, text} -> text |> String.split(" ") |> Enum.take(3) |> Enum.join(" ")
+      _ -> "?"
+    end
+  end
+end

@@ -1,0 +1,225 @@
+defmodule Bench.Report.Documents do
+  @moduledoc """
+  Writes a run's results: `results.md` (every table), `throughput.svg` (the chart) and
+  `results.json` (the raw figures, for comparing runs) into `bench/results/` (`bench/results/partial/`
+  for a run of some sections only, so it never replaces a whole run's) and, for a full run,
+  `BENCHMARKS.md` at the repository root.
+  """
+
+  alias Bench.Report.{Chart, Tables}
+  alias Bench.{Format, JSON}
+
+  @doc "Writes into `dir`; BENCHMARKS.md goes to `root` if `results.write_benchmarks_md`."
+  def write(results, root, dir) do
+    File.mkdir_p!(dir)
+    files = [Path.join(dir, "results.md")]
+    File.write!(Path.join(dir, "results.md"), results_md(results))
+
+    files =
+      if results[:throughput] do
+        File.write!(Path.join(dir, "throughput.svg"), Chart.svg(results.throughput))
+        files ++ [Path.join(dir, "throughput.svg")]
+      else
+        files
+      end
+
+    File.write!(Path.join(dir, "results.json"), JSON.encode!(plain(results)))
+    files = files ++ [Path.join(dir, "results.json")]
+
+    if results.write_benchmarks_md do
+      File.write!(Path.join(root, "BENCHMARKS.md"), benchmarks_md(results))
+      files ++ [Path.join(root, "BENCHMARKS.md")]
+    else
+      files
+    end
+  end
+
+  def results_md(r) do
+    """
+    # DSPex.NativePool benchmark results
+
+    #{run_line(r)}
+
+    #{sections(r, "throughput.svg")}
+    ## Machine
+
+    #{Tables.machine(r.machine)}
+    """
+  end
+
+  def benchmarks_md(r) do
+    """
+    # Benchmarks
+
+    DSPex.NativePool against two peers on the same Python bridge (`priv/python/dspex_worker.py`):
+    **V2**, DSPex V2's design (a checkout pool of Ports, JSON in Elixir), and the **raw limit**, a
+    Rust program that drives the bridge over the same pipes with no BEAM at all.
+
+    #{run_line(r)}
+
+    ## Reproduce
+
+    ```sh
+    bin/setup                         # once: Python venv with DSPy and orjson
+    mix run bench/run.exs --full      # about 11 minutes; --quick is a 1–2 minute subset
+    ```
+
+    The full run rewrites this file, `bench/results/results.md` (all tables),
+    `bench/results/throughput.svg` and `bench/results/results.json` (raw figures). Results depend on
+    the machine and on whatever else runs on it: compare runs made on the same, otherwise idle,
+    machine.
+
+    ## Machine
+
+    #{Tables.machine(r.machine)}
+    #{sections(r, "bench/results/throughput.svg")}
+    ## Method
+
+    #{method(r.plan)}
+    """
+  end
+
+  defp run_line(r) do
+    "Mode **#{r.plan.mode}** (`#{r.command}`), #{r.finished_at}, #{r.machine.nproc} × #{r.machine.cpu}; " <>
+      "load average #{r.machine.load_average} at start, #{r.machine[:load_average_end]} at end."
+  end
+
+  # The results sections shared by both documents; `chart` is the SVG's path from the document.
+  defp sections(r, chart) do
+    [
+      section("Targets", r[:targets], &Tables.targets/1),
+      section("Throughput and latency", r[:throughput], fn cases ->
+        Tables.throughput(cases) <>
+          "\n![Throughput](#{chart})\n\n" <>
+          "p50/p99: latency of each call as its caller sees it, waiting for a worker included. " <>
+          "Raw client threads share workers by `#{r.plan.raw_handoff}` hand-off" <>
+          if(r.plan.raw_handoff == "barging",
+            do:
+              ": a freed worker goes to whichever thread asks first, usually the one that just " <>
+                "freed it, so with more callers than workers raw's p99 reflects starved threads, " <>
+                "not a fair queue.\n",
+            else: ".\n"
+          )
+      end),
+      section("Where the CPU goes (µs of CPU per request)", r[:throughput], fn cases ->
+        Tables.cpu(cases) <>
+          "\nCPU time over the measured window divided by the requests completed in it. *VM* is " <>
+          "the whole BEAM OS process (schedulers, including their busy-waiting, and the NIF's " <>
+          "threads); *client* is the `raw_limit` process; *Python* is all workers together. " <>
+          "Read from /proc (10 ms ticks).\n"
+      end),
+      section("Start-up to a ready pool (workers import DSPy)", r[:startup], fn s ->
+        Tables.startup(s) <>
+          "\nMedians of #{s.repetitions} repetition(s); #{s.cores} cores. Resident memory of a " <>
+          "worker after `import dspy`: #{Format.memory(s.dspy_worker_rss)}.\n"
+      end),
+      section("Memory", r[:memory], &Tables.memory/1),
+      section(
+        "Long schedules (`:erlang.system_monitor`, `{:long_schedule, 1}`)",
+        r[:long_schedule],
+        fn events ->
+          Tables.long_schedule(events) <>
+            "\nAn event means a process ran for 1 ms or more without yielding its scheduler, " <>
+            "for whatever reason: a long NIF, or the OS giving the scheduler's core to another " <>
+            "thread (two cores are shared with the Python workers, the NIF's threads and, on a " <>
+            "busy machine, other programs). The *v2* phases call no NIF, and in the *raw* phases " <>
+            "the VM is idle: their counts are the noise to compare the *native* phases with. The " <>
+            "NIF target is judged on the traced NIF durations below, which exclude preemption.\n"
+        end
+      ),
+      section("NIF calls, traced", r[:nif_probe], fn probe ->
+        Tables.nif_probe(probe) <>
+          "\nEvery `DSPex.NativePool.Nif` call of one process, timed from call to return by trace " <>
+          "timestamps: *CPU* is the scheduler thread's CPU time (`:cpu_timestamp`), *wall* includes " <>
+          "any time the OS gave the core to another thread. For dirty NIFs the CPU figures span " <>
+          "two threads and mean little. Dirty NIFs (from the crate's source): " <>
+          "#{Enum.map_join(probe.dirty, ", ", &"`#{&1}`")}.\n"
+      end),
+      section("JSON in Elixir (V2's codec, `Bench.JSON`), per request", r[:json_cost], fn rows ->
+        Tables.json_cost(rows) <>
+          "\nV2 pays one encode and one decode per call, in the calling process. Jason is not " <>
+          "available here; `Bench.JSON` finds runs of plain bytes with `:binary.match/2` and skips " <>
+          "UTF-8 validation, so if anything it is cheaper than Jason.\n"
+      end)
+    ]
+    |> Enum.reject(&is_nil/1)
+    |> Enum.join("\n")
+  end
+
+  defp section(_title, nil, _render), do: nil
+  defp section(title, data, render), do: "## #{title}\n\n" <> render.(data)
+
+  defp method(plan) do
+    """
+    * **Workload.** The bridge's built-in `echo`: arguments `%{"data" => <N bytes of "x">}`, and the
+      same map back, for N = 100 B, 10 KB and 1 MB. Each call checks the echo came back whole.
+    * **Peers.** *NativePool*: `DSPex.NativePool.execute/3`. *V2*: `bench/support/v2/` — a
+      NimblePool-style checkout pool; on checkout the worker's Port (`{:spawn_executable, python}`,
+      `[:binary, {:packet, 4}, :nouse_stdio, :exit_status]`) is `Port.connect`ed to the caller, which
+      encodes, sends, receives and decodes itself and checks the worker back in (V2's per-request
+      Logger calls are left out). *Raw*: `bench/raw_limit`, N worker processes spawned by the pool's
+      own Rust code (`dspex_pool_core`: fds 3/4, same framing and envelope) and C client threads.
+      By default (`--raw-handoff barging`) a client takes an idle worker, does the round trip
+      itself and gives it back, and a freed worker goes to whoever asks first: no thread sits
+      between a client and a pipe, the highest throughput this program reaches. With more clients
+      than workers, OS threads handing workers to each other cost CPU that BEAM processes do not,
+      so there raw is a reference rather than a hard ceiling; `fifo` (fair hand-off) and
+      `dispatch` (a thread per worker serving a queue, the pool's design without the BEAM) are
+      the alternatives. All three peers run the same interpreter, script, arguments and
+      environment.
+    * **Load.** A closed loop: C callers (BEAM processes, or threads for raw) each send their next
+      request as soon as the last returns. #{plan.warmup_ms} ms of warm-up, then a #{plan.window_ms} ms
+      window; a request counts if it completes inside the window. Throughput is that count over the
+      window. Latency is measured around each call; p50/p99 are nearest-rank.
+    * **Rounds.** One native pool and one V2 pool per worker count. Each case runs
+      #{plan.rounds} rounds of native, V2, raw, back to back, so all three see the same machine:
+      it is shared, its load drifts, and on a small VM a round trip costs several times more
+      when the OS puts its two ends on different cores than on the same one, which changes from
+      run to run. A case reports the mean throughput of its rounds and the median of their
+      p50s and p99s; `results.json` has every round.
+    * **Start-up.** Time from `start_link` to its return (every worker answered its init ping) with
+      every worker importing DSPy (`bench/python/bench_dspy_handlers.py`), against N single-worker
+      pools started one after another. The first start of a run only warms the page cache.
+    * **Memory.** Deltas of `:erlang.memory(:total)`, of the VM's VmRSS and of its thread count,
+      after a garbage collection of every process. Memory the NIF takes from the system allocator
+      shows in VmRSS only. Python's VmRSS is separate, per worker.
+    * **Long schedules.** `:erlang.system_monitor(self(), [{:long_schedule, 1}])` for the whole run
+      (1 ms is the smallest threshold the VM offers).
+    * **Caveats.** Two cores are shared by the VM's schedulers, the NIF's threads and the Python
+      workers, so CPU spent anywhere costs throughput everywhere. A quick run (#{quick_note()}) is a
+      smoke test, not a measurement.
+    """
+  end
+
+  defp quick_note do
+    quick = Bench.Plan.get(:quick)
+
+    "#{quick.rounds} rounds of #{quick.warmup_ms} ms warm-up and #{quick.window_ms} ms window, " <>
+      "one start-up repetition"
+  end
+
+  # Atoms, tuples and MFAs become strings so the figures can be written as JSON.
+  defp plain(results) do
+    results
+    |> Map.drop([:write_benchmarks_md])
+    |> plain_value()
+  end
+
+  defp plain_value(%{__struct__: _} = struct), do: inspect(struct)
+
+  defp plain_value(map) when is_map(map),
+    do: Map.new(map, fn {k, v} -> {plain_key(k), plain_value(v)} end)
+
+  defp plain_value(list) when is_list(list), do: Enum.map(list, &plain_value/1)
+  defp plain_value(tuple) when is_tuple(tuple), do: inspect(tuple)
+  defp plain_value(value) when is_float(value), do: Float.round(value, 3)
+
+  defp plain_value(value) when is_pid(value) or is_port(value) or is_reference(value),
+    do: inspect(value)
+
+  defp plain_value(value) when is_function(value), do: inspect(value)
+  defp plain_value(value), do: value
+
+  defp plain_key(key) when is_atom(key) or is_binary(key), do: key
+  defp plain_key(key), do: inspect(key)
+end

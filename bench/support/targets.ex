@@ -1,0 +1,152 @@
+defmodule Bench.Targets do
+  @moduledoc """
+  The issue's targets, each computed from figures of the same run: a name, the measured value,
+  the limit, and pass/fail (`nil` when the run did not measure it).
+  """
+
+  alias Bench.{Format, SchedMonitor, Throughput}
+  alias Bench.Report.Tables
+
+  @mb 1024 * 1024
+
+  def evaluate(results) do
+    cases = results[:throughput] || []
+
+    [
+      ratio_target(
+        "Throughput ≥ 2.5× V2 (2 workers, 16 callers, 100 B)",
+        find(cases, 2, 16, 100),
+        :v2,
+        {:>=, 2.5}
+      ),
+      ratio_target(
+        "Throughput ≥ 0.8× raw (2 workers, 16 callers, 100 B)",
+        find(cases, 2, 16, 100),
+        :raw,
+        {:>=, 0.8}
+      ),
+      sequential_latency(find(cases, 1, 1, 100)),
+      ratio_target(
+        "1 MB payloads: throughput ≥ 0.8× raw (2 workers, 16 callers)",
+        find(cases, 2, 16, @mb),
+        :raw,
+        {:>=, 0.8}
+      )
+    ] ++
+      startup_targets(results[:startup]) ++
+      [nif_calls(results[:nif_probe], results[:long_schedule])]
+  end
+
+  defp find(cases, workers, callers, payload) do
+    Enum.find(cases, &(&1.workers == workers and &1.callers == callers and &1.payload == payload))
+  end
+
+  defp ratio_target(name, nil, _peer, limit), do: target(name, nil, limit, "not measured")
+
+  defp ratio_target(name, result, peer, limit) do
+    errors = result.native[:errors] || 0
+    note = if errors > 0, do: "#{errors} native errors", else: nil
+    target(name, Throughput.ratio(result, peer), limit, note)
+  end
+
+  defp sequential_latency(result) do
+    name = "p50 latency of one sequential caller ≤ 1.25× raw (1 worker, 100 B)"
+
+    ratio =
+      with %{native: %{p50_us: native}, raw: %{p50_us: raw}} when raw > 0 <- result do
+        native / raw
+      else
+        _ -> nil
+      end
+
+    target(name, ratio, {:<=, 1.25}, nil)
+  end
+
+  defp startup_targets(nil), do: []
+
+  defp startup_targets(startup) do
+    Enum.map(startup.sizes, fn n ->
+      k = ceil(n / startup.cores)
+      baseline = startup.sequential_ms[k]
+
+      target(
+        "Pool of #{n} ready ≤ 1.3× #{k} sequential start#{if k > 1, do: "s", else: ""} (⌈#{n}/#{startup.cores} cores⌉)",
+        baseline && startup.pool_ms[n] / baseline,
+        {:<=, 1.3},
+        nil
+      )
+    end)
+  end
+
+  @nif_target "No NIF call over 1 ms on a normal scheduler"
+
+  # Judged on the traced NIF durations (CPU time of the scheduler thread); long_schedule events
+  # are quoted beside it, since on two shared cores most of them are the OS preempting the VM.
+  defp nif_calls(nil, events), do: long_schedule_only(events)
+
+  defp nif_calls(probe, events) do
+    normal = Enum.filter(probe.rows, &(&1.scheduler == :normal))
+    slowest = Enum.max_by(normal, & &1.cpu_max_us, fn -> nil end)
+    wall = normal |> Enum.map(& &1.wall_max_us) |> Enum.max(fn -> nil end)
+
+    case slowest do
+      nil ->
+        long_schedule_only(events)
+
+      row ->
+        %{
+          name: @nif_target,
+          value: row.cpu_max_us / 1000,
+          limit: "≤ 1 ms",
+          shown: "#{Format.latency(row.cpu_max_us)} CPU (`#{row.function}`, #{row.label})",
+          pass: row.cpu_max_us <= 1000,
+          note: "longest wall time #{Format.latency(wall)}; " <> long_schedule_note(events)
+        }
+    end
+  end
+
+  defp long_schedule_only(nil), do: target(@nif_target, nil, {:<=, 1}, "not measured")
+
+  defp long_schedule_only(events) do
+    library = Enum.filter(events, &SchedMonitor.library_event?/1)
+    longest = library |> Enum.map(& &1.ms) |> Enum.max(fn -> 0 end)
+
+    %{
+      name: @nif_target,
+      value: longest,
+      limit: "≤ 1 ms",
+      shown: "#{longest} ms (long_schedule)",
+      pass: library == [],
+      note: long_schedule_note(events)
+    }
+  end
+
+  defp long_schedule_note(nil), do: "long_schedule not monitored"
+
+  defp long_schedule_note(events) do
+    count = fn kind -> Enum.filter(events, &(Tables.phase_kind(&1.phase) == kind)) end
+    native = count.("native")
+    max = native |> Enum.map(& &1.ms) |> Enum.max(fn -> 0 end)
+
+    "long_schedule: #{length(native)} events in native phases (longest #{max} ms), " <>
+      "#{length(count.("v2"))} in V2 phases, which call no NIF (see Long schedules)"
+  end
+
+  defp target(name, value, {op, limit}, note) do
+    pass =
+      case value do
+        nil -> nil
+        v when op == :>= -> v >= limit
+        v when op == :<= -> v <= limit
+      end
+
+    %{
+      name: name,
+      value: value,
+      limit: "#{if op == :>=, do: "≥", else: "≤"} #{limit}×",
+      shown: if(value, do: Format.ratio(value), else: "–"),
+      pass: pass,
+      note: note
+    }
+  end
+end

@@ -1,0 +1,129 @@
+defmodule Bench.Throughput do
+  @moduledoc """
+  The echo cases: for each worker count, one DSPex.NativePool and one V2 pool are started, and
+  every case of that worker count runs in rounds of native, then V2, then `raw_limit`, back to
+  back, so that the three see the same machine: it is shared and its load drifts, and on a small
+  VM a round trip's cost also depends on whether the OS puts the two ends on the same core, which
+  changes from run to run. A case's figures combine its rounds (see `Bench.Stats.combine/1`).
+  """
+
+  alias Bench.{Format, Load, Python, RawLimit, SchedMonitor, Stats, V2}
+
+  def run(plan) do
+    total = length(plan.cases)
+
+    plan.cases
+    |> Enum.with_index(1)
+    |> Enum.chunk_by(fn {c, _index} -> c.workers end)
+    |> Enum.flat_map(&run_group(&1, total, plan))
+  end
+
+  defp run_group([{%{workers: workers}, _} | _] = group, total, plan) do
+    native = :"bench_native_w#{workers}"
+    v2 = :"bench_v2_w#{workers}"
+    SchedMonitor.phase(:pool_start)
+    {:ok, native_pid} = DSPex.NativePool.start_link(Python.native_options(native, workers))
+    {:ok, _} = V2.start_pool(v2, workers, Python.v2_bridge(v2))
+
+    try do
+      Enum.map(group, fn {c, index} -> run_case(c, index, total, {native, v2}, plan) end)
+    after
+      GenServer.stop(native_pid)
+      V2.stop_pool(v2)
+    end
+  end
+
+  defp run_case(c, index, total, pools, plan) do
+    args = %{"data" => String.duplicate("x", c.payload)}
+    rounds = for _ <- 1..plan.rounds, do: run_round(c, args, pools, plan)
+
+    combined =
+      Map.new([:native, :v2, :raw], fn peer ->
+        {peer, rounds |> Enum.map(&Map.fetch!(&1, peer)) |> Stats.combine()}
+      end)
+
+    result = Map.merge(c, combined)
+    IO.puts(progress_line(index, total, result))
+    result
+  end
+
+  defp run_round(c, args, {native, v2}, plan) do
+    native_result = measure({:native, c}, plan, native_call(native, args), native_pids(native))
+    # V2.os_pids/1 is a call to the pool, so it also waits for the last checkins to be handled.
+    v2_result =
+      measure({:v2, c}, plan, v2_call(v2, args), V2.os_pids(v2), fn -> V2.os_pids(v2) end)
+
+    SchedMonitor.phase({:raw, c})
+    %{native: native_result, v2: v2_result, raw: RawLimit.run(c, plan)}
+  end
+
+  defp measure(phase, plan, call, python_pids, settle \\ fn -> :ok end) do
+    SchedMonitor.phase(phase)
+
+    Load.run(call,
+      callers: elem(phase, 1).callers,
+      warmup_ms: plan.warmup_ms,
+      window_ms: plan.window_ms,
+      python_pids: python_pids,
+      settle: settle
+    )
+  end
+
+  # Both calls check the echo came back whole, which costs them the same.
+  defp native_call(pool, args) do
+    fn ->
+      case DSPex.NativePool.execute("echo", args, pool: pool) do
+        {:ok, ^args} -> :ok
+        other -> {:error, other}
+      end
+    end
+  end
+
+  defp v2_call(pool, args) do
+    fn ->
+      case V2.execute(pool, "echo", args) do
+        {:ok, ^args} -> :ok
+        other -> {:error, other}
+      end
+    end
+  end
+
+  defp native_pids(pool) do
+    pool |> DSPex.NativePool.stats() |> Map.get(:workers, []) |> Enum.map(& &1.os_pid)
+  rescue
+    _ -> []
+  end
+
+  @doc "One line per case: each peer's throughput and latency, and the two ratios."
+  def progress_line(index, total, r) do
+    peers =
+      Enum.map_join([native: "native", v2: "v2", raw: "raw"], " | ", fn {key, label} ->
+        peer_summary(label, Map.fetch!(r, key))
+      end)
+
+    width = total |> Integer.to_string() |> String.length()
+
+    "[#{String.pad_leading(to_string(index), width)}/#{total}] " <>
+      "#{String.pad_leading(Format.bytes(r.payload), 6)} w#{r.workers} c#{String.pad_trailing(to_string(r.callers), 3)} " <>
+      peers <> " | ×v2 #{Format.ratio(ratio(r, :v2))} ×raw #{Format.ratio(ratio(r, :raw))}"
+  end
+
+  defp peer_summary(label, %{error: error}), do: "#{label} FAILED: #{error}"
+
+  defp peer_summary(label, result) do
+    errors = if result.errors > 0, do: " (#{result.errors} errors)", else: ""
+
+    "#{label} #{Format.short_rate(result.throughput)}/s " <>
+      "p50 #{Format.latency(result.p50_us)} p99 #{Format.latency(result.p99_us)}#{errors}"
+  end
+
+  @doc "Native throughput over a peer's, or nil if either failed."
+  def ratio(result, peer) do
+    with %{throughput: native} when native > 0 <- result.native,
+         %{throughput: other} when other > 0 <- Map.fetch!(result, peer) do
+      native / other
+    else
+      _ -> nil
+    end
+  end
+end
