@@ -67,7 +67,10 @@ impl Dispatch {
 
 fn serve(mut worker: Worker, jobs: Receiver<Job>) {
     for job in jobs {
-        let reply = worker.round_trip(&job.request, Instant::now() + REQUEST_TIMEOUT);
+        // Handing the reply to another thread needs a copy of its own.
+        let reply = worker
+            .round_trip(&job.request, Instant::now() + REQUEST_TIMEOUT)
+            .map(<[u8]>::to_vec);
         let failed = reply.is_err();
         let _ = job.reply.send(reply);
         if failed {

@@ -124,15 +124,14 @@ fn client(
 /// call.
 fn round_trip(sharing: &Sharing, args_json: &[u8], id: u64) -> std::io::Result<()> {
     let request = protocol::request(id, "echo", args_json, MAX_FRAME).map_err(other)?;
-    let reply = sharing.call(request)?;
-    match protocol::reply_head(&reply) {
+    sharing.call(request, |reply| match protocol::reply_head(reply) {
         Ok(head) if head.id == id && head.success && reply.len() > args_json.len() => Ok(()),
         Ok(_) => Err(other(format!(
             "unexpected reply to request {id}: {}",
-            protocol::preview(&reply)
+            protocol::preview(reply)
         ))),
         Err(e) => Err(other(e)),
-    }
+    })
 }
 
 #[cfg(test)]

@@ -56,16 +56,23 @@ impl Sharing {
         }
     }
 
-    /// One round trip: `request` is a whole frame; returns the reply's body.
-    pub fn call(&self, request: Vec<u8>) -> io::Result<Vec<u8>> {
+    /// One round trip: `request` is a whole frame; `check` sees the reply's body where it was
+    /// read, when the hand-off allows it.
+    pub fn call(
+        &self,
+        request: Vec<u8>,
+        check: impl FnOnce(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
         match self {
             Sharing::Checkout(idle) => {
                 let mut worker = idle.take();
-                let reply = worker.round_trip(&request, Instant::now() + REQUEST_TIMEOUT);
+                let result = worker
+                    .round_trip(&request, Instant::now() + REQUEST_TIMEOUT)
+                    .and_then(check);
                 idle.give(worker);
-                reply
+                result
             }
-            Sharing::Dispatch(dispatch) => dispatch.call(request),
+            Sharing::Dispatch(dispatch) => check(&dispatch.call(request)?),
         }
     }
 

@@ -27,7 +27,8 @@ pub struct Worker {
 
 impl Worker {
     /// Writes one request frame and reads its reply, as a slot thread of the pool does.
-    pub fn round_trip(&mut self, request: &[u8], deadline: Instant) -> io::Result<Vec<u8>> {
+    /// The reply is lent until the next round trip, as the pool's own reader does.
+    pub fn round_trip(&mut self, request: &[u8], deadline: Instant) -> io::Result<&[u8]> {
         frame::write_frame(&mut self.requests, request, Some(deadline)).map_err(other)?;
         self.replies.read_frame(Some(deadline)).map_err(other)
     }
@@ -122,11 +123,11 @@ fn init_ping(worker: &mut Worker, index: usize) -> io::Result<()> {
     let request = protocol::request(id, "ping", args.as_bytes(), MAX_FRAME).map_err(other)?;
     frame::write_frame(&mut worker.requests, &request, deadline).map_err(other)?;
     let body = worker.replies.read_frame(deadline).map_err(other)?;
-    match protocol::reply_head(&body) {
+    match protocol::reply_head(body) {
         Ok(head) if head.id == id && head.success => Ok(()),
         Ok(_) => Err(io::Error::other(format!(
             "worker {index} failed its init ping: {}",
-            protocol::preview(&body)
+            protocol::preview(body)
         ))),
         Err(e) => Err(io::Error::other(e)),
     }

@@ -362,7 +362,7 @@ fn submit_with<'a>(
     };
     Ok(match pool.pool.submit(request, route) {
         Ok(_) => (atoms::ok(), ResourceArc::new(TicketResource(ticket))).encode(env),
-        Err((e, _request)) => {
+        Err(e) => {
             let reason = match e {
                 SubmitError::Saturated => atoms::saturated(),
                 SubmitError::Closed => atoms::closed(),

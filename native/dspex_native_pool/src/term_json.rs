@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use dspex_pool_core::protocol;
 use rustler::{Binary, Encoder, Env, Term, TermType};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -152,7 +153,14 @@ impl Encoding<'_> {
         self.check(s.len())?;
         // Room for the common case (nothing to escape), so a large string is copied once.
         self.out.reserve(s.len() + 2);
-        serde_json::to_writer(&mut *self.out, s).map_err(|e| EncodeError::invalid(e.to_string()))
+        if protocol::needs_escape(s.as_bytes()) {
+            return serde_json::to_writer(&mut *self.out, s)
+                .map_err(|e| EncodeError::invalid(e.to_string()));
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(s.as_bytes());
+        self.out.push(b'"');
+        Ok(())
     }
 
     fn string(&mut self, term: Term) -> Result<(), EncodeError> {

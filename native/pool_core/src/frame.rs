@@ -109,19 +109,24 @@ pub fn set_nonblocking(file: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads frames from a pipe, each within a deadline.
+/// Reads frames from a pipe, each within a deadline. A frame is lent out until the next read:
+/// no allocation or copy per frame.
 pub struct FrameReader {
     file: File,
     buf: Vec<u8>,
     start: usize,
     end: usize,
     max: usize,
-    /// A frame too large for `buf`, read straight into its own vector: (body, bytes filled).
-    /// Kept here so that a read interrupted by its deadline can resume.
-    large: Option<(Vec<u8>, usize)>,
+    /// Frames too large for `buf` are read straight into this one, kept for the next.
+    large_buf: Vec<u8>,
+    /// The large frame in progress: (length, bytes filled). Kept here so that a read
+    /// interrupted by its deadline can resume.
+    large: Option<(usize, usize)>,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
+/// A large-frame buffer above this size is given back instead of kept for the next frame.
+const KEEP_LARGE: usize = 8 << 20;
 
 impl FrameReader {
     pub fn new(file: File, max: usize) -> Self {
@@ -131,14 +136,18 @@ impl FrameReader {
             start: 0,
             end: 0,
             max,
+            large_buf: Vec::new(),
             large: None,
         }
     }
 
     /// Reads the next frame's body. `deadline: None` waits forever.
-    pub fn read_frame(&mut self, deadline: Option<Instant>) -> Result<Vec<u8>, FrameError> {
+    pub fn read_frame(&mut self, deadline: Option<Instant>) -> Result<&[u8], FrameError> {
         if self.large.is_some() {
             return self.read_large(deadline);
+        }
+        if self.large_buf.capacity() > KEEP_LARGE {
+            self.large_buf = Vec::new();
         }
         self.fill(HEADER_LEN, deadline, true)?;
         let header: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
@@ -150,12 +159,14 @@ impl FrameReader {
         }
         if HEADER_LEN + len > self.buf.len() {
             // Large: no growing, compacting or copying out of `buf`; the body is read in place.
-            let mut body = vec![0; len];
             let buffered = self.end - self.start - HEADER_LEN;
-            body[..buffered].copy_from_slice(&self.buf[self.start + HEADER_LEN..self.end]);
+            self.large_buf.clear();
+            self.large_buf.resize(len, 0);
+            self.large_buf[..buffered]
+                .copy_from_slice(&self.buf[self.start + HEADER_LEN..self.end]);
             self.start = 0;
             self.end = 0;
-            self.large = Some((body, buffered));
+            self.large = Some((len, buffered));
             return self.read_large(deadline);
         }
         // The position only moves once the whole frame is here, so a timed-out read can resume.
@@ -168,27 +179,35 @@ impl FrameReader {
                 other => other,
             })?;
         let body_start = self.start + HEADER_LEN;
-        let body = self.buf[body_start..body_start + len].to_vec();
         self.start = body_start + len;
-        Ok(body)
+        Ok(&self.buf[body_start..body_start + len])
     }
 
-    fn read_large(&mut self, deadline: Option<Instant>) -> Result<Vec<u8>, FrameError> {
-        let (body, filled) = self.large.as_mut().expect("a large frame in progress");
-        while *filled < body.len() {
-            wait_for(&self.file, libc::POLLIN, deadline)?;
-            match self.file.read(&mut body[*filled..]) {
+    fn read_large(&mut self, deadline: Option<Instant>) -> Result<&[u8], FrameError> {
+        let (len, mut filled) = self.large.expect("a large frame in progress");
+        while filled < len {
+            if let Err(e) = wait_for(&self.file, libc::POLLIN, deadline) {
+                self.large = Some((len, filled));
+                return Err(e);
+            }
+            match self.file.read(&mut self.large_buf[filled..len]) {
                 Ok(0) => {
-                    let (expected, got) = (body.len(), *filled);
                     self.large = None;
-                    return Err(FrameError::Truncated { expected, got });
+                    return Err(FrameError::Truncated {
+                        expected: len,
+                        got: filled,
+                    });
                 }
-                Ok(n) => *filled += n,
+                Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(FrameError::Io(e)),
+                Err(e) => {
+                    self.large = None;
+                    return Err(FrameError::Io(e));
+                }
             }
         }
-        Ok(self.large.take().expect("a large frame in progress").0)
+        self.large = None;
+        Ok(&self.large_buf[..len])
     }
 
     /// Makes at least `need` bytes available from `start`.
@@ -290,9 +309,9 @@ mod tests {
         w.write_all(&both).unwrap();
         drop(w);
         let mut reader = FrameReader::new(r, 1024);
-        assert_eq!(reader.read_frame(None).unwrap(), b"{\"a\":1}");
-        assert_eq!(reader.read_frame(None).unwrap(), b"");
-        assert_eq!(reader.read_frame(None).unwrap(), b"xyz");
+        assert_eq!(reader.read_frame(None).unwrap(), b"{\"a\":1}".as_slice());
+        assert_eq!(reader.read_frame(None).unwrap(), b"".as_slice());
+        assert_eq!(reader.read_frame(None).unwrap(), b"xyz".as_slice());
         assert!(matches!(reader.read_frame(None), Err(FrameError::Eof)));
     }
 
@@ -303,7 +322,7 @@ mod tests {
         let frame = sealed(&body);
         let writer = std::thread::spawn(move || w.write_all(&frame).unwrap());
         let mut reader = FrameReader::new(r, 4_000_000);
-        assert_eq!(reader.read_frame(None).unwrap(), body);
+        assert_eq!(reader.read_frame(None).unwrap(), &body[..]);
         writer.join().unwrap();
     }
 
@@ -323,9 +342,9 @@ mod tests {
         ));
         let rest = frame[60_000..].to_vec();
         let writer = std::thread::spawn(move || w.write_all(&rest).unwrap());
-        assert_eq!(reader.read_frame(None).unwrap(), body);
+        assert_eq!(reader.read_frame(None).unwrap(), &body[..]);
         writer.join().unwrap();
-        assert_eq!(reader.read_frame(None).unwrap(), b"next");
+        assert_eq!(reader.read_frame(None).unwrap(), b"next".as_slice());
     }
 
     #[test]

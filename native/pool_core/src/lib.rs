@@ -7,6 +7,7 @@ pub mod output;
 pub mod pool;
 pub mod process;
 pub mod protocol;
+pub mod queue;
 pub mod request;
 pub mod sessions;
 pub mod worker;

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 
 use crate::process::SpawnSpec;
+use crate::queue::Queue;
 use crate::request::{FailureKind, Request};
 use crate::sessions::{Record, SessionInfo, Sessions};
 
@@ -119,8 +120,8 @@ pub trait EventSink: Send + Sync + 'static {
 }
 
 pub struct Slot {
-    pub(crate) tx: Sender<Request>,
-    pub(crate) rx: Receiver<Request>,
+    /// Requests that must run on this worker (sessions, broadcasts).
+    pub(crate) queue: Queue<Request>,
     state: AtomicU8,
     pub(crate) os_pid: AtomicI32,
     pub(crate) requests: AtomicU64,
@@ -132,10 +133,8 @@ pub struct Slot {
 
 impl Slot {
     fn new(max_queue: usize) -> Slot {
-        let (tx, rx) = bounded(max_queue);
         Slot {
-            tx,
-            rx,
+            queue: Queue::new(max_queue),
             state: AtomicU8::new(SlotState::Starting as u8),
             os_pid: AtomicI32::new(0),
             requests: AtomicU64::new(0),
@@ -186,8 +185,8 @@ impl Counters {
 pub struct Shared {
     pub config: PoolConfig,
     pub slots: Vec<Slot>,
-    pub(crate) queue_tx: Sender<Request>,
-    pub(crate) queue_rx: Receiver<Request>,
+    /// Requests any worker may take.
+    pub(crate) queue: Queue<Request>,
     /// Dropped when the pool stops: wakes every idle or backing-off slot thread.
     shutdown_tx: Mutex<Option<Sender<()>>>,
     pub(crate) shutdown_rx: Receiver<()>,
@@ -226,10 +225,10 @@ impl Shared {
             self.counters.count_failure(kind);
             request.fail_unrun(kind, message.clone());
         };
-        while let Ok(request) = self.slots[index].rx.try_recv() {
+        while let Some(request) = self.slots[index].queue.try_pop() {
             fail(request);
         }
-        while let Ok(request) = self.queue_rx.try_recv() {
+        while let Some(request) = self.queue.try_pop() {
             fail(request);
         }
     }
@@ -293,7 +292,7 @@ impl Pool {
     /// Starts one thread per slot; each spawns its worker at once, so workers start in parallel.
     /// Readiness is reported through `events`.
     pub fn start(config: PoolConfig, events: Arc<dyn EventSink>) -> std::io::Result<Pool> {
-        let (queue_tx, queue_rx) = bounded(config.max_queue);
+        let queue = Queue::new(config.max_queue);
         let (shutdown_tx, shutdown_rx) = bounded(0);
         let slots = (0..config.size)
             .map(|_| Slot::new(config.max_queue))
@@ -301,8 +300,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             config,
             slots,
-            queue_tx,
-            queue_rx,
+            queue,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
             closing: RwLock::new(false),
@@ -344,47 +342,41 @@ impl Pool {
     }
 
     /// Enqueues a request without blocking.
-    pub fn submit(
-        &self,
-        mut request: Request,
-        route: Route,
-    ) -> Result<usize, (SubmitError, Request)> {
+    pub fn submit(&self, mut request: Request, route: Route) -> Result<usize, SubmitError> {
         let closing = self.shared.closing.read();
         if *closing {
-            return Err((SubmitError::Closed, request));
+            return Err(SubmitError::Closed);
         }
         if !self.shared.is_available() {
             self.shared
                 .counters
                 .pool_unavailable
                 .fetch_add(1, Ordering::Relaxed);
-            return Err((SubmitError::Unavailable, request));
+            return Err(SubmitError::Unavailable);
         }
         let slots = &self.shared.slots;
         let target = match route {
             Route::AnyWorker => None,
             Route::Worker(i) if i < slots.len() => Some(i),
-            Route::Worker(_) => return Err((SubmitError::NoSuchWorker, request)),
+            Route::Worker(_) => return Err(SubmitError::NoSuchWorker),
             Route::Session(id) => Some(self.shared.sessions.lock().route(id, slots.len(), |i| {
                 slots[i].failures_in_row.load(Ordering::Acquire) < UNAVAILABLE_AFTER
             })),
         };
         request.route_slot = target;
-        let tx = match target {
-            None => &self.shared.queue_tx,
-            Some(i) => &slots[i].tx,
+        let queue = match target {
+            None => &self.shared.queue,
+            Some(i) => &slots[i].queue,
         };
-        tx.try_send(request)
+        queue
+            .push(request)
             .map(|()| target.unwrap_or(usize::MAX))
-            .map_err(|e| match e {
-                TrySendError::Full(r) => {
-                    self.shared
-                        .counters
-                        .rejected
-                        .fetch_add(1, Ordering::Relaxed);
-                    (SubmitError::Saturated, r)
-                }
-                TrySendError::Disconnected(r) => (SubmitError::Closed, r),
+            .map_err(|_refused| {
+                self.shared
+                    .counters
+                    .rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                SubmitError::Saturated
             })
     }
 
@@ -418,7 +410,7 @@ impl Pool {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PoolStats {
             size: s.config.size,
-            queue_length: s.queue_rx.len() + s.slots.iter().map(|x| x.rx.len()).sum::<usize>(),
+            queue_length: s.queue.len() + s.slots.iter().map(|x| x.queue.len()).sum::<usize>(),
             available: s.is_available(),
             closing: s.is_closing(),
             completed: load(&c.completed),
@@ -440,7 +432,7 @@ impl Pool {
                     requests: load(&slot.requests),
                     restarts: load(&slot.restarts),
                     last_exit: slot.last_exit.lock().clone(),
-                    queue_length: slot.rx.len(),
+                    queue_length: slot.queue.len(),
                 })
                 .collect(),
         }

@@ -39,6 +39,22 @@ pub fn request(
     finish_request(buf, max_frame)
 }
 
+/// Whether a string needs escaping inside JSON quotes: it holds a control byte, `"` or `\\`.
+/// Checks eight bytes at a time, so most text, and a megabyte payload, can be copied as it is
+/// instead of going through an escape table byte by byte.
+pub fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Whether any byte of `w` is below `n` (exact for the word as a whole, for n <= 128).
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGHS != 0;
+    let has = |w: u64, b: u8| below(w ^ (ONES * b as u64), 1);
+    let (words, rest) = bytes.as_chunks::<8>();
+    words.iter().any(|chunk| {
+        let w = u64::from_le_bytes(*chunk);
+        below(w, 0x20) || has(w, b'"') || has(w, b'\\')
+    }) || rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// What the pool itself needs to know of a reply; the result stays undecoded.
 #[derive(Debug, PartialEq)]
 pub struct ReplyHead {
@@ -124,6 +140,26 @@ mod tests {
         let frame = request(1, "a\"b\n", b"{}", 1000).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&frame[4..]).unwrap();
         assert_eq!(v["command"], "a\"b\n");
+    }
+
+    #[test]
+    fn needs_escape_agrees_with_serde_json() {
+        // Every byte value, at every position of a word and in the tail.
+        for b in 0u8..=127 {
+            for pos in 0..17 {
+                let mut text = vec![b'a'; 17];
+                text[pos] = b;
+                let s = String::from_utf8(text).unwrap();
+                let escaped = serde_json::to_string(&s).unwrap();
+                assert_eq!(
+                    needs_escape(s.as_bytes()),
+                    escaped.len() != s.len() + 2,
+                    "{b} at {pos}"
+                );
+            }
+        }
+        assert!(!needs_escape("naïve café — 日本語 🐍".as_bytes()));
+        assert!(!needs_escape(b""));
     }
 
     #[test]

@@ -105,10 +105,10 @@ fn backoff(shared: &Shared, index: usize) -> bool {
         exp.min(shared.config.max_backoff)
     };
     shared.slots[index].set_state(SlotState::Restarting);
-    match shared.shutdown_rx.recv_timeout(delay) {
-        Err(RecvTimeoutError::Timeout) => true,
-        _ => false,
-    }
+    matches!(
+        shared.shutdown_rx.recv_timeout(delay),
+        Err(RecvTimeoutError::Timeout)
+    )
 }
 
 /// Spawns a worker and waits for its answer to the init ping.
@@ -218,7 +218,7 @@ fn call_internal(
     let frame = protocol::request(id, command, args_json.as_bytes(), max_frame)?;
     frame::write_frame(&mut live.requests, &frame, Some(deadline))?;
     let body = live.replies.read_frame(Some(deadline))?;
-    match protocol::reply_value(&body) {
+    match protocol::reply_value(body) {
         Ok((got, result)) if got == id => Ok(result),
         Ok((got, _)) => Err(FrameError::Io(std::io::Error::other(format!(
             "reply carried id {got}, expected {id}"
@@ -242,8 +242,8 @@ fn serve(shared: &Shared, index: usize, live: &mut Live) -> (End, Option<Request
             // A worker already dead must not take another request.
             recv(live.output.stderr_closed()) -> _ => return (End::Died, None),
             recv(shared.shutdown_rx) -> _ => return (End::Shutdown, None),
-            recv(slot.rx) -> r => r.ok(),
-            recv(shared.queue_rx) -> r => r.ok(),
+            recv(slot.queue.receiver()) -> r => r.ok().inspect(|_| slot.queue.taken()),
+            recv(shared.queue.receiver()) -> r => r.ok().inspect(|_| shared.queue.taken()),
             default(config.health_interval) => {
                 if let Err(why) = health_check(shared, live) {
                     return (End::Replace(why), None);
@@ -324,7 +324,7 @@ fn run(
     let mut deadline = Some(request.deadline);
     loop {
         match live.replies.read_frame(deadline) {
-            Ok(body) => return deliver(shared, index, request, &body),
+            Ok(body) => return deliver(shared, index, request, body),
             Err(FrameError::Timeout) => {
                 request.ticket.cancel();
                 counters.timed_out.fetch_add(1, Ordering::Relaxed);
@@ -380,13 +380,12 @@ fn requeue(shared: &Shared, index: usize, request: Request) {
         return; // the caller gave up meanwhile
     }
     let session_bound = request.route_slot.is_some();
-    let tx = if session_bound {
-        &shared.slots[index].tx
+    let queue = if session_bound {
+        &shared.slots[index].queue
     } else {
-        &shared.queue_tx
+        &shared.queue
     };
-    if let Err(e) = tx.try_send(request) {
-        let request = e.into_inner();
+    if let Err(request) = queue.push(request) {
         request.fail_unrun(
             FailureKind::WorkerExited,
             format!("worker {index} died before it could take the request, and the queue is full"),
@@ -417,10 +416,11 @@ fn deliver(
             Err(e) => Some((End::Replace(format!("invalid reply: {e}")), None)),
         };
     }
+    // Counted before the caller can see the reply, so stats read after a call include it.
+    counters.completed.fetch_add(1, Ordering::Relaxed);
     match request.caller.reply(body, request.id, index) {
         Ok(success) => {
             request.ticket.delivered();
-            counters.completed.fetch_add(1, Ordering::Relaxed);
             if let (true, Some((session, record))) = (success, request.record.take()) {
                 shared.sessions.lock().record(&session, record);
             }
@@ -429,6 +429,7 @@ fn deliver(
         Err(failure) => {
             let why = failure.message.clone();
             let kind = failure.kind;
+            counters.completed.fetch_sub(1, Ordering::Relaxed);
             counters.count_failure(kind);
             request.caller.fail(failure);
             request.ticket.delivered();
@@ -489,18 +490,16 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Option<R
         } else {
             (
                 FailureKind::WorkerExited,
-                format!(
-                    "{}",
-                    describe(
-                        &format!(
-                            "worker {index} (os pid {}) died while running {:?}",
-                            process.pid(),
-                            request.command
-                        ),
-                        status,
-                        &tail
-                    )
-                ),
+                describe(
+                    &format!(
+                        "worker {index} (os pid {}) died while running {:?}",
+                        process.pid(),
+                        request.command
+                    ),
+                    status,
+                    &tail,
+                )
+                .to_string(),
             )
         };
         fail(shared, &mut request, kind, message, index);

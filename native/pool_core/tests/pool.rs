@@ -140,9 +140,7 @@ fn submit(
     timeout: Duration,
 ) -> (Arc<Ticket>, Receiver<Outcome>) {
     let (request, ticket, rx) = request(command, args, timeout);
-    pool.submit(request, Route::AnyWorker)
-        .map_err(|(e, _)| e)
-        .unwrap();
+    pool.submit(request, Route::AnyWorker).unwrap();
     (ticket, rx)
 }
 
@@ -272,7 +270,7 @@ fn full_queue_rejects_and_close_fails_queued() {
         .collect();
     let (extra, _, _) = request("echo", serde_json::json!({}), Duration::from_secs(1));
     assert_eq!(
-        pool.submit(extra, Route::AnyWorker).err().map(|e| e.0),
+        pool.submit(extra, Route::AnyWorker).err(),
         Some(SubmitError::Saturated)
     );
     pool.close(Duration::from_millis(100));
@@ -306,7 +304,7 @@ fn broken_start_reports_stderr_then_pool_becomes_unavailable() {
     assert!(!pool.stats().available);
     let (refused, _, _) = request("echo", serde_json::json!({}), Duration::from_secs(1));
     assert_eq!(
-        pool.submit(refused, Route::AnyWorker).err().map(|e| e.0),
+        pool.submit(refused, Route::AnyWorker).err(),
         Some(SubmitError::Unavailable)
     );
     pool.close(Duration::ZERO);

@@ -2,6 +2,7 @@ defmodule DSPex.NativePool.FaultsTest do
   # Fault injection against real Python workers: crashes, hangs, garbage on the protocol stream,
   # dead callers, full queues, broken starts. Each test owns its pool.
   use DSPex.NativePool.PoolCase, async: true
+  require Logger
 
   @handlers """
   import ctypes, json, os, signal, sys, time
@@ -417,7 +418,9 @@ defmodule DSPex.NativePool.FaultsTest do
           # Output lines travel on their own thread; the crash report is logged after them.
           eventually(fn -> hd(NativePool.stats(pool).workers).restarts == 1 end)
           {:ok, _} = NativePool.execute("pid", %{}, pool: pool)
+          # The pool has logged every event it got; Logger has handled every line it was given.
           :sys.get_state(pool)
+          Logger.flush()
         end)
 
       assert log =~ "to stdout 7"
