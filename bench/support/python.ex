@@ -18,29 +18,15 @@ defmodule Bench.Python do
   defp handler_module(:dspy), do: "bench_dspy_handlers"
   defp handler_module(:sleep), do: "bench_handlers"
 
-  @doc "DSPEX_PYTHON, else bin/setup's virtualenv, else python3 (the pool's own default)."
+  @doc "The interpreter the pool itself would use (DSPEX_PYTHON, bin/setup's venv, python3)."
   def executable do
-    venv = Path.join(@root, ".venv/bin/python")
-
-    cond do
-      python = System.get_env("DSPEX_PYTHON") -> System.find_executable(python) || python
-      File.exists?(venv) -> venv
-      true -> System.find_executable("python3")
-    end
+    python = DSPex.NativePool.Options.default_python()
+    System.find_executable(python) || python
   end
 
-  @doc "The environment the pool gives its workers (see DSPex.NativePool.Options)."
-  def worker_env(python_path \\ []) do
-    [
-      {"PYTHONUNBUFFERED", "1"},
-      {"PYTHONDONTWRITEBYTECODE", "1"},
-      {"OMP_NUM_THREADS", "1"},
-      {"OPENBLAS_NUM_THREADS", "1"},
-      {"MKL_NUM_THREADS", "1"},
-      {"TOKENIZERS_PARALLELISM", "false"},
-      {"PYTHONPATH", Enum.join(python_path, ":")}
-    ]
-  end
+  @doc "The environment the pool gives its workers."
+  def worker_env(python_path \\ []),
+    do: DSPex.NativePool.Options.worker_env_defaults(python_path)
 
   @doc "A V2 worker's bridge, `%{python:, args:, env:}`; `handlers` is nil, `:dspy` or `:sleep`."
   def v2_bridge(pool_name, handlers \\ nil) do

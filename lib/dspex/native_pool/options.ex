@@ -160,6 +160,20 @@ defmodule DSPex.NativePool.Options do
   end
 
   @doc false
+  # What every worker gets unless :env says otherwise (the benchmarks' V2 peer uses it too).
+  def worker_env_defaults(python_path) do
+    [
+      {"PYTHONUNBUFFERED", "1"},
+      {"PYTHONDONTWRITEBYTECODE", "1"},
+      {"OMP_NUM_THREADS", "1"},
+      {"OPENBLAS_NUM_THREADS", "1"},
+      {"MKL_NUM_THREADS", "1"},
+      {"TOKENIZERS_PARALLELISM", "false"},
+      {"PYTHONPATH", Enum.join(python_path, ":")}
+    ]
+  end
+
+  @doc false
   # The NIF's view: how to run the worker and how the pool behaves.
   @spec nif_config(keyword) :: map
   def nif_config(opts) do
@@ -192,18 +206,8 @@ defmodule DSPex.NativePool.Options do
     python_path =
       (opts[:python_path] ++ List.wrap(System.get_env("PYTHONPATH")))
       |> Enum.reject(&(&1 == ""))
-      |> Enum.join(":")
 
-    defaults = [
-      {"PYTHONUNBUFFERED", "1"},
-      {"PYTHONDONTWRITEBYTECODE", "1"},
-      {"OMP_NUM_THREADS", "1"},
-      {"OPENBLAS_NUM_THREADS", "1"},
-      {"MKL_NUM_THREADS", "1"},
-      {"TOKENIZERS_PARALLELISM", "false"},
-      {"PYTHONPATH", python_path}
-    ]
-
+    defaults = worker_env_defaults(python_path)
     user = opts[:env]
     user_keys = MapSet.new(user, &elem(&1, 0))
     Enum.reject(defaults, fn {k, _} -> MapSet.member?(user_keys, k) end) ++ user

@@ -16,7 +16,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from worker_harness import PYTHON_DIR, Worker  # noqa: E402
+from worker_harness import PYTHON_DIR, Worker, WorkerCase  # noqa: E402
 
 HANDLER_MODULE = "dspex_test_handlers"
 HANDLER_SOURCE = textwrap.dedent('''
@@ -112,16 +112,8 @@ HANDLER_SOURCE = textwrap.dedent('''
 ''')
 
 
-class WorkerTestCase(unittest.TestCase):
-    #: Extra environment for every worker of the class (see the Stdlib* classes).
-    worker_env = None
-
-    def spawn(self, **kw):
-        if self.worker_env:
-            kw["env"] = {**self.worker_env, **kw.get("env", {})}
-        w = Worker(**kw)
-        self.addCleanup(w.close)
-        return w
+class WorkerTestCase(WorkerCase):
+    # worker_env: see the Stdlib* classes.
 
     def assertError(self, reply, etype, message_part=None):
         self.assertFalse(reply["success"], reply)

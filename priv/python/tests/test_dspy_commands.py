@@ -19,7 +19,7 @@ import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from worker_harness import PYTHON_DIR, Worker  # noqa: E402
+from worker_harness import PYTHON_DIR, Worker, WorkerCase  # noqa: E402
 
 HAVE_DSPY = importlib.util.find_spec("dspy") is not None
 ERR = "dspex_bridge.dspy_commands."
@@ -30,15 +30,7 @@ QA_DICT = {
 }
 
 
-class Base(unittest.TestCase):
-    worker_env = None
-
-    def spawn(self, **kw):
-        if self.worker_env:
-            kw["env"] = {**self.worker_env, **kw.get("env", {})}
-        w = Worker(**kw)
-        self.addCleanup(w.close)
-        return w
+class Base(WorkerCase):
 
     def ok(self, w, command, args=None):
         reply = w.call(command, args or {}, timeout=60)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import unittest
 
 PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(PYTHON_DIR, "dspex_worker.py")
@@ -180,3 +181,17 @@ class Worker:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class WorkerCase(unittest.TestCase):
+    """A test case that spawns workers and closes them when the test ends."""
+
+    #: Extra environment for every worker of the class.
+    worker_env = None
+
+    def spawn(self, **kw):
+        if self.worker_env:
+            kw["env"] = {**self.worker_env, **kw.get("env", {})}
+        w = Worker(**kw)
+        self.addCleanup(w.close)
+        return w
