@@ -196,6 +196,29 @@ pub struct Shared {
     pub events: Arc<dyn EventSink>,
     pub counters: Counters,
     pub(crate) sessions: Mutex<Sessions>,
+    /// Workers waiting for a request, most recently idle last.
+    pub(crate) idle: IdleStack,
+}
+
+/// The idle workers, as a stack: the last to become idle is the first handed a request.
+#[derive(Default)]
+pub struct IdleStack(Mutex<Vec<usize>>);
+
+impl IdleStack {
+    /// Lists `index` as the most recently idle (moving it to the top if already listed).
+    pub(crate) fn push(&self, index: usize) {
+        let mut stack = self.0.lock();
+        stack.retain(|&i| i != index);
+        stack.push(index);
+    }
+
+    pub(crate) fn pop(&self) -> Option<usize> {
+        self.0.lock().pop()
+    }
+
+    pub(crate) fn remove(&self, index: usize) {
+        self.0.lock().retain(|&i| i != index);
+    }
 }
 
 /// Pools with all workers failing to start this many times in a row fail calls at once.
@@ -308,6 +331,7 @@ impl Pool {
             events,
             counters: Counters::default(),
             sessions: Mutex::new(Sessions::default()),
+            idle: IdleStack::default(),
         });
         let (done_tx, threads_done) = bounded::<()>(0);
         let pool = Pool {
@@ -365,7 +389,11 @@ impl Pool {
         };
         request.route_slot = target;
         let queue = match target {
-            None => &self.shared.queue,
+            // Straight to the most recently idle worker, if any; else whoever frees up first.
+            None => match self.shared.idle.pop() {
+                Some(i) => &slots[i].queue,
+                None => &self.shared.queue,
+            },
             Some(i) => &slots[i].queue,
         };
         queue

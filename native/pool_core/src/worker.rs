@@ -238,20 +238,14 @@ fn serve(shared: &Shared, index: usize, live: &mut Live) -> (End, Option<Request
                 return (End::Retired, None);
             }
         }
-        let request = select_biased! {
-            // A worker already dead must not take another request.
-            recv(live.output.stderr_closed()) -> _ => return (End::Died, None),
-            recv(shared.shutdown_rx) -> _ => return (End::Shutdown, None),
-            recv(slot.queue.receiver()) -> r => r.ok().inspect(|_| slot.queue.taken()),
-            recv(shared.queue.receiver()) -> r => r.ok().inspect(|_| shared.queue.taken()),
-            default(config.health_interval) => {
-                if let Err(why) = health_check(shared, live) {
-                    return (End::Replace(why), None);
-                }
-                continue;
-            }
+        if shared.is_closing() {
+            return (End::Shutdown, None);
+        }
+        let request = match next_request(shared, index, live) {
+            Ok(Some(request)) => request,
+            Ok(None) => continue,
+            Err(end) => return (end, None),
         };
-        let Some(request) = request else { continue };
         slot.set_state(SlotState::Busy);
         let outcome = run(shared, index, live, request);
         slot.set_state(SlotState::Idle);
@@ -259,6 +253,37 @@ fn serve(shared: &Shared, index: usize, live: &mut Live) -> (End, Option<Request
             return end;
         }
     }
+}
+
+/// The next request for this worker: one already waiting, or else it waits listed as idle, so
+/// that callers hand their request straight to the most recently idle worker (whose thread and
+/// Python process are still warm) rather than wake the one that has slept longest.
+fn next_request(shared: &Shared, index: usize, live: &mut Live) -> Result<Option<Request>, End> {
+    let slot = &shared.slots[index];
+    if let Some(request) = slot.queue.try_pop().or_else(|| shared.queue.try_pop()) {
+        // Listed since its last reply (see `deliver`): busy again, so no longer.
+        shared.idle.remove(index);
+        return Ok(Some(request));
+    }
+    shared.idle.push(index);
+    // A request may have reached the shared queue just before this worker was listed.
+    if let Some(request) = shared.queue.try_pop() {
+        shared.idle.remove(index);
+        return Ok(Some(request));
+    }
+    let next = select_biased! {
+        // A worker already dead must not take another request.
+        recv(live.output.stderr_closed()) -> _ => Err(End::Died),
+        recv(shared.shutdown_rx) -> _ => Err(End::Shutdown),
+        recv(slot.queue.receiver()) -> r => Ok(r.ok().inspect(|_| slot.queue.taken())),
+        recv(shared.queue.receiver()) -> r => Ok(r.ok().inspect(|_| shared.queue.taken())),
+        default(shared.config.health_interval) => Ok(None),
+    };
+    shared.idle.remove(index);
+    if let Ok(None) = next {
+        health_check(shared, live).map_err(End::Replace)?;
+    }
+    next
 }
 
 fn health_check(shared: &Shared, live: &mut Live) -> Result<(), String> {
@@ -393,6 +418,25 @@ fn requeue(shared: &Shared, index: usize, request: Request) {
     }
 }
 
+/// Requests handed to this worker while it was idle may run on any worker: they go back to the
+/// shared queue rather than wait for a replacement. Session requests stay.
+fn reroute_anonymous(shared: &Shared, index: usize) {
+    let queue = &shared.slots[index].queue;
+    let mut bound = Vec::new();
+    while let Some(request) = queue.try_pop() {
+        if request.route_slot.is_some() {
+            bound.push(request);
+        } else if let Err(request) = shared.queue.push(request) {
+            request.fail_unrun(FailureKind::WorkerExited, "the pool's queue is full");
+        }
+    }
+    for request in bound {
+        if let Err(request) = queue.push(request) {
+            request.fail_unrun(FailureKind::WorkerExited, "the worker's queue is full");
+        }
+    }
+}
+
 /// Hands a reply to its caller. A malformed reply fails the request and the worker is replaced,
 /// since its stream can no longer be trusted.
 fn deliver(
@@ -418,6 +462,9 @@ fn deliver(
     }
     // Counted before the caller can see the reply, so stats read after a call include it.
     counters.completed.fetch_add(1, Ordering::Relaxed);
+    // Listed as idle before the caller can send its next request, which then comes back here
+    // (warm) instead of to a worker that has been asleep.
+    shared.idle.push(index);
     match request.caller.reply(body, request.id, index) {
         Ok(success) => {
             request.ticket.delivered();
@@ -470,6 +517,8 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Option<R
     };
     *slot.process.lock() = None;
     slot.os_pid.store(0, Ordering::Release);
+    shared.idle.remove(index);
+    reroute_anonymous(shared, index);
     output.drain(OUTPUT_DRAIN);
     let tail = output.tail.text();
     let reason = match &end {
