@@ -79,14 +79,12 @@ fn spawn_reader(
 ) -> Receiver<()> {
     let (done_tx, done_rx) = bounded::<()>(0);
     let name = format!("dspex-np-{}-{slot}", stream.as_str());
-    let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        let _done = done_tx; // dropped at end of file: wakes `drain`
+    // If no thread can be made, the closure (and `done_tx` with it) is dropped: the stream
+    // counts as closed, and the worker, which could not be watched, is replaced.
+    let _ = std::thread::Builder::new().name(name).spawn(move || {
+        let _done = done_tx; // dropped at end of file: wakes `drain` and `stderr_closed`
         read_lines(file, stream, slot, &*events, tail.as_ref());
     });
-    if spawned.is_err() {
-        // No thread: the worker's output goes unread and the pipe fills; the worker blocks on
-        // its next write, and health checks replace it. Nothing to wait for here.
-    }
     done_rx
 }
 
