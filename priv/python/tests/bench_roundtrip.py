@@ -13,7 +13,6 @@ stdlib codec even where orjson is installed.
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
@@ -92,33 +91,11 @@ def main():
 
 def print_baseline(n):
     # Same plumbing as Worker, but running RAW_ECHO instead of dspex_worker.py.
-    import fcntl
-
-    req_r, req_w = os.pipe()
-    rep_r, rep_w = os.pipe()
-
-    def preexec():
-        a = fcntl.fcntl(req_r, fcntl.F_DUPFD, 10)
-        b = fcntl.fcntl(rep_w, fcntl.F_DUPFD, 10)
-        os.dup2(a, 3)
-        os.dup2(b, 4)
-
-    proc = subprocess.Popen([sys.executable, "-c", RAW_ECHO], stdin=subprocess.DEVNULL,
-                            preexec_fn=preexec, pass_fds=(3, 4))
-    os.close(req_r)
-    os.close(rep_w)
-
-    class Raw:
-        pass
-
-    raw = Raw()
-    raw.req_w, raw.rep_r = req_w, rep_r
+    raw = Worker(argv=[sys.executable, "-c", RAW_ECHO])
     try:
         us, size = measure(raw, n)
     finally:
-        os.close(req_w)
-        proc.wait(5)
-        os.close(rep_r)
+        raw.close()
     print(f"baseline raw frame copy (no JSON): {n} requests of {size} bytes: "
           f"{us:.1f} us/request")
 

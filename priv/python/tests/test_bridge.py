@@ -113,17 +113,7 @@ HANDLER_SOURCE = textwrap.dedent('''
 
 
 class WorkerTestCase(WorkerCase):
-    # worker_env: see the Stdlib* classes.
-
-    def assertError(self, reply, etype, message_part=None):
-        self.assertFalse(reply["success"], reply)
-        err = reply["error"]
-        self.assertEqual(set(err), {"type", "message", "traceback"})
-        self.assertEqual(err["type"], etype, err)
-        if message_part is not None:
-            self.assertIn(message_part, err["message"])
-        self.assertIsInstance(err["traceback"], str)
-        return err
+    """worker_env: see the Stdlib* classes."""
 
 
 class BuiltinCommands(WorkerTestCase):

@@ -38,14 +38,7 @@ class Base(WorkerCase):
         return reply["result"]
 
     def fail(self, w, command, args, etype, message_part=None):
-        reply = w.call(command, args, timeout=60)
-        self.assertFalse(reply["success"], reply)
-        err = reply["error"]
-        self.assertEqual(set(err), {"type", "message", "traceback"})
-        self.assertEqual(err["type"], etype, err)
-        if message_part is not None:
-            self.assertIn(message_part, err["message"])
-        return err
+        return self.assertError(w.call(command, args, timeout=60), etype, message_part)
 
 
 @unittest.skipUnless(HAVE_DSPY, "dspy is not installed in this python (use .venv/bin/python)")

@@ -23,14 +23,16 @@ WORKER = os.path.join(PYTHON_DIR, "dspex_worker.py")
 class Worker:
     def __init__(self, *, worker_id="3", pool="test_pool", handlers=None,
                  max_frame=None, pythonpath=(), env=None, python=None,
-                 extra_args=()):
-        argv = [python or sys.executable, WORKER, "--worker-id", worker_id,
-                "--pool", pool]
-        if handlers:
-            argv += ["--handlers", handlers]
-        if max_frame is not None:
-            argv += ["--max-frame", str(max_frame)]
-        argv += list(extra_args)
+                 extra_args=(), argv=None):
+        # `argv` runs another program on the same plumbing (the benchmark's baseline).
+        if argv is None:
+            argv = [python or sys.executable, WORKER, "--worker-id", worker_id,
+                    "--pool", pool]
+            if handlers:
+                argv += ["--handlers", handlers]
+            if max_frame is not None:
+                argv += ["--max-frame", str(max_frame)]
+            argv += list(extra_args)
 
         child_env = {k: v for k, v in os.environ.items()
                      if k not in ("PYTHONPATH", "DSPEX_WORKER_JSON")}
@@ -195,3 +197,14 @@ class WorkerCase(unittest.TestCase):
         w = Worker(**kw)
         self.addCleanup(w.close)
         return w
+
+    def assertError(self, reply, etype, message_part=None):
+        """A failure reply of type `etype` (whose message contains `message_part`)."""
+        self.assertFalse(reply["success"], reply)
+        err = reply["error"]
+        self.assertEqual(set(err), {"type", "message", "traceback"})
+        self.assertEqual(err["type"], etype, err)
+        if message_part is not None:
+            self.assertIn(message_part, err["message"])
+        self.assertIsInstance(err["traceback"], str)
+        return err
