@@ -28,8 +28,15 @@ defmodule Bench.Python do
   def worker_env(python_path \\ []),
     do: DSPex.NativePool.Options.worker_env_defaults(python_path)
 
-  @doc "A V2 worker's bridge, `%{python:, args:, env:}`; `handlers` is nil, `:dspy` or `:sleep`."
-  def v2_bridge(pool_name, handlers \\ nil) do
+  @doc """
+  A V2 worker's bridge, `%{python:, args:, env:}`; `handlers` is nil, `:dspy` or `:sleep`.
+
+  `json: :stdlib` (the default) runs the bridge on Python's standard `json`, as DSPex V2's own
+  bridge did: V2 had no JSON accelerator, so giving its peer this project's orjson path would
+  credit V2 with work done here. `json: :orjson` gives it the accelerator too (reported beside
+  the target, to show how much of the lead is the Python side).
+  """
+  def v2_bridge(pool_name, handlers \\ nil, opts \\ []) do
     {handler_args, path} =
       if handlers,
         do: {["--handlers", handler_module(handlers)], [handlers_dir()]},
@@ -38,9 +45,12 @@ defmodule Bench.Python do
     %{
       python: executable(),
       args: [script(), "--pool", inspect(pool_name)] ++ handler_args,
-      env: worker_env(path)
+      env: worker_env(path) ++ v2_json_env(Keyword.get(opts, :json, :stdlib))
     }
   end
+
+  defp v2_json_env(:stdlib), do: [{"DSPEX_WORKER_JSON", "json"}]
+  defp v2_json_env(:orjson), do: []
 
   @doc """
   Options for `DSPex.NativePool.start_link/1`, otherwise the defaults; `handlers` is nil, `:dspy`

@@ -52,8 +52,10 @@ defmodule Bench.Report.Documents do
     # Benchmarks
 
     DSPex.NativePool against two peers on the same Python bridge (`priv/python/dspex_worker.py`):
-    **V2**, DSPex V2's design (a checkout pool of Ports, JSON in Elixir), and the **raw limit**, a
-    Rust program that drives the bridge over the same pipes with no BEAM at all.
+    **V2**, DSPex V2's design (a checkout pool of Ports, JSON in Elixir, and stdlib `json` in
+    Python, as V2's bridge had), and the **raw limit**, a Rust program that drives the bridge over
+    the same pipes with no BEAM at all, with this project's orjson accelerator like NativePool.
+    The V2 target's note also gives the ratio against V2 on the orjson bridge.
 
     #{run_line(r)}
 
@@ -157,7 +159,9 @@ defmodule Bench.Report.Documents do
       NimblePool-style checkout pool; on checkout the worker's Port (`{:spawn_executable, python}`,
       `[:binary, {:packet, 4}, :nouse_stdio, :exit_status]`) is `Port.connect`ed to the caller, which
       encodes, sends, receives and decodes itself and checks the worker back in (V2's per-request
-      Logger calls are left out). *Raw*: `bench/raw_limit`, N worker processes spawned by the pool's
+      Logger calls are left out). Its workers run the bridge with `DSPEX_WORKER_JSON=json`, the
+      standard library's JSON, since V2's own bridge had no accelerator; in the V2 target's case a
+      second V2 pool on the orjson bridge is measured too, and the target's note quotes it. *Raw*: `bench/raw_limit`, N worker processes spawned by the pool's
       own Rust code (`dspex_pool_core`: fds 3/4, same framing and envelope) and C client threads.
       By default (`--raw-handoff barging`) a client takes an idle worker, does the round trip
       itself and gives it back, and a freed worker goes to whoever asks first: no thread sits
@@ -165,8 +169,7 @@ defmodule Bench.Report.Documents do
       than workers, OS threads handing workers to each other cost CPU that BEAM processes do not,
       so there raw is a reference rather than a hard ceiling; `fifo` (fair hand-off) and
       `dispatch` (a thread per worker serving a queue, the pool's design without the BEAM) are
-      the alternatives. All three peers run the same interpreter, script, arguments and
-      environment.
+      the alternatives. All peers run the same interpreter, script and arguments.
     * **Load.** A closed loop: C callers (BEAM processes, or threads for raw) each send their next
       request as soon as the last returns. #{plan.warmup_ms} ms of warm-up, then a #{plan.window_ms} ms
       window; a request counts if it completes inside the window. Throughput is that count over the

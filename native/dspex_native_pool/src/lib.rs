@@ -37,6 +37,8 @@ mod atoms {
 /// Encodes in place on a normal scheduler up to this many bytes; larger arguments are encoded
 /// on a dirty scheduler so that no call holds a normal scheduler for long.
 const INLINE_ENCODE_BUDGET: usize = 64 * 1024;
+/// What a frame encoded on a dirty scheduler starts with: over the inline budget, so large.
+const DIRTY_FRAME_CAPACITY: usize = 2 * INLINE_ENCODE_BUDGET;
 
 /// The pool, owned by the GenServer that started it (and monitored: if it dies, the pool stops).
 pub struct PoolResource {
@@ -301,7 +303,14 @@ fn submit_with<'a>(
     let record = decode_record(record)?;
     let deadline = Instant::now() + millis(timeout_ms);
     let id = pool::next_request_id();
-    let mut buf = protocol::begin_request(id, &command, 256);
+    // Inline, most arguments are small; on the dirty path they are known to be large, so the
+    // frame starts in a spare large buffer rather than growing into freshly mapped memory.
+    let capacity = if budget.is_some() {
+        256
+    } else {
+        DIRTY_FRAME_CAPACITY
+    };
+    let mut buf = protocol::begin_request(id, &command, capacity);
     let args_start = buf.len();
     match term_json::encode(args, &mut buf, budget) {
         Ok(()) => {}

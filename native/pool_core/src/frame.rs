@@ -52,7 +52,7 @@ impl std::fmt::Display for FrameError {
 /// A buffer that starts with room for the header, so a body can be encoded in place and sent
 /// with one write.
 pub fn frame_buffer(capacity: usize) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(capacity + HEADER_LEN);
+    let mut buf = crate::buffers::take(capacity + HEADER_LEN);
     buf.extend_from_slice(&[0; HEADER_LEN]);
     buf
 }

@@ -133,7 +133,8 @@ pub trait Caller: Send + 'static {
 pub struct Request {
     pub id: u64,
     pub command: String,
-    /// The sealed frame, header included.
+    /// The sealed frame, header included. A large one goes back to [`crate::buffers`] when the
+    /// request is dropped.
     pub frame: Vec<u8>,
     pub deadline: Instant,
     pub ticket: Arc<Ticket>,
@@ -143,6 +144,12 @@ pub struct Request {
     /// Set when the request must run on one worker (session or broadcast), so a requeue keeps
     /// it there.
     pub route_slot: Option<usize>,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        crate::buffers::give_back(std::mem::take(&mut self.frame));
+    }
 }
 
 impl Request {
