@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::sharing::Handoff;
 
 pub const USAGE: &str = "usage: raw_limit [--python PATH] [--script PATH] [--workers N] \
-[--clients N] [--payload BYTES] [--warmup-ms MS] [--duration-ms MS] [--handoff barging|fifo|dispatch]";
+[--clients N] [--payload BYTES] [--warmup-ms MS] [--duration-ms MS] [--handoff barging|fifo|dispatch] \
+[--pin-cpus true|false]";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Args {
@@ -22,6 +23,8 @@ pub struct Args {
     pub duration: Duration,
     /// How client threads share workers (see `checkout`).
     pub handoff: Handoff,
+    /// Pin as the pool does by default (see `workers`).
+    pub pin_cpus: bool,
 }
 
 impl Default for Args {
@@ -35,6 +38,7 @@ impl Default for Args {
             warmup: Duration::from_millis(500),
             duration: Duration::from_millis(2000),
             handoff: Handoff::Barging,
+            pin_cpus: true,
         }
     }
 }
@@ -70,6 +74,13 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 args.handoff = Handoff::parse(&text).ok_or_else(|| {
                     format!("--handoff is barging, fifo or dispatch, got {text:?}")
                 })?;
+            }
+            "--pin-cpus" => {
+                args.pin_cpus = match value()?.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    text => return Err(format!("--pin-cpus is true or false, got {text:?}")),
+                }
             }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),

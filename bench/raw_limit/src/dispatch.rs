@@ -66,6 +66,10 @@ impl Dispatch {
 }
 
 fn serve(mut worker: Worker, jobs: Receiver<Job>) {
+    if let Some(cpu) = worker.cpu {
+        // As the pool's slot thread: on its worker's CPU.
+        let _ = dspex_pool_core::affinity::pin_current_thread(cpu);
+    }
     for job in jobs {
         // Handing the reply to another thread needs a copy of its own.
         let reply = worker

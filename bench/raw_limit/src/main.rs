@@ -45,6 +45,7 @@ fn main() -> ExitCode {
 fn run(args: &args::Args) -> std::io::Result<serde_json::Value> {
     let (workers, pipes) = workers::Workers::start(args)?;
     let startup = workers.startup;
+    let pinned = workers.pinned();
     let sharing = sharing::Sharing::new(pipes, args.handoff, args.clients);
     let outcome = load::run(
         &sharing,
@@ -64,6 +65,7 @@ fn run(args: &args::Args) -> std::io::Result<serde_json::Value> {
         "workers": args.workers,
         "clients": args.clients,
         "handoff": args.handoff.name(),
+        "pinned": pinned,
         "payload": args.payload,
         "requests": summary.count,
         "window_s": window_s,

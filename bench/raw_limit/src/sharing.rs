@@ -9,8 +9,11 @@
 //! * `dispatch`: one thread per worker serves a shared request queue (the pool's own design,
 //!   without the BEAM).
 
+use std::cell::Cell;
 use std::io;
 use std::time::Instant;
+
+use dspex_pool_core::affinity;
 
 use crate::checkout::{Checkout, Discipline};
 use crate::dispatch::Dispatch;
@@ -43,15 +46,26 @@ impl Handoff {
 }
 
 pub enum Sharing {
-    Checkout(Checkout<Worker>),
+    /// `follow`: clients move to the CPU of the worker they take (see [`follow`]).
+    Checkout {
+        idle: Checkout<Worker>,
+        follow: bool,
+    },
     Dispatch(Dispatch),
 }
 
 impl Sharing {
     pub fn new(workers: Vec<Worker>, handoff: Handoff, clients: usize) -> Sharing {
+        let follow = clients <= workers.len();
         match handoff {
-            Handoff::Barging => Sharing::Checkout(Checkout::new(workers, Discipline::Barging)),
-            Handoff::Fifo => Sharing::Checkout(Checkout::new(workers, Discipline::Fifo)),
+            Handoff::Barging => Sharing::Checkout {
+                idle: Checkout::new(workers, Discipline::Barging),
+                follow,
+            },
+            Handoff::Fifo => Sharing::Checkout {
+                idle: Checkout::new(workers, Discipline::Fifo),
+                follow,
+            },
             Handoff::Dispatch => Sharing::Dispatch(Dispatch::new(workers, clients)),
         }
     }
@@ -64,8 +78,11 @@ impl Sharing {
         check: impl FnOnce(&[u8]) -> io::Result<()>,
     ) -> io::Result<()> {
         match self {
-            Sharing::Checkout(idle) => {
+            Sharing::Checkout { idle, follow: f } => {
                 let mut worker = idle.take();
+                if *f {
+                    follow(worker.cpu);
+                }
                 let result = worker
                     .round_trip(&request, Instant::now() + REQUEST_TIMEOUT)
                     .and_then(check);
@@ -79,8 +96,24 @@ impl Sharing {
     /// Drops every pipe, so the bridges see EOF and exit.
     pub fn close(self) {
         match self {
-            Sharing::Checkout(idle) => drop(idle.drain()),
+            Sharing::Checkout { idle, .. } => drop(idle.drain()),
             Sharing::Dispatch(dispatch) => dispatch.close(),
         }
     }
+}
+
+thread_local! {
+    static PINNED_TO: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// A client that does its round trips itself sits on its worker's CPU, as the pool's slot
+/// thread does. Only while there are no more clients than workers, so each can keep one to
+/// itself; otherwise clients would chase CPUs at every hand-off.
+fn follow(cpu: Option<usize>) {
+    let Some(cpu) = cpu else { return };
+    PINNED_TO.with(|pinned| {
+        if pinned.get() != Some(cpu) && affinity::pin_current_thread(cpu).is_ok() {
+            pinned.set(Some(cpu));
+        }
+    });
 }

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io;
 use std::time::{Duration, Instant};
 
+use dspex_pool_core::affinity::{self, CpuClaim};
 use dspex_pool_core::frame::{self, FrameReader};
 use dspex_pool_core::process::{self, ProcessHandle, SpawnSpec};
 use dspex_pool_core::protocol;
@@ -23,6 +24,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 pub struct Worker {
     pub requests: File,
     pub replies: FrameReader,
+    /// The CPU the worker is pinned to, where the thread talking to it belongs too.
+    pub cpu: Option<usize>,
 }
 
 impl Worker {
@@ -37,18 +40,31 @@ impl Worker {
 /// The worker processes; their pipes are handed out by [`Workers::start`].
 pub struct Workers {
     processes: Vec<ProcessHandle>,
+    /// Held while the workers run, as a pool holds its CPUs.
+    cpus: Option<CpuClaim>,
     /// From the first spawn until every worker answered its init ping.
     pub startup: Duration,
 }
 
 impl Workers {
-    /// Spawns `args.workers` bridges at once, then waits for each one's init ping.
+    /// Spawns `args.workers` bridges at once, then waits for each one's init ping. With
+    /// `--pin-cpus true` each worker gets a CPU of its own under the pool's rule (one each, or
+    /// none), so raw and the pool run on the same placement.
     pub fn start(args: &Args) -> io::Result<(Workers, Vec<Worker>)> {
+        let cpus = args
+            .pin_cpus
+            .then(|| CpuClaim::claim(args.workers))
+            .flatten();
         let started = Instant::now();
         let mut processes = Vec::with_capacity(args.workers);
         let mut pipes = Vec::with_capacity(args.workers);
         for index in 0..args.workers {
             let proc = process::spawn(&spec(args, index))?;
+            let cpu = cpus.as_ref().map(|c| c.cpu(index));
+            if let Some(cpu) = cpu {
+                // Right after the spawn, before the interpreter has started any thread.
+                affinity::pin(proc.handle.pid(), cpu)?;
+            }
             forward_output(proc.stdout);
             forward_output(proc.stderr);
             frame::set_nonblocking(&proc.requests)?;
@@ -56,6 +72,7 @@ impl Workers {
             pipes.push(Worker {
                 requests: proc.requests,
                 replies: FrameReader::new(proc.replies, MAX_FRAME),
+                cpu,
             });
         }
         for (index, worker) in pipes.iter_mut().enumerate() {
@@ -63,9 +80,15 @@ impl Workers {
         }
         let workers = Workers {
             processes,
+            cpus,
             startup: started.elapsed(),
         };
         Ok((workers, pipes))
+    }
+
+    /// Whether each worker got a CPU of its own.
+    pub fn pinned(&self) -> bool {
+        self.cpus.is_some()
     }
 
     pub fn pids(&self) -> Vec<i32> {

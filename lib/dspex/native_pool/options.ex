@@ -20,6 +20,7 @@ defmodule DSPex.NativePool.Options do
     max_backoff: 5_000,
     max_requests: nil,
     kill_on_timeout: true,
+    pin_cpus: true,
     shutdown_timeout: 5_000,
     session_ttl: 3_600_000
   ]
@@ -107,6 +108,8 @@ defmodule DSPex.NativePool.Options do
   defp check(:max_requests, nil), do: {:ok, nil}
   defp check(:kill_on_timeout, bool) when is_boolean(bool), do: {:ok, bool}
   defp check(:kill_on_timeout, other), do: {:error, "expected a boolean, got: #{inspect(other)}"}
+  defp check(:pin_cpus, bool) when is_boolean(bool), do: {:ok, bool}
+  defp check(:pin_cpus, other), do: {:error, "expected a boolean, got: #{inspect(other)}"}
 
   defp check(key, n)
        when key in [:health_timeout, :startup_timeout, :session_ttl] and is_integer(n) and n > 0,
@@ -196,7 +199,8 @@ defmodule DSPex.NativePool.Options do
       health_timeout: opts[:health_timeout],
       max_backoff: opts[:max_backoff],
       max_requests: opts[:max_requests],
-      kill_on_timeout: opts[:kill_on_timeout]
+      kill_on_timeout: opts[:kill_on_timeout],
+      pin_cpus: opts[:pin_cpus]
     }
   end
 

@@ -237,6 +237,7 @@ fn decode_config(config: Term) -> NifResult<PoolConfig> {
         max_backoff: millis(get(config, "max_backoff")?),
         max_requests,
         kill_on_timeout: get(config, "kill_on_timeout")?,
+        pin_cpus: get(config, "pin_cpus")?,
     })
 }
 

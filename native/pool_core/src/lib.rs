@@ -2,6 +2,7 @@
 //! The NIF crate (`native/dspex_native_pool`) implements [`request::Caller`] and
 //! [`pool::EventSink`] to connect it to BEAM processes.
 
+pub mod affinity;
 pub mod buffers;
 pub mod frame;
 pub mod output;

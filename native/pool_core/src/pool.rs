@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 
+use crate::affinity::{self, CpuClaim};
 use crate::process::SpawnSpec;
 use crate::queue::Queue;
 use crate::request::{FailureKind, Request};
@@ -40,6 +41,9 @@ pub struct PoolConfig {
     pub max_backoff: Duration,
     pub max_requests: Option<u64>,
     pub kill_on_timeout: bool,
+    /// Give each worker a CPU of its own when there are enough free ones (see
+    /// [`crate::affinity`]).
+    pub pin_cpus: bool,
 }
 
 impl PoolConfig {
@@ -339,15 +343,27 @@ impl Pool {
             threads: Mutex::new(Vec::new()),
             threads_done,
         };
+        // Held by every slot thread: the CPUs are free again once the last one has ended.
+        let claim = shared
+            .config
+            .pin_cpus
+            .then(|| CpuClaim::claim(shared.config.size).map(Arc::new))
+            .flatten();
         for index in 0..shared.config.size {
             let thread_shared = shared.clone();
             let done = done_tx.clone();
+            let claim = claim.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("dspex-np-worker-{index}"))
                 // Decoding a deeply nested reply recurses on this thread.
                 .stack_size(8 << 20)
                 .spawn(move || {
                     let _done = done;
+                    if let Some(claim) = &claim {
+                        // Before the worker is spawned, which inherits the CPU. If the OS
+                        // refuses, the slot simply runs where the OS puts it.
+                        let _ = affinity::pin_current_thread(claim.cpu(index));
+                    }
                     crate::worker::run_slot(thread_shared, index)
                 });
             match handle {

@@ -93,6 +93,7 @@ fn config(size: usize) -> PoolConfig {
         max_backoff: Duration::from_millis(200),
         max_requests: None,
         kill_on_timeout: true,
+        pin_cpus: false,
     }
 }
 

@@ -49,6 +49,7 @@ defmodule DSPex.NativePool.OptionsTest do
     assert invalid(name: unique_name(), startup_timeout: 0) =~ "invalid :startup_timeout"
     assert invalid(name: unique_name(), max_frame: -1) =~ "invalid :max_frame"
     assert invalid(name: unique_name(), kill_on_timeout: :yes) =~ "invalid :kill_on_timeout"
+    assert invalid(name: unique_name(), pin_cpus: 1) =~ "invalid :pin_cpus"
     assert invalid(name: "not an atom") =~ "invalid :name"
   end
 
