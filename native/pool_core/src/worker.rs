@@ -303,7 +303,8 @@ fn watch_queues(shared: &Shared, slot: &Slot) -> Option<Request> {
         if Instant::now() >= until {
             return None;
         }
-        std::hint::spin_loop();
+        // Not a bare spin: the caller may be waiting for this very CPU to send the request.
+        std::thread::yield_now();
     }
 }
 
