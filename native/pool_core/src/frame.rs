@@ -122,6 +122,8 @@ pub struct FrameReader {
     /// The large frame in progress: (length, bytes filled). Kept here so that a read
     /// interrupted by its deadline can resume.
     large: Option<(usize, usize)>,
+    /// Read before waiting (see [`FrameReader::eager`]).
+    eager: bool,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -138,7 +140,19 @@ impl FrameReader {
             max,
             large_buf: Vec::new(),
             large: None,
+            eager: false,
         }
+    }
+
+    /// Makes the pipe non-blocking and tries each read before waiting for data. That saves a
+    /// `poll` per frame where the answer is usually there already: a pinned worker's slot
+    /// thread is preempted by its Python process as soon as it writes a request, and gets the
+    /// CPU back once the reply has been written.
+    /// If the pipe cannot be made non-blocking, the reader keeps waiting before each read.
+    pub fn eager(&mut self) -> io::Result<()> {
+        set_nonblocking(&self.file)?;
+        self.eager = true;
+        Ok(())
     }
 
     /// Reads the next frame's body. `deadline: None` waits forever.
@@ -226,7 +240,9 @@ impl FrameReader {
         self.end -= self.start;
         self.start = 0;
         while self.end < need {
-            wait_for(&self.file, libc::POLLIN, deadline)?;
+            if !self.eager {
+                wait_for(&self.file, libc::POLLIN, deadline)?;
+            }
             match self.file.read(&mut self.buf[self.end..]) {
                 Ok(0) if at_boundary && self.end == 0 => return Err(FrameError::Eof),
                 Ok(0) => {
@@ -237,6 +253,9 @@ impl FrameReader {
                 }
                 Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_for(&self.file, libc::POLLIN, deadline)?
+                }
                 Err(e) => return Err(FrameError::Io(e)),
             }
         }
@@ -402,9 +421,37 @@ mod tests {
 
     #[test]
     fn truncated_frame_and_timeout() {
+        truncated_frame_and_timeout_with(false);
+    }
+
+    #[test]
+    fn an_eager_reader_waits_and_fails_the_same_way() {
+        truncated_frame_and_timeout_with(true);
+
+        // Data there already, and data that arrives while it waits.
+        let (r, mut w) = pipe();
+        let mut reader = FrameReader::new(r, 1024);
+        reader.eager().unwrap();
+        w.write_all(&sealed(b"now")).unwrap();
+        assert_eq!(reader.read_frame(None).unwrap(), b"now");
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            w.write_all(&sealed(b"later")).unwrap();
+            w
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert_eq!(reader.read_frame(Some(deadline)).unwrap(), b"later");
+        drop(writer.join().unwrap());
+        assert!(matches!(reader.read_frame(None), Err(FrameError::Eof)));
+    }
+
+    fn truncated_frame_and_timeout_with(eager: bool) {
         let (r, mut w) = pipe();
         w.write_all(&[0, 0, 0, 10, b'a']).unwrap();
         let mut reader = FrameReader::new(r, 1024);
+        if eager {
+            reader.eager().unwrap();
+        }
         let started = Instant::now();
         let deadline = started + Duration::from_millis(50);
         assert!(matches!(

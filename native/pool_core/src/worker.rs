@@ -130,10 +130,12 @@ fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> {
         process.kill();
     }
     let _ = frame::set_nonblocking(&proc.requests);
+    let mut replies = FrameReader::new(proc.replies, config.max_frame);
+    let _ = replies.eager();
     let mut live = Live {
         process,
         requests: proc.requests,
-        replies: FrameReader::new(proc.replies, config.max_frame),
+        replies,
         output,
         served: 0,
     };
