@@ -170,6 +170,13 @@ defmodule Bench.Report.Documents do
       so there raw is a reference rather than a hard ceiling; `fifo` (fair hand-off) and
       `dispatch` (a thread per worker serving a queue, the pool's design without the BEAM) are
       the alternatives. All peers run the same interpreter, script and arguments.
+    * **CPU placement.** NativePool runs with its defaults, so a pool of 1 or 2 workers pins
+      each worker and its slot thread to a CPU of its own (`pin_cpus`), and a pool of 4 on two
+      cores pins nothing. `raw_limit` applies the same rule (`--pin-cpus true`, its default), and
+      its client threads move to their worker's CPU when they do not outnumber the workers, so
+      the limit is measured on the same placement; pinned, its lone-caller round trip is about
+      six times faster than unpinned on this VM. V2's workers are not pinned: V2 had no such
+      option.
     * **Load.** A closed loop: C callers (BEAM processes, or threads for raw) each send their next
       request as soon as the last returns. #{plan.warmup_ms} ms of warm-up, then a #{plan.window_ms} ms
       window; a request counts if it completes inside the window. Throughput is that count over the
