@@ -70,8 +70,8 @@ defmodule DSPex.NativePool do
   Each request is a hand-off between a worker's Python process and the native thread that
   talks to it. With `pin_cpus: true` (the default) and a CPU free for every worker, both are
   pinned to that CPU, so each hand-off stays on one CPU with warm caches. On a 2-core machine
-  this raised 100-byte throughput by about 45% and halved the latency of a lone caller (see
-  `BENCHMARKS.md`). A CPU is held by one worker of the whole VM at most: a second pool that finds
+  this raised 100-byte echo throughput from about 49k to 68k requests/s (2 workers, 16 callers)
+  and a lone caller's from 32k to 55k (see `BENCHMARKS.md`). A CPU is held by one worker of the whole VM at most: a second pool that finds
   too few free CPUs, or a pool larger than the machine, is not pinned, so two busy workers are
   never stuck on one CPU while another idles. What a worker runs stays on its CPU too, so a
   command that needs several cores (threads in native code, subprocesses) wants
