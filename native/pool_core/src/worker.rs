@@ -298,6 +298,7 @@ const WATCH: Duration = Duration::from_micros(30);
 /// this thread's CPU until the request arrives, loses nothing to the wait.
 fn watch_queues(shared: &Shared, slot: &Slot) -> Option<Request> {
     let until = Instant::now() + WATCH;
+    let mut looks = 0u32;
     loop {
         if let Some(request) = slot.queue.try_pop().or_else(|| shared.queue.try_pop()) {
             return Some(request);
@@ -305,8 +306,13 @@ fn watch_queues(shared: &Shared, slot: &Slot) -> Option<Request> {
         if Instant::now() >= until {
             return None;
         }
-        // Not a bare spin: the caller may be waiting for this very CPU to send the request.
-        std::thread::yield_now();
+        looks += 1;
+        if looks < 64 {
+            std::hint::spin_loop();
+        } else {
+            // Not a bare spin: the caller may be waiting for this very CPU to send the request.
+            std::thread::yield_now();
+        }
     }
 }
 
