@@ -45,7 +45,7 @@ defmodule DSPex.NativePool do
   | `:max_backoff` | `5_000` | longest wait, in ms, between attempts to replace a failing worker |
   | `:max_requests` | `nil` | retire and replace a worker after this many requests |
   | `:kill_on_timeout` | `true` | kill (and replace) a worker still running a request at its deadline; `false` keeps it and drops the late reply |
-  | `:pin_cpus` | `true` | give each worker a CPU of its own, shared by its Python process and the thread that talks to it, when the VM may run on enough CPUs that no other pool holds; otherwise, or with `false`, nothing is pinned. See "CPU pinning" below |
+  | `:pin_cpus` | `true` | give each worker a CPU of its own, shared by its Python process and the thread that talks to it, when the VM may run on enough CPUs that no other pool of the machine holds; otherwise, or with `false`, nothing is pinned. See "CPU pinning" below |
   | `:shutdown_timeout` | `5_000` | ms running requests get to finish when the pool stops, before workers are killed |
   | `:session_ttl` | `3_600_000` | ms after which an idle session is forgotten and its state freed on its worker |
 
@@ -71,11 +71,14 @@ defmodule DSPex.NativePool do
   talks to it. With `pin_cpus: true` (the default) and a CPU free for every worker, both are
   pinned to that CPU, so each hand-off stays on one CPU with warm caches. On a 2-core machine
   this raised 100-byte echo throughput from about 49k to 68k requests/s (2 workers, 16 callers)
-  and a lone caller's from 32k to 55k (see `BENCHMARKS.md`). A CPU is held by one worker of the whole VM at most: a second pool that finds
-  too few free CPUs, or a pool larger than the machine, is not pinned, so two busy workers are
-  never stuck on one CPU while another idles. What a worker runs stays on its CPU too, so a
-  command that needs several cores (threads in native code, subprocesses) wants
-  `pin_cpus: false`.
+  and a lone caller's from 32k to 55k (see `BENCHMARKS.md`).
+
+  A CPU is held by one worker of the whole machine at most (a lock file per CPU in the
+  temporary directory, which the kernel releases when its holder exits, even killed): a pool
+  that finds too few free CPUs, or one larger than the machine, is not pinned, so two busy
+  workers are never stuck on one CPU while another idles. `stats/1` shows each worker's CPU.
+  What a worker runs stays on its CPU too, so a command that needs several cores (threads in
+  native code, subprocesses) wants `pin_cpus: false`.
   """
 
   use GenServer
@@ -337,7 +340,8 @@ defmodule DSPex.NativePool do
   `:counters` (`:completed`, `:timed_out`, `:rejected`, `:dropped`, `:worker_exited`,
   `:invalid_reply`, `:pool_closed`, `:pool_unavailable`) and one map per worker with `:id`,
   `:os_pid`, `:state` (`:starting`, `:idle`, `:busy`, `:restarting`, `:stopped`), `:requests`,
-  `:restarts`, `:last_exit` and `:queue_length`.
+  `:restarts`, `:last_exit`, `:queue_length` and `:cpu` (the CPU it is pinned to, or `nil`; see
+  "CPU pinning").
 
       %{pool_size: 4, workers: [%{id: 0, state: :idle} | _]} = DSPex.NativePool.stats(MyPool)
   """

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::time::{Duration, Instant};
 
-use dspex_pool_core::affinity::{self, CpuClaim};
+use dspex_pool_core::affinity;
 use dspex_pool_core::frame::{self, FrameReader};
 use dspex_pool_core::process::{self, ProcessHandle, SpawnSpec};
 use dspex_pool_core::protocol;
@@ -40,8 +40,8 @@ impl Worker {
 /// The worker processes; their pipes are handed out by [`Workers::start`].
 pub struct Workers {
     processes: Vec<ProcessHandle>,
-    /// Held while the workers run, as a pool holds its CPUs.
-    cpus: Option<CpuClaim>,
+    /// Whether each worker got a CPU of its own.
+    pinned: bool,
     /// From the first spawn until every worker answered its init ping.
     pub startup: Duration,
 }
@@ -49,18 +49,19 @@ pub struct Workers {
 impl Workers {
     /// Spawns `args.workers` bridges at once, then waits for each one's init ping. With
     /// `--pin-cpus true` each worker gets a CPU of its own under the pool's rule (one each, or
-    /// none), so raw and the pool run on the same placement.
+    /// none), so raw and the pool run on the same placement: the same CPUs, too, which the
+    /// benchmark's idle pool still holds, so they are not claimed here.
     pub fn start(args: &Args) -> io::Result<(Workers, Vec<Worker>)> {
         let cpus = args
             .pin_cpus
-            .then(|| CpuClaim::claim(args.workers))
+            .then(|| affinity::unclaimed_cpus(args.workers))
             .flatten();
         let started = Instant::now();
         let mut processes = Vec::with_capacity(args.workers);
         let mut pipes = Vec::with_capacity(args.workers);
         for index in 0..args.workers {
             let proc = process::spawn(&spec(args, index))?;
-            let cpu = cpus.as_ref().map(|c| c.cpu(index));
+            let cpu = cpus.as_ref().map(|c| c[index]);
             if let Some(cpu) = cpu {
                 // Right after the spawn, before the interpreter has started any thread.
                 affinity::pin(proc.handle.pid(), cpu)?;
@@ -80,7 +81,7 @@ impl Workers {
         }
         let workers = Workers {
             processes,
-            cpus,
+            pinned: cpus.is_some(),
             startup: started.elapsed(),
         };
         Ok((workers, pipes))
@@ -88,7 +89,7 @@ impl Workers {
 
     /// Whether each worker got a CPU of its own.
     pub fn pinned(&self) -> bool {
-        self.cpus.is_some()
+        self.pinned
     }
 
     pub fn pids(&self) -> Vec<i32> {

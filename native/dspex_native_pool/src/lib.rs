@@ -29,7 +29,7 @@ mod atoms {
         dspex_native_pool, worker_ready, worker_start_failed, log, warning,
         worker, session, put, delete, slot, idle_ms, age_ms, definitions,
         pool_size, queue_length, available, closing, workers, counters,
-        id, os_pid, state, requests, restarts, last_exit,
+        id, os_pid, state, requests, restarts, last_exit, cpu,
         completed, timed_out, rejected, dropped,
     }
 }
@@ -560,6 +560,7 @@ fn encode_stats<'a>(env: Env<'a>, s: &PoolStats) -> NifResult<Term<'a>> {
                     (atoms::restarts(), w.restarts.encode(env)),
                     (atoms::last_exit(), w.last_exit.as_deref().encode(env)),
                     (atoms::queue_length(), w.queue_length.encode(env)),
+                    (atoms::cpu(), w.cpu.encode(env)),
                 ],
             )
         })

@@ -7,32 +7,32 @@
 //! requests/s, 1 worker and 1 caller from 32k to 55k).
 //!
 //! Pinning is only done when every worker of a pool can have a CPU that no other pinned worker
-//! of the VM holds, so two busy workers are never stuck on one CPU while another idles.
-//! Otherwise nothing is pinned and the OS places everything, as before.
+//! holds, in this VM or any other process using this library on the machine, so two busy
+//! workers are never stuck on one CPU while another idles. A CPU is held by an advisory lock
+//! (`flock`) on a file named after it in the temporary directory: the kernel drops it when the
+//! holder closes it or dies, so a killed VM leaves no CPU held. Without free CPUs for the whole
+//! pool, or without the lock files, nothing is pinned and the OS places everything.
 
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::mem::size_of;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
-use parking_lot::Mutex;
-
-/// CPUs held by pinned workers, across every pool of the VM.
-static CLAIMED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-
-/// CPUs reserved for one pool's workers; they are free again when this is dropped.
+/// CPUs held for one pool's workers; they are free again when this is dropped.
 #[derive(Debug)]
 pub struct CpuClaim {
     cpus: Vec<usize>,
+    /// Each holds the lock of the CPU at the same position.
+    _locks: Vec<File>,
 }
 
 impl CpuClaim {
-    /// One CPU for each of `workers`, if the process may run on that many that no other pool
+    /// One CPU for each of `workers`, if the process may run on that many that nobody else
     /// holds; `None` otherwise.
     pub fn claim(workers: usize) -> Option<CpuClaim> {
         let allowed = allowed_cpus().ok()?;
-        let mut claimed = CLAIMED.lock();
-        let cpus = pick(workers, &allowed, &claimed)?;
-        claimed.extend_from_slice(&cpus);
-        Some(CpuClaim { cpus })
+        claim_in(&std::env::temp_dir(), workers, &allowed)
     }
 
     /// The CPU of worker `index`.
@@ -41,21 +41,54 @@ impl CpuClaim {
     }
 }
 
-impl Drop for CpuClaim {
-    fn drop(&mut self) {
-        CLAIMED.lock().retain(|cpu| !self.cpus.contains(cpu));
-    }
+/// The first `workers` CPUs this process may run on, or `None` if there are fewer; nothing is
+/// claimed. For a program that knows it has the machine to itself (`raw_limit`, which must run
+/// on the same CPUs as the pool it is compared with while that pool sits idle).
+pub fn unclaimed_cpus(workers: usize) -> Option<Vec<usize>> {
+    let allowed = allowed_cpus().ok()?;
+    (workers > 0 && workers <= allowed.len()).then(|| allowed[..workers].to_vec())
 }
 
-/// `workers` CPUs from `allowed` that are not `claimed`, or `None` if there are too few.
-fn pick(workers: usize, allowed: &[usize], claimed: &[usize]) -> Option<Vec<usize>> {
-    let free: Vec<usize> = allowed
-        .iter()
-        .copied()
-        .filter(|cpu| !claimed.contains(cpu))
-        .take(workers)
-        .collect();
-    (workers > 0 && free.len() == workers).then_some(free)
+/// Locks `workers` of the `allowed` CPUs, lowest first, with lock files in `dir`.
+fn claim_in(dir: &Path, workers: usize, allowed: &[usize]) -> Option<CpuClaim> {
+    if workers == 0 {
+        return None;
+    }
+    let mut cpus = Vec::with_capacity(workers);
+    let mut locks = Vec::with_capacity(workers);
+    for &cpu in allowed {
+        if let Some(lock) = lock_cpu(&lock_path(dir, cpu)) {
+            cpus.push(cpu);
+            locks.push(lock);
+            if cpus.len() == workers {
+                return Some(CpuClaim {
+                    cpus,
+                    _locks: locks,
+                });
+            }
+        }
+    }
+    None // the locks taken so far are released as they drop
+}
+
+fn lock_path(dir: &Path, cpu: usize) -> PathBuf {
+    dir.join(format!("dspex_native_pool.cpu{cpu}.lock"))
+}
+
+/// The open lock file if this CPU was free. Opened close-on-exec (as std opens every file), so
+/// no worker inherits it; read-only if another user created it, which `flock` allows.
+fn lock_cpu(path: &Path) -> Option<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .or_else(|_| File::open(path))
+        .ok()?;
+    // SAFETY: a valid descriptor owned by `file`.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (rc == 0).then_some(file)
 }
 
 /// The CPUs this process may run on (its main thread's mask: a thread of the VM may be pinned).
@@ -100,15 +133,36 @@ mod tests {
 
     #[test]
     fn a_pool_gets_free_cpus_or_none() {
-        assert_eq!(pick(2, &[0, 1, 2, 3], &[]), Some(vec![0, 1]));
-        assert_eq!(pick(2, &[0, 1, 2, 3], &[0, 2]), Some(vec![1, 3]));
-        assert_eq!(pick(2, &[0, 1], &[1]), None, "never two workers on one CPU");
-        assert_eq!(
-            pick(3, &[0, 1], &[]),
-            None,
-            "more workers than CPUs: no pinning"
+        let dir = std::env::temp_dir().join(format!("dspex_affinity_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cpus = |claim: &CpuClaim| {
+            (0..claim.cpus.len())
+                .map(|i| claim.cpu(i))
+                .collect::<Vec<_>>()
+        };
+
+        let first = claim_in(&dir, 2, &[0, 1, 2, 3]).unwrap();
+        assert_eq!(cpus(&first), [0, 1]);
+        let second = claim_in(&dir, 2, &[0, 1, 2, 3]).unwrap();
+        assert_eq!(cpus(&second), [2, 3], "never a CPU another pool holds");
+        assert!(
+            claim_in(&dir, 1, &[0, 1, 2, 3]).is_none(),
+            "all held: no pinning"
         );
-        assert_eq!(pick(0, &[0, 1], &[]), None);
+        drop(first);
+        let third = claim_in(&dir, 1, &[0, 1, 2, 3]).unwrap();
+        assert_eq!(cpus(&third), [0], "freed when the holder drops");
+        assert!(
+            claim_in(&dir, 5, &[4, 5, 6, 7]).is_none(),
+            "more workers than CPUs"
+        );
+        assert!(
+            claim_in(&dir, 2, &[1, 4]).is_some(),
+            "a failed claim keeps none of its CPUs"
+        );
+        assert!(claim_in(&dir, 0, &[8]).is_none());
+        drop((second, third));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

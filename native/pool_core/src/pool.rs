@@ -133,6 +133,8 @@ pub struct Slot {
     pub(crate) failures_in_row: AtomicU32,
     pub(crate) last_exit: Mutex<Option<String>>,
     pub(crate) process: Mutex<Option<Arc<crate::process::ProcessHandle>>>,
+    /// The CPU this slot's thread and worker are pinned to, or -1.
+    cpu: AtomicI32,
 }
 
 impl Slot {
@@ -146,6 +148,7 @@ impl Slot {
             failures_in_row: AtomicU32::new(0),
             last_exit: Mutex::new(None),
             process: Mutex::new(None),
+            cpu: AtomicI32::new(-1),
         }
     }
 
@@ -313,6 +316,8 @@ pub struct WorkerStats {
     pub restarts: u64,
     pub last_exit: Option<String>,
     pub queue_length: usize,
+    /// The CPU the worker is pinned to, if any (see [`crate::affinity`]).
+    pub cpu: Option<usize>,
 }
 
 impl Pool {
@@ -362,7 +367,12 @@ impl Pool {
                     if let Some(claim) = &claim {
                         // Before the worker is spawned, which inherits the CPU. If the OS
                         // refuses, the slot simply runs where the OS puts it.
-                        let _ = affinity::pin_current_thread(claim.cpu(index));
+                        let cpu = claim.cpu(index);
+                        if affinity::pin_current_thread(cpu).is_ok() {
+                            thread_shared.slots[index]
+                                .cpu
+                                .store(cpu as i32, Ordering::Release);
+                        }
                     }
                     crate::worker::run_slot(thread_shared, index)
                 });
@@ -477,6 +487,7 @@ impl Pool {
                     restarts: load(&slot.restarts),
                     last_exit: slot.last_exit.lock().clone(),
                     queue_length: slot.queue.len(),
+                    cpu: usize::try_from(slot.cpu.load(Ordering::Acquire)).ok(),
                 })
                 .collect(),
         }

@@ -28,10 +28,32 @@ defmodule DSPex.NativePool.CpuPinningTest do
 
   defp worker_cpus(pool), do: Enum.map(worker_os_pids(pool), &cpus/1)
 
+  # What stats/1 says, checked against what the kernel says.
+  defp reported_cpus(pool) do
+    reported = Enum.map(NativePool.stats(pool).workers, & &1.cpu)
+
+    Enum.zip(reported, worker_cpus(pool))
+    |> Enum.each(fn
+      {nil, _kernel} -> :ok
+      {cpu, kernel} -> assert kernel == [cpu]
+    end)
+
+    reported
+  end
+
+  # CPUs are held machine-wide, by lock files: another program using this library would hold
+  # some, and the assertions below would not hold.
+  defp held_elsewhere do
+    Path.wildcard(Path.join(System.tmp_dir!(), "dspex_native_pool.cpu*.lock"))
+    |> Enum.filter(fn path -> match?({_, 1}, System.cmd("flock", ["-n", "-x", path, "true"])) end)
+  end
+
   test "each worker of a pool that fits the machine gets a CPU of its own, and keeps it" do
     machine = cpus(System.pid())
+    assert held_elsewhere() == [], "another program holds CPUs of this machine"
     %{pool: pool} = start_pool!(pool_size: length(machine))
 
+    assert reported_cpus(pool) |> Enum.sort() == machine
     pinned = worker_cpus(pool)
     assert Enum.all?(pinned, &(length(&1) == 1))
     assert pinned |> List.flatten() |> Enum.sort() == machine
@@ -52,6 +74,7 @@ defmodule DSPex.NativePool.CpuPinningTest do
     # Every CPU is held by `first`: nothing is left to pin `second` to.
     %{pool: second} = start_pool!(pool_size: 1)
     assert worker_cpus(second) == [machine]
+    assert reported_cpus(second) == [nil]
 
     # Too many workers for the machine: none is pinned.
     %{pool: large} = start_pool!(pool_size: length(machine) + 1)
