@@ -298,18 +298,11 @@ fn wait_for(file: &File, events: i16, deadline: Option<Instant>) -> Result<(), F
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::{FromRawFd, OwnedFd};
     use std::time::Duration;
 
     fn pipe() -> (File, File) {
-        let mut fds = [0; 2];
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        unsafe {
-            (
-                File::from(OwnedFd::from_raw_fd(fds[0])),
-                File::from(OwnedFd::from_raw_fd(fds[1])),
-            )
-        }
+        let (r, w) = crate::process::pipe().unwrap();
+        (File::from(r), File::from(w))
     }
 
     fn sealed(body: &[u8]) -> Vec<u8> {

@@ -198,8 +198,8 @@ impl Drop for ProcessHandle {
 /// a few writes instead of a wake-up every 64 KiB.
 const PIPE_CAPACITY: libc::c_int = 1 << 20;
 
-/// A pipe whose both ends are close-on-exec.
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A pipe whose both ends are close-on-exec: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());

@@ -262,7 +262,7 @@ fn serve(shared: &Shared, index: usize, live: &mut Live) -> (End, Option<Request
 /// Python process are still warm) rather than wake the one that has slept longest.
 fn next_request(shared: &Shared, index: usize, live: &mut Live) -> Result<Option<Request>, End> {
     let slot = &shared.slots[index];
-    if let Some(request) = slot.queue.try_pop().or_else(|| shared.queue.try_pop()) {
+    if let Some(request) = waiting(shared, slot) {
         // Listed since its last reply (see `deliver`): busy again, so no longer.
         shared.idle.remove(index);
         return Ok(Some(request));
@@ -289,6 +289,11 @@ fn next_request(shared: &Shared, index: usize, live: &mut Live) -> Result<Option
     next
 }
 
+/// A request already waiting for this worker: its own first, then the pool's.
+fn waiting(shared: &Shared, slot: &Slot) -> Option<Request> {
+    slot.queue.try_pop().or_else(|| shared.queue.try_pop())
+}
+
 /// How long an idle worker thread watches its queues before it parks.
 const WATCH: Duration = Duration::from_micros(30);
 
@@ -300,7 +305,7 @@ fn watch_queues(shared: &Shared, slot: &Slot) -> Option<Request> {
     let until = Instant::now() + WATCH;
     let mut looks = 0u32;
     loop {
-        if let Some(request) = slot.queue.try_pop().or_else(|| shared.queue.try_pop()) {
+        if let Some(request) = waiting(shared, slot) {
             return Some(request);
         }
         if Instant::now() >= until {

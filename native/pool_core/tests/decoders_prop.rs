@@ -3,21 +3,14 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
 
 use dspex_pool_core::frame::{frame_buffer, seal, FrameError, FrameReader};
-use dspex_pool_core::protocol;
+use dspex_pool_core::{process, protocol};
 use proptest::prelude::*;
 
 fn pipe() -> (File, File) {
-    let mut fds = [0; 2];
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    unsafe {
-        (
-            File::from(OwnedFd::from_raw_fd(fds[0])),
-            File::from(OwnedFd::from_raw_fd(fds[1])),
-        )
-    }
+    let (r, w) = process::pipe().unwrap();
+    (File::from(r), File::from(w))
 }
 
 /// Feeds `bytes` to a reader with cap `max` and collects every frame until the stream ends.
