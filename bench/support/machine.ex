@@ -23,29 +23,28 @@ defmodule Bench.Machine do
   end
 
   defp cpu_model do
-    with {:ok, info} <- File.read("/proc/cpuinfo"),
-         [_, model] <- Regex.run(~r/^model name\s*:\s*(.+)$/m, info) do
-      String.trim(model)
-    else
-      _ -> "unknown"
+    case field("/proc/cpuinfo", ~r/^model name\s*:\s*(.+)$/m) do
+      nil -> "unknown"
+      model -> String.trim(model)
     end
   end
 
   defp mem_total do
-    with {:ok, info} <- File.read("/proc/meminfo"),
-         [_, kb] <- Regex.run(~r/^MemTotal:\s+(\d+) kB/m, info) do
-      "#{Float.round(String.to_integer(kb) / 1024 / 1024, 1)} GiB"
-    else
-      _ -> "unknown"
+    case field("/proc/meminfo", ~r/^MemTotal:\s+(\d+) kB/m) do
+      nil -> "unknown"
+      kb -> "#{Float.round(String.to_integer(kb) / 1024 / 1024, 1)} GiB"
     end
   end
 
-  defp os_name do
-    with {:ok, text} <- File.read("/etc/os-release"),
-         [_, name] <- Regex.run(~r/^PRETTY_NAME="?([^"\n]+)"?$/m, text) do
-      name
+  defp os_name, do: field("/etc/os-release", ~r/^PRETTY_NAME="?([^"\n]+)"?$/m) || "Linux"
+
+  # The first capture of `regex` in the file at `path`, or nil.
+  defp field(path, regex) do
+    with {:ok, text} <- File.read(path),
+         [_, value] <- Regex.run(regex, text) do
+      value
     else
-      _ -> "Linux"
+      _ -> nil
     end
   end
 

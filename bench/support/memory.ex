@@ -66,7 +66,7 @@ defmodule Bench.Memory do
     stop = start.(size, nil)
     Process.sleep(200)
     used = delta(before, snapshot())
-    python_rss = average(Enum.map(stop.(:os_pids), &OS.rss_bytes/1))
+    python_rss = Stats.mean(Enum.map(stop.(:os_pids), &OS.rss_bytes/1))
     stop.(:stop)
     {used, python_rss}
   end
@@ -196,11 +196,4 @@ defmodule Bench.Memory do
   end
 
   defp delta(before, later), do: Map.new(before, fn {k, v} -> {k, later[k] - v} end)
-
-  defp average(values) do
-    case Enum.reject(values, &is_nil/1) do
-      [] -> nil
-      present -> Enum.sum(present) / length(present)
-    end
-  end
 end

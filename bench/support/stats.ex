@@ -57,7 +57,8 @@ defmodule Bench.Stats do
     end
   end
 
-  defp mean(values) do
+  @doc "The mean of the values that are not nil, or nil if there are none."
+  def mean(values) do
     case Enum.reject(values, &is_nil/1) do
       [] -> nil
       present -> Enum.sum(present) / length(present)

@@ -67,18 +67,18 @@ defmodule Bench.Throughput do
 
   defp run_round(c, args, {native, v2, v2_orjson}, plan) do
     native_result = measure({:native, c}, plan, native_call(native, args), native_pids(native))
-    v2_result = measure_v2(:v2, v2, c, args, plan)
+    v2_result = measure_v2(v2, c, args, plan)
     SchedMonitor.phase({:raw, c})
     round = %{native: native_result, v2: v2_result, raw: RawLimit.run(c, plan)}
 
     if v2_orjson && orjson_case?(c),
-      do: Map.put(round, :v2_orjson, measure_v2(:v2, v2_orjson, c, args, plan)),
+      do: Map.put(round, :v2_orjson, measure_v2(v2_orjson, c, args, plan)),
       else: round
   end
 
   # V2.os_pids/1 is a call to the pool, so it also waits for the last checkins to be handled.
-  defp measure_v2(phase, pool, c, args, plan) do
-    measure({phase, c}, plan, v2_call(pool, args), V2.os_pids(pool), fn -> V2.os_pids(pool) end)
+  defp measure_v2(pool, c, args, plan) do
+    measure({:v2, c}, plan, v2_call(pool, args), V2.os_pids(pool), fn -> V2.os_pids(pool) end)
   end
 
   defp measure(phase, plan, call, python_pids, settle \\ fn -> :ok end) do
