@@ -87,72 +87,99 @@ impl Caller for ProcessCaller {
 
     fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<bool, Failure> {
         let tag = &self.tag;
-        let (message, success) = self.env.run(|env| -> Result<(SavedTerm, bool), Failure> {
-            let reply = term_json::decode_reply(env, body).map_err(|e| {
-                if term_json::is_too_deep(&e) {
-                    Failure {
-                        kind: FailureKind::ResultTooDeep,
-                        message: format!(
-                            "the result is nested deeper than {} levels",
-                            term_json::MAX_DECODE_DEPTH
-                        ),
-                        worker: Some(worker),
-                    }
-                } else {
-                    Failure {
-                        kind: FailureKind::InvalidReply,
-                        message: format!(
-                            "worker {worker} sent an invalid reply: {}",
-                            protocol::describe_json_error(&e, body)
-                        ),
-                        worker: Some(worker),
-                    }
+        let mut answer = Ok(false);
+        // Decoded straight into the message's environment: nothing is copied before it is sent.
+        let _ = self.env.send_and_clear(&self.pid, |env| {
+            match decode_outcome(env, body, id, worker) {
+                Ok((outcome, success)) => {
+                    answer = Ok(success);
+                    (tag.load(env), outcome).encode(env)
                 }
-            })?;
-            if reply.id != id {
-                return Err(Failure {
-                    kind: FailureKind::WrongReplyId,
-                    message: format!(
-                        "worker {worker} answered request {} while running request {id}",
-                        reply.id
-                    ),
-                    worker: Some(worker),
-                });
+                Err(failure) => {
+                    let message = failure_message(env, tag, &failure);
+                    answer = Err(failure);
+                    message
+                }
             }
-            let outcome = if reply.success {
-                (atoms::ok(), reply.payload).encode(env)
-            } else {
-                (atoms::python_error(), reply.payload, worker).encode(env)
-            };
-            Ok((self.env.save((tag.load(env), outcome)), reply.success))
-        })?;
-        let _ = self.env.send_and_clear(&self.pid, |env| message.load(env));
-        Ok(success)
+        });
+        answer
     }
 
     fn fail(&mut self, failure: Failure) {
         let tag = &self.tag;
-        let _ = self.env.send_and_clear(&self.pid, |env| {
-            let kind = match failure.kind {
-                FailureKind::WorkerExited => atoms::worker_exited(),
-                FailureKind::InvalidReply => atoms::invalid_reply(),
-                FailureKind::ReplyTooLarge => atoms::reply_too_large(),
-                FailureKind::ResultTooDeep => atoms::result_too_deep(),
-                FailureKind::WrongReplyId => atoms::wrong_reply_id(),
-                FailureKind::PoolClosed => atoms::pool_closed(),
-                FailureKind::PoolUnavailable => atoms::pool_unavailable(),
-            };
-            let worker = match failure.worker {
-                Some(w) => w.encode(env),
-                None => atoms::nil().encode(env),
-            };
-            (
-                tag.load(env),
-                (atoms::pool_error(), kind, failure.message.as_str(), worker),
-            )
-                .encode(env)
+        let _ = self
+            .env
+            .send_and_clear(&self.pid, |env| failure_message(env, tag, &failure));
+    }
+}
+
+/// A reply as the caller receives it (`{:ok, result}` or `{:python_error, error, worker}`), and
+/// whether the command succeeded.
+fn decode_outcome<'a>(
+    env: Env<'a>,
+    body: &[u8],
+    id: u64,
+    worker: usize,
+) -> Result<(Term<'a>, bool), Failure> {
+    let reply = term_json::decode_reply(env, body).map_err(|e| {
+        if term_json::is_too_deep(&e) {
+            Failure {
+                kind: FailureKind::ResultTooDeep,
+                message: format!(
+                    "the result is nested deeper than {} levels",
+                    term_json::MAX_DECODE_DEPTH
+                ),
+                worker: Some(worker),
+            }
+        } else {
+            Failure {
+                kind: FailureKind::InvalidReply,
+                message: format!(
+                    "worker {worker} sent an invalid reply: {}",
+                    protocol::describe_json_error(&e, body)
+                ),
+                worker: Some(worker),
+            }
+        }
+    })?;
+    if reply.id != id {
+        return Err(Failure {
+            kind: FailureKind::WrongReplyId,
+            message: format!(
+                "worker {worker} answered request {} while running request {id}",
+                reply.id
+            ),
+            worker: Some(worker),
         });
     }
+    let outcome = if reply.success {
+        (atoms::ok(), reply.payload).encode(env)
+    } else {
+        (atoms::python_error(), reply.payload, worker).encode(env)
+    };
+    Ok((outcome, reply.success))
+}
+
+/// `{tag, {:pool_error, kind, message, worker}}`.
+fn failure_message<'a>(env: Env<'a>, tag: &SavedTerm, failure: &Failure) -> Term<'a> {
+    let kind = match failure.kind {
+        FailureKind::WorkerExited => atoms::worker_exited(),
+        FailureKind::InvalidReply => atoms::invalid_reply(),
+        FailureKind::ReplyTooLarge => atoms::reply_too_large(),
+        FailureKind::ResultTooDeep => atoms::result_too_deep(),
+        FailureKind::WrongReplyId => atoms::wrong_reply_id(),
+        FailureKind::PoolClosed => atoms::pool_closed(),
+        FailureKind::PoolUnavailable => atoms::pool_unavailable(),
+    };
+    let worker = match failure.worker {
+        Some(w) => w.encode(env),
+        None => atoms::nil().encode(env),
+    };
+    (
+        tag.load(env),
+        (atoms::pool_error(), kind, failure.message.as_str(), worker),
+    )
+        .encode(env)
 }
 
 /// Sends worker lifecycle and output to the owning GenServer.

@@ -123,8 +123,8 @@ pub trait Caller: Send + 'static {
     /// Whether anyone still waits; a dead caller's queued request is dropped unrun.
     fn is_alive(&self) -> bool;
     /// Decodes and sends the reply `body`, which must answer request `id`, and tells whether the
-    /// command succeeded. On a malformed body it sends nothing and says what was wrong, so the
-    /// pool can fail the request instead.
+    /// command succeeded. A malformed body fails the request instead: the caller is sent that
+    /// failure, which is also returned, so the pool can count it and replace the worker.
     fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<bool, Failure>;
     fn fail(&mut self, failure: Failure);
 }

@@ -508,14 +508,13 @@ fn deliver(
             }
             None
         }
+        // The caller already has the failure.
         Err(failure) => {
-            let why = failure.message.clone();
-            let kind = failure.kind;
             counters.completed.fetch_sub(1, Ordering::Relaxed);
-            counters.count_failure(kind);
-            request.caller.fail(failure);
+            counters.count_failure(failure.kind);
             request.ticket.delivered();
-            (kind != FailureKind::ResultTooDeep).then_some((End::Replace(why), None))
+            (failure.kind != FailureKind::ResultTooDeep)
+                .then_some((End::Replace(failure.message), None))
         }
     }
 }

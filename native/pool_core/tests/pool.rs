@@ -49,21 +49,25 @@ impl Caller for TestCaller {
         true
     }
     fn reply(&mut self, body: &[u8], id: u64, _worker: usize) -> Result<bool, Failure> {
-        let (got, result) = protocol::reply_value(body).map_err(|message| Failure {
-            kind: FailureKind::InvalidReply,
-            message,
-            worker: None,
-        })?;
-        if got != id {
-            return Err(Failure {
+        let failure = match protocol::reply_value(body) {
+            Ok((got, result)) if got == id => {
+                let success = result.is_ok();
+                let _ = self.0.send(Outcome::Reply(result.unwrap()));
+                return Ok(success);
+            }
+            Ok((got, _)) => Failure {
                 kind: FailureKind::WrongReplyId,
                 message: format!("id {got}, expected {id}"),
                 worker: None,
-            });
-        }
-        let success = result.is_ok();
-        let _ = self.0.send(Outcome::Reply(result.unwrap()));
-        Ok(success)
+            },
+            Err(message) => Failure {
+                kind: FailureKind::InvalidReply,
+                message,
+                worker: None,
+            },
+        };
+        self.fail(failure.clone());
+        Err(failure)
     }
     fn fail(&mut self, failure: Failure) {
         let _ = self.0.send(Outcome::Failed(failure));
