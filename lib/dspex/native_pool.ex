@@ -46,6 +46,7 @@ defmodule DSPex.NativePool do
   | `:max_requests` | `nil` | retire and replace a worker after this many requests |
   | `:kill_on_timeout` | `true` | kill (and replace) a worker still running a request at its deadline; `false` keeps it and drops the late reply |
   | `:pin_cpus` | `true` | give each worker a CPU of its own, shared by its Python process and the thread that talks to it, when the VM may run on enough CPUs that no other pool of the machine holds; otherwise, or with `false`, nothing is pinned. See "CPU pinning" below |
+  | `:busy_wait_us` | `50` | µs a call whose request went straight to a waiting worker polls for its reply, yielding to other processes between looks, before it sleeps in `receive`; `0` turns it off. See "Waiting for a reply" below |
   | `:shutdown_timeout` | `5_000` | ms running requests get to finish when the pool stops, before workers are killed |
   | `:session_ttl` | `3_600_000` | ms after which an idle session is forgotten and its state freed on its worker |
 
@@ -64,6 +65,15 @@ defmodule DSPex.NativePool do
   start. Stopping the pool (supervisor shutdown, `GenServer.stop/1`, or the death of the process
   that owns it) ends every worker process. A worker also exits by itself when its request pipe
   closes, and is killed by the kernel if the VM dies.
+
+  ## Waiting for a reply
+
+  A call whose request a waiting worker took at once expects its reply within one round trip,
+  often a few microseconds. For up to `:busy_wait_us` it polls its mailbox, yielding to every
+  other runnable process between looks, before it sleeps in `receive`: a scheduler that went to
+  sleep must be woken by the worker's thread, which costs more than the round trip itself. A
+  request that waits in the queue, or a reply that takes longer, costs at most that much CPU on
+  a scheduler that had nothing else to run.
 
   ## CPU pinning
 
@@ -296,7 +306,7 @@ defmodule DSPex.NativePool do
       ref = make_ref()
 
       case submit(resource, ref, context.command, args, timeout, nil, nil) do
-        {:ok, ticket} ->
+        {:ok, ticket, _idle_worker?} ->
           %Handle{
             ref: ref,
             ticket: ticket,
@@ -410,11 +420,13 @@ defmodule DSPex.NativePool do
 
     result =
       case submit(resource, ref, context.command, args, timeout, target, record) do
-        {:ok, ticket} ->
-          receive do
-            {^ref, outcome} -> outcome(outcome, context)
-          after
-            timeout -> give_up(ref, ticket, timeout, context)
+        {:ok, ticket, idle_worker?} ->
+          spin = if idle_worker?, do: call.config[:busy_wait_us], else: 0
+          until = System.monotonic_time() + System.convert_time_unit(spin, :microsecond, :native)
+
+          case busy_wait(ref, until) do
+            {:ok, outcome} -> outcome(outcome, context)
+            :none -> await_reply(ref, ticket, timeout, context)
           end
 
         {:error, reason} ->
@@ -422,6 +434,23 @@ defmodule DSPex.NativePool do
       end
 
     Telemetry.stop(started, context, result)
+  end
+
+  # A reply one round trip away comes within microseconds: polling for it, yielding to any other
+  # process between looks, keeps this scheduler from going to sleep, whose wake-up by the
+  # worker's thread costs more than the round trip itself. `until` is in native time units.
+  defp busy_wait(ref, until) do
+    receive do
+      {^ref, outcome} -> {:ok, outcome}
+    after
+      0 ->
+        if System.monotonic_time() < until do
+          :erlang.yield()
+          busy_wait(ref, until)
+        else
+          :none
+        end
+    end
   end
 
   # Small arguments are encoded inline; large ones on a dirty scheduler (the NIF says which).
@@ -485,7 +514,7 @@ defmodule DSPex.NativePool do
         context = %{context | worker_id: worker}
 
         case submit(resource, ref, context.command, args, timeout, {:worker, worker}, nil) do
-          {:ok, ticket} -> {worker, {ref, ticket, context}}
+          {:ok, ticket, _idle_worker?} -> {worker, {ref, ticket, context}}
           {:error, reason} -> {worker, rejected(reason, %{call | context: context})}
         end
       end

@@ -21,6 +21,7 @@ defmodule DSPex.NativePool.Options do
     max_requests: nil,
     kill_on_timeout: true,
     pin_cpus: true,
+    busy_wait_us: 50,
     shutdown_timeout: 5_000,
     session_ttl: 3_600_000
   ]
@@ -110,6 +111,11 @@ defmodule DSPex.NativePool.Options do
   defp check(:kill_on_timeout, other), do: {:error, "expected a boolean, got: #{inspect(other)}"}
   defp check(:pin_cpus, bool) when is_boolean(bool), do: {:ok, bool}
   defp check(:pin_cpus, other), do: {:error, "expected a boolean, got: #{inspect(other)}"}
+
+  defp check(:busy_wait_us, n) when is_integer(n) and n >= 0, do: {:ok, n}
+
+  defp check(:busy_wait_us, other),
+    do: {:error, "expected a non-negative integer (microseconds), got: #{inspect(other)}"}
 
   defp check(key, n)
        when key in [:health_timeout, :startup_timeout, :session_ttl] and is_integer(n) and n > 0,

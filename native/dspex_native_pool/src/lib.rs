@@ -13,7 +13,9 @@ use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, OwnedEnv, Resource, Re
 use dspex_pool_core::process::SpawnSpec;
 use dspex_pool_core::request::{Caller, Cancelled, Failure, FailureKind, Request, Ticket};
 use dspex_pool_core::{frame, pool, protocol, sessions};
-use pool::{Event, EventSink, Pool, PoolConfig, PoolStats, Route, SlotState, SubmitError};
+use pool::{
+    Event, EventSink, Placement, Pool, PoolConfig, PoolStats, Route, SlotState, SubmitError,
+};
 use term_json::EncodeError;
 
 mod atoms {
@@ -398,7 +400,12 @@ fn submit_with<'a>(
         Target::Session(s) => Route::Session(s),
     };
     Ok(match pool.pool.submit(request, route) {
-        Ok(_) => (atoms::ok(), ResourceArc::new(TicketResource(ticket))).encode(env),
+        Ok(placement) => (
+            atoms::ok(),
+            ResourceArc::new(TicketResource(ticket)),
+            placement == Placement::IdleWorker,
+        )
+            .encode(env),
         Err(e) => {
             let reason = match e {
                 SubmitError::Saturated => atoms::saturated(),
@@ -411,8 +418,9 @@ fn submit_with<'a>(
     })
 }
 
-/// Encodes and enqueues a request; the reply arrives as `{tag, outcome}`. Returns `:dirty` when
-/// the arguments are too large to encode here: call `submit_dirty/8` instead.
+/// Encodes and enqueues a request; the reply arrives as `{tag, outcome}`. Returns
+/// `{:ok, ticket, idle_worker?}` (whether a waiting worker took it), or `:dirty` when the
+/// arguments are too large to encode here: call `submit_dirty/7` instead.
 #[rustler::nif]
 #[allow(clippy::too_many_arguments)]
 fn submit<'a>(

@@ -224,7 +224,15 @@ impl IdleStack {
     }
 
     pub(crate) fn remove(&self, index: usize) {
-        self.0.lock().retain(|&i| i != index);
+        self.take(index);
+    }
+
+    /// Removes `index`; `true` if it was listed.
+    pub(crate) fn take(&self, index: usize) -> bool {
+        let mut stack = self.0.lock();
+        let listed = stack.len();
+        stack.retain(|&i| i != index);
+        stack.len() < listed
     }
 }
 
@@ -271,6 +279,15 @@ pub enum SubmitError {
     Closed,
     Unavailable,
     NoSuchWorker,
+}
+
+/// Where an accepted request went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Straight to a worker that was waiting for one: its reply is one round trip away.
+    IdleWorker,
+    /// Behind other requests.
+    Queued,
 }
 
 /// Where a request may run.
@@ -391,8 +408,8 @@ impl Pool {
         &self.shared.config
     }
 
-    /// Enqueues a request without blocking.
-    pub fn submit(&self, mut request: Request, route: Route) -> Result<usize, SubmitError> {
+    /// Enqueues a request without blocking; says whether a waiting worker took it.
+    pub fn submit(&self, mut request: Request, route: Route) -> Result<Placement, SubmitError> {
         let closing = self.shared.closing.read();
         if *closing {
             return Err(SubmitError::Closed);
@@ -414,24 +431,25 @@ impl Pool {
             })),
         };
         request.route_slot = target;
-        let queue = match target {
+        let (queue, placement) = match target {
             // Straight to the most recently idle worker, if any; else whoever frees up first.
             None => match self.shared.idle.pop() {
-                Some(i) => &slots[i].queue,
-                None => &self.shared.queue,
+                Some(i) => (&slots[i].queue, Placement::IdleWorker),
+                None => (&self.shared.queue, Placement::Queued),
             },
-            Some(i) => &slots[i].queue,
+            // Off the idle list, so that no other request is handed to it meanwhile.
+            Some(i) if self.shared.idle.take(i) && slots[i].queue.is_empty() => {
+                (&slots[i].queue, Placement::IdleWorker)
+            }
+            Some(i) => (&slots[i].queue, Placement::Queued),
         };
-        queue
-            .push(request)
-            .map(|()| target.unwrap_or(usize::MAX))
-            .map_err(|_refused| {
-                self.shared
-                    .counters
-                    .rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                SubmitError::Saturated
-            })
+        queue.push(request).map(|()| placement).map_err(|_refused| {
+            self.shared
+                .counters
+                .rejected
+                .fetch_add(1, Ordering::Relaxed);
+            SubmitError::Saturated
+        })
     }
 
     /// Remembers pool-wide state to replay on every new worker.

@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use dspex_pool_core::pool::{
-    next_request_id, Event, EventSink, Pool, PoolConfig, Route, SlotState, SubmitError,
+    next_request_id, Event, EventSink, Placement, Pool, PoolConfig, Route, SlotState, SubmitError,
 };
 use dspex_pool_core::process::SpawnSpec;
 use dspex_pool_core::protocol;
 use dspex_pool_core::request::{Caller, Cancelled, Failure, FailureKind, Request, Ticket};
+use serde_json::json;
 
 /// A tiny worker: enough protocol to test the pool without the real bridge.
 const WORKER: &str = r#"
@@ -176,6 +177,38 @@ fn echo_round_trip_and_stats() {
         .workers
         .iter()
         .all(|w| w.state == SlotState::Stopped));
+}
+
+#[test]
+fn submit_says_whether_a_waiting_worker_took_the_request() {
+    let (pool, _events) = start(config(1));
+    // A worker is listed idle before its reply is sent, so after a call it is waiting.
+    assert!(matches!(call(&pool, "echo", json!({})), Outcome::Reply(_)));
+    let wait = Duration::from_secs(10);
+    let (slow, _, slow_rx) = request("sleep", json!({"s": 0.2}), wait);
+    assert_eq!(
+        pool.submit(slow, Route::AnyWorker),
+        Ok(Placement::IdleWorker)
+    );
+    let (behind, _, behind_rx) = request("echo", json!({}), wait);
+    assert_eq!(pool.submit(behind, Route::AnyWorker), Ok(Placement::Queued));
+    let (also_behind, _, also_rx) = request("echo", json!({}), wait);
+    assert_eq!(
+        pool.submit(also_behind, Route::Worker(0)),
+        Ok(Placement::Queued)
+    );
+    for rx in [slow_rx, behind_rx, also_rx] {
+        assert!(matches!(rx.recv_timeout(wait).unwrap(), Outcome::Reply(_)));
+    }
+    let (targeted, _, targeted_rx) = request("echo", json!({}), wait);
+    assert_eq!(
+        pool.submit(targeted, Route::Worker(0)),
+        Ok(Placement::IdleWorker)
+    );
+    assert!(matches!(
+        targeted_rx.recv_timeout(wait).unwrap(),
+        Outcome::Reply(_)
+    ));
 }
 
 #[test]

@@ -50,6 +50,7 @@ defmodule DSPex.NativePool.OptionsTest do
     assert invalid(name: unique_name(), max_frame: -1) =~ "invalid :max_frame"
     assert invalid(name: unique_name(), kill_on_timeout: :yes) =~ "invalid :kill_on_timeout"
     assert invalid(name: unique_name(), pin_cpus: 1) =~ "invalid :pin_cpus"
+    assert invalid(name: unique_name(), busy_wait_us: -1) =~ "invalid :busy_wait_us"
     assert invalid(name: "not an atom") =~ "invalid :name"
   end
 
@@ -66,5 +67,22 @@ defmodule DSPex.NativePool.OptionsTest do
 
     assert {:ok, "from elixir"} =
              NativePool.execute("getenv", %{key: "NP_TEST_VALUE"}, pool: pool)
+  end
+
+  test "calls are answered with the busy wait off, and with replies slower than it" do
+    source = ~S'''
+    import time
+
+
+    def nap(args):
+        time.sleep(args["s"])
+        return "rested"
+    '''
+
+    for busy_wait_us <- [0, 50] do
+      %{pool: pool} = start_pool!(handlers_source: source, busy_wait_us: busy_wait_us)
+      assert {:ok, %{"n" => 1}} = NativePool.execute("echo", %{n: 1}, pool: pool)
+      assert {:ok, "rested"} = NativePool.execute("nap", %{s: 0.01}, pool: pool)
+    end
   end
 end
