@@ -95,30 +95,41 @@ defmodule Bench.Targets do
 
   @nif_target "No NIF call over 1 ms on a normal scheduler"
 
-  # Judged on the traced NIF durations (CPU time of the scheduler thread); long_schedule events
-  # are quoted beside it, since on two shared cores most of them are the OS preempting the VM.
+  # Judged on the traced NIF durations, timed by two clocks in two runs of the same calls. Each
+  # over-counts in its own way (wall time includes the OS preempting the scheduler; CPU time
+  # whatever else ran on its thread between the trace events), and a call that really holds a
+  # scheduler for over 1 ms shows on both: so a function's bound is the lower of its two maxima.
+  # long_schedule events are quoted beside it, since on two shared cores most of them are the OS
+  # preempting the VM.
   defp nif_calls(nil, events), do: long_schedule_only(events)
 
   defp nif_calls(probe, events) do
     normal = Enum.filter(probe.rows, &(&1.scheduler == :normal))
-    slowest = Enum.max_by(normal, & &1.cpu_max_us, fn -> nil end)
-    wall = normal |> Enum.map(& &1.wall_max_us) |> Enum.max(fn -> nil end)
 
-    case slowest do
+    case Enum.max_by(normal, &bound_us/1, fn -> nil end) do
       nil ->
         long_schedule_only(events)
 
       row ->
+        bound = bound_us(row)
+
         %{
           name: @nif_target,
-          value: row.cpu_max_us / 1000,
+          value: bound / 1000,
           limit: "≤ 1 ms",
-          shown: "#{Format.latency(row.cpu_max_us)} CPU (`#{row.function}`, #{row.label})",
-          pass: row.cpu_max_us <= 1000,
-          note: "longest wall time #{Format.latency(wall)}; " <> long_schedule_note(events)
+          shown:
+            "#{Format.latency(bound)} (`#{row.function}`, #{row.label}): longest " <>
+              "wall #{Format.latency(row.wall_max_us)}, CPU #{Format.latency(row.cpu_max_us)}",
+          pass: bound <= 1000,
+          note:
+            "the lower of the two clocks' longest, which a call over 1 ms would exceed on both; " <>
+              long_schedule_note(events)
         }
     end
   end
+
+  defp bound_us(%{wall_max_us: wall, cpu_max_us: nil}), do: wall
+  defp bound_us(%{wall_max_us: wall, cpu_max_us: cpu}), do: min(wall, cpu)
 
   defp long_schedule_only(nil), do: target(@nif_target, nil, {:<=, 1}, "not measured")
 
