@@ -4,9 +4,10 @@ defmodule DSPex.NativePool do
 
   Each worker is a Python process that runs commands: the built-in `ping`, `echo` and
   `get_stats`, and the public functions of a handler module you name. A call encodes its
-  arguments to JSON in Rust, puts the request on the pool's queue and waits in `receive`; the
-  first idle worker's native thread writes it to its Python process, reads the reply, decodes it
-  and sends it straight to the caller. No Elixir process sits between caller and worker.
+  arguments to JSON in Rust, puts the request on the pool's queue and waits for the reply (see
+  "Waiting for a reply"); the first idle worker's native thread writes it to its Python process,
+  reads the reply, decodes it and sends it straight to the caller. No Elixir process sits
+  between caller and worker.
 
   ## Example
 
