@@ -1,6 +1,7 @@
 //! NIF entry points for `DSPex.NativePool.Nif`. Each one decodes its arguments, calls into the
 //! plain Rust modules below (which know nothing of Erlang), and encodes the answer.
 
+mod spare_envs;
 mod term_json;
 
 use std::ffi::OsString;
@@ -16,6 +17,7 @@ use dspex_pool_core::{frame, pool, protocol, sessions};
 use pool::{
     Event, EventSink, Placement, Pool, PoolConfig, PoolStats, Route, SlotState, SubmitError,
 };
+use spare_envs::SpareEnv;
 use term_json::EncodeError;
 
 mod atoms {
@@ -78,7 +80,7 @@ impl Resource for TicketResource {}
 /// The process waiting for a request, and the tag it waits on.
 struct ProcessCaller {
     pid: LocalPid,
-    env: OwnedEnv,
+    env: SpareEnv,
     tag: SavedTerm,
 }
 
@@ -377,7 +379,7 @@ fn submit_with<'a>(
             return Ok((atoms::error(), (atoms::validation_error(), e.to_string())).encode(env))
         }
     };
-    let owned = OwnedEnv::new();
+    let owned = SpareEnv::take();
     let saved_tag = owned.save(tag);
     let ticket = Ticket::new();
     let request = Request {
