@@ -133,6 +133,7 @@ mod tests {
 
     #[test]
     fn a_pool_gets_free_cpus_or_none() {
+        let _forks = crate::no_concurrent_forks();
         let dir = std::env::temp_dir().join(format!("dspex_affinity_{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cpus = |claim: &CpuClaim| {
@@ -172,10 +173,13 @@ mod tests {
         let cpu = *allowed.last().unwrap();
         let (thread_cpus, child_cpus) = std::thread::spawn(move || {
             pin_current_thread(cpu).unwrap();
-            let child = std::process::Command::new("sleep")
-                .arg("5")
-                .spawn()
-                .unwrap();
+            let child = {
+                let _forks = crate::no_concurrent_forks();
+                std::process::Command::new("sleep")
+                    .arg("5")
+                    .spawn()
+                    .unwrap()
+            };
             let child_cpus = cpus_of(child.id() as libc::pid_t).unwrap();
             let mut child = child;
             child.kill().unwrap();

@@ -13,3 +13,13 @@ pub mod queue;
 pub mod request;
 pub mod sessions;
 pub mod worker;
+
+/// Held by tests that fork, and by tests that need a dropped lock file released at once: from
+/// fork until exec a child holds a copy of every descriptor, and with it every `flock`.
+#[cfg(test)]
+pub(crate) fn no_concurrent_forks() -> std::sync::MutexGuard<'static, ()> {
+    static FORKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    FORKS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -303,6 +303,12 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    /// `spawn`, serialized with the tests that watch lock files (see `no_concurrent_forks`).
+    fn spawn(spec: &SpawnSpec) -> io::Result<WorkerProcess> {
+        let _forks = crate::no_concurrent_forks();
+        super::spawn(spec)
+    }
+
     fn sh(script: &str) -> SpawnSpec {
         SpawnSpec {
             program: "/bin/sh".into(),
