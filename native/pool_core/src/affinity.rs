@@ -10,8 +10,10 @@
 //! holds, in this VM or any other process using this library on the machine, so two busy
 //! workers are never stuck on one CPU while another idles. A CPU is held by an advisory lock
 //! (`flock`) on a file named after it in the temporary directory: the kernel drops it when the
-//! holder closes it or dies, so a killed VM leaves no CPU held. Without free CPUs for the whole
-//! pool, or without the lock files, nothing is pinned and the OS places everything.
+//! holder closes it or dies, so a killed VM leaves no CPU held. (A process forked meanwhile holds
+//! a copy until it execs, so a CPU freed while another pool spawns a worker is free a moment
+//! later.) Without free CPUs for the whole pool, or without the lock files, nothing is pinned
+//! and the OS places everything.
 
 use std::fs::{File, OpenOptions};
 use std::io;
