@@ -4,22 +4,21 @@
 //! and the next request takes one from it.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::Mutex;
 
+use dspex_pool_core::spares::Spares;
 use rustler::OwnedEnv;
 
 /// Enough for every request in flight on a busy machine; beyond it, environments are freed.
 const MAX_SPARE: usize = 1024;
 
-static SPARE: Mutex<Vec<OwnedEnv>> = Mutex::new(Vec::new());
+static SPARE: Spares<OwnedEnv> = Spares::new(MAX_SPARE);
 
 /// An environment that goes back to the spare list, cleared, when dropped.
 pub struct SpareEnv(Option<OwnedEnv>);
 
 impl SpareEnv {
     pub fn take() -> SpareEnv {
-        let spare = SPARE.lock().ok().and_then(|mut list| list.pop());
-        SpareEnv(Some(spare.unwrap_or_default()))
+        SpareEnv(Some(SPARE.take().unwrap_or_default()))
     }
 }
 
@@ -42,10 +41,6 @@ impl Drop for SpareEnv {
         let Some(mut env) = self.0.take() else { return };
         // A request dropped unanswered still holds its tag.
         env.clear();
-        if let Ok(mut list) = SPARE.lock() {
-            if list.len() < MAX_SPARE {
-                list.push(env);
-            }
-        }
+        SPARE.give_back(env);
     }
 }

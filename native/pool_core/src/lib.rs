@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod queue;
 pub mod request;
 pub mod sessions;
+pub mod spares;
 pub mod worker;
 
 /// Held by tests that fork, and by tests that need a dropped lock file released at once: from
