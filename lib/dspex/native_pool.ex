@@ -422,10 +422,7 @@ defmodule DSPex.NativePool do
     result =
       case submit(resource, ref, context.command, args, timeout, target, record) do
         {:ok, ticket, idle_worker?} ->
-          spin = if idle_worker?, do: call.config[:busy_wait_us], else: 0
-          until = System.monotonic_time() + System.convert_time_unit(spin, :microsecond, :native)
-
-          case busy_wait(ref, until) do
+          case busy_wait(ref, idle_worker?, call.config) do
             {:ok, outcome} -> outcome(outcome, context)
             :none -> await_reply(ref, ticket, timeout, context)
           end
@@ -439,15 +436,23 @@ defmodule DSPex.NativePool do
 
   # A reply one round trip away comes within microseconds: polling for it, yielding to any other
   # process between looks, keeps this scheduler from going to sleep, whose wake-up by the
-  # worker's thread costs more than the round trip itself. `until` is in native time units.
-  defp busy_wait(ref, until) do
+  # worker's thread costs more than the round trip itself. A queued request does not poll.
+  defp busy_wait(_ref, false = _idle_worker?, _config), do: :none
+
+  defp busy_wait(ref, true, config) do
+    wait = System.convert_time_unit(config[:busy_wait_us], :microsecond, :native)
+    poll_reply(ref, System.monotonic_time() + wait)
+  end
+
+  # `until` is in native time units.
+  defp poll_reply(ref, until) do
     receive do
       {^ref, outcome} -> {:ok, outcome}
     after
       0 ->
         if System.monotonic_time() < until do
           :erlang.yield()
-          busy_wait(ref, until)
+          poll_reply(ref, until)
         else
           :none
         end
