@@ -45,7 +45,8 @@ fn main() -> ExitCode {
 fn run(args: &args::Args) -> std::io::Result<serde_json::Value> {
     let (workers, pipes) = workers::Workers::start(args)?;
     let startup = workers.startup;
-    let pinned = workers.pinned();
+    // Pinning is all or none: whether each worker got a CPU of its own.
+    let pinned = !pipes.is_empty() && pipes.iter().all(|worker| worker.cpu.is_some());
     let sharing = sharing::Sharing::new(pipes, args.handoff, args.clients);
     let outcome = load::run(
         &sharing,

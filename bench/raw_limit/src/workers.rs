@@ -40,8 +40,6 @@ impl Worker {
 /// The worker processes; their pipes are handed out by [`Workers::start`].
 pub struct Workers {
     processes: Vec<ProcessHandle>,
-    /// Whether each worker got a CPU of its own.
-    pinned: bool,
     /// From the first spawn until every worker answered its init ping.
     pub startup: Duration,
 }
@@ -81,15 +79,9 @@ impl Workers {
         }
         let workers = Workers {
             processes,
-            pinned: cpus.is_some(),
             startup: started.elapsed(),
         };
         Ok((workers, pipes))
-    }
-
-    /// Whether each worker got a CPU of its own.
-    pub fn pinned(&self) -> bool {
-        self.pinned
     }
 
     pub fn pids(&self) -> Vec<i32> {
