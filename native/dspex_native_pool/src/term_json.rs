@@ -380,20 +380,32 @@ impl<'de, 'a> Visitor<'de> for TermSeed<'a> {
             keys.push(key.as_ref().encode(self.env));
             values.push(map.next_value_seed(self.nested())?);
         }
-        match Term::map_from_term_arrays(self.env, &keys, &values) {
-            Ok(m) => Ok(m),
-            // Duplicate keys: the last one wins, as in Python's json.
-            Err(_) => {
-                let mut m = Term::map_new(self.env);
-                for (k, v) in keys.into_iter().zip(values) {
-                    m = m
-                        .map_put(k, v)
-                        .map_err(|_| de::Error::custom("cannot build map"))?;
-                }
-                Ok(m)
-            }
+        build_map(self.env, keys, values).map_err(de::Error::custom)
+    }
+}
+
+/// Largest map built in one call to `enif_make_map_from_arrays`. Above 128 keys, OTP 25 sorts
+/// the keys' hashes with a routine that crashes the VM (SIGSEGV in `erts_qsort`) when the map
+/// is built, as here, in a process-independent environment on a thread of our own. Larger maps
+/// are grown from such a map one key at a time, which never takes that path.
+const MAX_MAP_FROM_ARRAYS: usize = 32;
+
+/// A map from decoded keys and values; for duplicate keys the last one wins, as in Python's json.
+fn build_map<'a>(
+    env: Env<'a>,
+    keys: Vec<Term<'a>>,
+    values: Vec<Term<'a>>,
+) -> Result<Term<'a>, &'static str> {
+    if keys.len() <= MAX_MAP_FROM_ARRAYS {
+        if let Ok(map) = Term::map_from_term_arrays(env, &keys, &values) {
+            return Ok(map);
         }
     }
+    let mut map = Term::map_new(env);
+    for (key, value) in keys.into_iter().zip(values) {
+        map = map.map_put(key, value).map_err(|_| "cannot build map")?;
+    }
+    Ok(map)
 }
 
 /// A reply, decoded: its id, and the result or error as terms.
