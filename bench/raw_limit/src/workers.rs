@@ -121,6 +121,7 @@ fn spec(args: &Args, index: usize) -> SpawnSpec {
             .iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v)))
             .collect(),
+        clear_env: false,
         cwd: None,
     }
 }

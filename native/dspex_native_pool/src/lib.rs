@@ -33,7 +33,7 @@ mod atoms {
         dspex_native_pool, worker_ready, worker_start_failed, log, warning,
         worker, session, put, delete, slot, idle_ms, age_ms, definitions,
         pool_size, queue_length, available, closing, workers, counters,
-        id, os_pid, state, requests, restarts, last_exit, cpu,
+        id, os_pid, state, requests, restarts, last_exit, cpu, backoff_ms,
         completed, timed_out, rejected, dropped,
     }
 }
@@ -126,35 +126,30 @@ fn decode_outcome<'a>(
     worker: usize,
 ) -> Result<(Term<'a>, bool), Failure> {
     let reply = term_json::decode_reply(env, body).map_err(|e| {
-        if term_json::is_too_deep(&e) {
-            Failure {
+        // The id first: a frame that is not this request's reply means the stream is out of
+        // step, whatever else is wrong with it, and the worker must be replaced.
+        match protocol::peek_id(body) {
+            Some(got) if got != id => wrong_reply_id(worker, got, id),
+            Some(_) if term_json::is_too_deep(&e) => Failure {
                 kind: FailureKind::ResultTooDeep,
                 message: format!(
                     "the result is nested deeper than {} levels",
                     term_json::MAX_DECODE_DEPTH
                 ),
                 worker: Some(worker),
-            }
-        } else {
-            Failure {
+            },
+            _ => Failure {
                 kind: FailureKind::InvalidReply,
                 message: format!(
                     "worker {worker} sent an invalid reply: {}",
                     protocol::describe_json_error(&e, body)
                 ),
                 worker: Some(worker),
-            }
+            },
         }
     })?;
     if reply.id != id {
-        return Err(Failure {
-            kind: FailureKind::WrongReplyId,
-            message: format!(
-                "worker {worker} answered request {} while running request {id}",
-                reply.id
-            ),
-            worker: Some(worker),
-        });
+        return Err(wrong_reply_id(worker, reply.id, id));
     }
     let outcome = if reply.success {
         (atoms::ok(), reply.payload).encode(env)
@@ -162,6 +157,14 @@ fn decode_outcome<'a>(
         (atoms::python_error(), reply.payload, worker).encode(env)
     };
     Ok((outcome, reply.success))
+}
+
+fn wrong_reply_id(worker: usize, got: u64, expected: u64) -> Failure {
+    Failure {
+        kind: FailureKind::WrongReplyId,
+        message: format!("worker {worker} answered request {got} while running request {expected}"),
+        worker: Some(worker),
+    }
 }
 
 /// `{tag, {:pool_error, kind, message, worker}}`.
@@ -258,6 +261,8 @@ fn decode_config(config: Term) -> NifResult<PoolConfig> {
                 .into_iter()
                 .map(|(k, v)| (OsString::from(k), OsString::from(v)))
                 .collect(),
+            // The Elixir side sends the whole environment (see `Options.worker_env`).
+            clear_env: true,
             cwd: cwd.map(OsString::from),
         },
         max_frame: get(config, "max_frame")?,
@@ -546,6 +551,12 @@ fn cancel(ticket: ResourceArc<TicketResource>) -> rustler::Atom {
     }
 }
 
+/// `true` the first time a handle's reply is waited for, `false` after.
+#[rustler::nif]
+fn claim_await(ticket: ResourceArc<TicketResource>) -> bool {
+    ticket.0.claim_await()
+}
+
 /// Stops the pool and waits until every worker is gone.
 #[rustler::nif(schedule = "DirtyIo")]
 fn stop_pool(pool: ResourceArc<PoolResource>, grace_ms: u64) -> rustler::Atom {
@@ -598,6 +609,7 @@ fn encode_stats<'a>(env: Env<'a>, s: &PoolStats) -> NifResult<Term<'a>> {
                     (atoms::last_exit(), w.last_exit.as_deref().encode(env)),
                     (atoms::queue_length(), w.queue_length.encode(env)),
                     (atoms::cpu(), w.cpu.encode(env)),
+                    (atoms::backoff_ms(), w.backoff_ms.encode(env)),
                 ],
             )
         })

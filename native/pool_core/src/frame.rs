@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 pub const HEADER_LEN: usize = 4;
@@ -81,7 +81,7 @@ pub fn write_frame(
             Ok(0) => return Err(FrameError::Io(io::ErrorKind::WriteZero.into())),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_for(out, libc::POLLOUT, deadline)?
+                wait_for(out, libc::POLLOUT, deadline, None)?
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(FrameError::Io(e)),
@@ -124,6 +124,8 @@ pub struct FrameReader {
     large: Option<(usize, usize)>,
     /// Read before waiting (see [`FrameReader::eager`]).
     eager: bool,
+    /// The writer's pidfd (see [`FrameReader::watch_exit`]).
+    exit_watch: Option<OwnedFd>,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -141,7 +143,28 @@ impl FrameReader {
             large_buf: Vec::new(),
             large: None,
             eager: false,
+            exit_watch: None,
         }
+    }
+
+    /// Ends a wait for data at once when the process behind `pidfd` exits, as if the pipe had
+    /// reached end of file: a child that the writer forked may still hold the pipe open, so the
+    /// end of file itself may never come. Data already in the pipe is read first.
+    pub fn watch_exit(&mut self, pidfd: OwnedFd) {
+        self.exit_watch = Some(pidfd);
+    }
+
+    /// Whether bytes the worker wrote are waiting, read or not: between requests, that is a
+    /// reply nobody asked for.
+    pub fn has_unread(&self) -> bool {
+        self.end > self.start
+            || self.large.is_some()
+            || unread_bytes(&self.file).is_some_and(|n| n > 0)
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> Result<(), FrameError> {
+        let watch = self.exit_watch.as_ref().map(|fd| fd.as_raw_fd());
+        wait_for(&self.file, libc::POLLIN, deadline, watch)
     }
 
     /// Makes the pipe non-blocking and tries each read before waiting for data. That saves a
@@ -200,9 +223,19 @@ impl FrameReader {
     fn read_large(&mut self, deadline: Option<Instant>) -> Result<&[u8], FrameError> {
         let (len, mut filled) = self.large.expect("a large frame in progress");
         while filled < len {
-            if let Err(e) = wait_for(&self.file, libc::POLLIN, deadline) {
-                self.large = Some((len, filled));
-                return Err(e);
+            match self.wait(deadline) {
+                Ok(()) => {}
+                Err(FrameError::Eof) => {
+                    self.large = None;
+                    return Err(FrameError::Truncated {
+                        expected: len,
+                        got: filled,
+                    });
+                }
+                Err(e) => {
+                    self.large = Some((len, filled));
+                    return Err(e);
+                }
             }
             match self.file.read(&mut self.large_buf[filled..len]) {
                 Ok(0) => {
@@ -239,9 +272,18 @@ impl FrameReader {
         self.buf.copy_within(self.start..self.end, 0);
         self.end -= self.start;
         self.start = 0;
+        let wait = |reader: &Self| match reader.wait(deadline) {
+            Err(FrameError::Eof) if !(at_boundary && reader.end == 0) => {
+                Err(FrameError::Truncated {
+                    expected: need,
+                    got: reader.end,
+                })
+            }
+            other => other,
+        };
         while self.end < need {
             if !self.eager {
-                wait_for(&self.file, libc::POLLIN, deadline)?;
+                wait(self)?;
             }
             match self.file.read(&mut self.buf[self.end..]) {
                 Ok(0) if at_boundary && self.end == 0 => return Err(FrameError::Eof),
@@ -253,9 +295,7 @@ impl FrameReader {
                 }
                 Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait_for(&self.file, libc::POLLIN, deadline)?
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(self)?,
                 Err(e) => return Err(FrameError::Io(e)),
             }
         }
@@ -263,12 +303,27 @@ impl FrameReader {
     }
 }
 
-fn wait_for(file: &File, events: i16, deadline: Option<Instant>) -> Result<(), FrameError> {
-    let mut pfd = libc::pollfd {
-        fd: file.as_raw_fd(),
-        events,
-        revents: 0,
-    };
+/// Waits until `file` is ready for `events`, or the process behind the pidfd `exit_watch`
+/// has exited with nothing left to read (`Eof`), or the deadline passes.
+fn wait_for(
+    file: &File,
+    events: i16,
+    deadline: Option<Instant>,
+    exit_watch: Option<RawFd>,
+) -> Result<(), FrameError> {
+    let mut pfds = [
+        libc::pollfd {
+            fd: file.as_raw_fd(),
+            events,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: exit_watch.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let count = if exit_watch.is_some() { 2 } else { 1 };
     loop {
         let timeout_ms = match deadline {
             None => -1,
@@ -281,9 +336,12 @@ fn wait_for(file: &File, events: i16, deadline: Option<Instant>) -> Result<(), F
                 ((d - now).as_micros().div_ceil(1000)).min(i32::MAX as u128) as i32
             }
         };
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), count, timeout_ms) };
         if n > 0 {
-            return Ok(());
+            if pfds[0].revents != 0 {
+                return Ok(());
+            }
+            return Err(FrameError::Eof);
         }
         if n < 0 {
             let err = io::Error::last_os_error();

@@ -3,10 +3,15 @@
 //! Each line goes to the pool's event sink (Logger, on the Elixir side); the last lines of stderr
 //! are kept so that a crash or a failed start can quote them. A worker that prints without pause
 //! is throttled rather than allowed to flood the VM.
+//!
+//! A reader ends shortly after its worker exits, even when a process the worker started (one
+//! that escaped its process group with `setsid`, say) still holds the pipe open: it watches the
+//! worker's pidfd, and once the worker is gone it reads only what comes within [`DRAIN_AFTER_EXIT`].
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +23,8 @@ use crate::pool::{Event, EventSink, Stream};
 const TAIL_LINES: usize = 20;
 const MAX_LINE: usize = 8 * 1024;
 const LINES_PER_SECOND: u32 = 1000;
+/// How long a reader keeps reading after its worker exited.
+pub const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 /// The last lines a worker wrote to stderr.
 #[derive(Clone, Default)]
@@ -44,8 +51,18 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn start(stdout: File, stderr: File, slot: usize, events: Arc<dyn EventSink>) -> Output {
+    /// `exit_watch` gives each reader the worker's pidfd (see the module doc); without one, a
+    /// reader ends at end of file only.
+    pub fn start(
+        stdout: File,
+        stderr: File,
+        exit_watch: impl Fn() -> Option<OwnedFd>,
+        slot: usize,
+        events: Arc<dyn EventSink>,
+    ) -> Output {
         let tail = Tail::default();
+        let stdout = Source::new(stdout, exit_watch());
+        let stderr = Source::new(stderr, exit_watch());
         let out_done = spawn_reader(stdout, Stream::Stdout, slot, events.clone(), None);
         let err_done = spawn_reader(stderr, Stream::Stderr, slot, events, Some(tail.clone()));
         Output {
@@ -54,8 +71,8 @@ impl Output {
         }
     }
 
-    /// Disconnects when the worker's stderr closes, which is when the process has exited (or
-    /// closed it on purpose): lets an idle worker's death be noticed at once.
+    /// Disconnects when the worker has exited (or closed its stderr on purpose): lets an idle
+    /// worker's death be noticed at once.
     pub fn stderr_closed(&self) -> &Receiver<()> {
         &self.finished[1]
     }
@@ -70,8 +87,81 @@ impl Output {
     }
 }
 
-fn spawn_reader(
+/// One output pipe of a worker, read until end of file or until [`DRAIN_AFTER_EXIT`] after the
+/// worker's exit, whichever comes first.
+struct Source {
     file: File,
+    exit_watch: Option<OwnedFd>,
+    /// Set once the worker has exited: reading stops then.
+    drain_until: Option<Instant>,
+}
+
+impl Source {
+    fn new(file: File, exit_watch: Option<OwnedFd>) -> Source {
+        Source {
+            file,
+            exit_watch,
+            drain_until: None,
+        }
+    }
+
+    /// Waits for data; `false` when reading should stop (the worker is gone and the drain over).
+    fn wait(&mut self) -> bool {
+        loop {
+            let timeout_ms = match self.drain_until {
+                None => -1,
+                Some(until) => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    left.as_millis().max(1) as i32
+                }
+            };
+            let watch = match (&self.exit_watch, self.drain_until) {
+                (Some(fd), None) => fd.as_raw_fd(),
+                _ => -1,
+            };
+            let mut pfds = [
+                libc::pollfd {
+                    fd: self.file.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: watch,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout_ms) };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return false;
+            }
+            if pfds[0].revents != 0 {
+                return true;
+            }
+            if pfds[1].revents != 0 {
+                self.drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+            }
+        }
+    }
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.exit_watch.is_some() && !self.wait() {
+            return Ok(0);
+        }
+        self.file.read(buf)
+    }
+}
+
+fn spawn_reader(
+    file: Source,
     stream: Stream,
     slot: usize,
     events: Arc<dyn EventSink>,
@@ -89,7 +179,7 @@ fn spawn_reader(
 }
 
 fn read_lines(
-    file: File,
+    file: Source,
     stream: Stream,
     slot: usize,
     events: &dyn EventSink,
@@ -140,7 +230,7 @@ fn read_lines(
 }
 
 /// Reads one line, keeping at most `MAX_LINE` bytes of it (the rest is skipped).
-fn read_line_capped(reader: &mut BufReader<File>, out: &mut Vec<u8>) -> std::io::Result<usize> {
+fn read_line_capped(reader: &mut BufReader<Source>, out: &mut Vec<u8>) -> std::io::Result<usize> {
     let mut total = 0;
     loop {
         let available = reader.fill_buf()?;

@@ -130,7 +130,12 @@ pub struct Slot {
     pub(crate) os_pid: AtomicI32,
     pub(crate) requests: AtomicU64,
     pub(crate) restarts: AtomicU64,
+    /// Failed starts in a row (a pool whose every slot has several is unavailable).
     pub(crate) failures_in_row: AtomicU32,
+    /// Crashes in a row of workers that died early without answering a request.
+    pub(crate) crashes_in_row: AtomicU32,
+    /// The wait before this slot's latest restart.
+    pub(crate) backoff_ms: AtomicU64,
     pub(crate) last_exit: Mutex<Option<String>>,
     pub(crate) process: Mutex<Option<Arc<crate::process::ProcessHandle>>>,
     /// The CPU this slot's thread and worker are pinned to, or -1.
@@ -146,6 +151,8 @@ impl Slot {
             requests: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             failures_in_row: AtomicU32::new(0),
+            crashes_in_row: AtomicU32::new(0),
+            backoff_ms: AtomicU64::new(0),
             last_exit: Mutex::new(None),
             process: Mutex::new(None),
             cpu: AtomicI32::new(-1),
@@ -335,6 +342,8 @@ pub struct WorkerStats {
     pub queue_length: usize,
     /// The CPU the worker is pinned to, if any (see [`crate::affinity`]).
     pub cpu: Option<usize>,
+    /// How long the slot waited before its latest restart (see `worker::backoff_delay`).
+    pub backoff_ms: u64,
 }
 
 impl Pool {
@@ -483,7 +492,7 @@ impl Pool {
         PoolStats {
             size: s.config.size,
             queue_length: s.queue.len() + s.slots.iter().map(|x| x.queue.len()).sum::<usize>(),
-            available: s.is_available(),
+            available: s.is_available() && !s.is_closing(),
             closing: s.is_closing(),
             completed: load(&c.completed),
             timed_out: load(&c.timed_out),
@@ -506,6 +515,7 @@ impl Pool {
                     last_exit: slot.last_exit.lock().clone(),
                     queue_length: slot.queue.len(),
                     cpu: usize::try_from(slot.cpu.load(Ordering::Acquire)).ok(),
+                    backoff_ms: load(&slot.backoff_ms),
                 })
                 .collect(),
         }

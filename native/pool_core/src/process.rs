@@ -18,12 +18,14 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-/// What to run: the executable, its arguments and extra environment.
+/// What to run: the executable, its arguments and environment.
 #[derive(Clone, Debug, Default)]
 pub struct SpawnSpec {
     pub program: OsString,
     pub args: Vec<OsString>,
+    /// Added to this OS process's environment, or, with `clear_env`, the whole environment.
     pub env: Vec<(OsString, OsString)>,
+    pub clear_env: bool,
     pub cwd: Option<OsString>,
 }
 
@@ -115,6 +117,12 @@ impl ProcessHandle {
         self.signal(libc::SIGKILL);
     }
 
+    /// A descriptor of its own that becomes readable when the process exits, for a thread that
+    /// must notice the exit while waiting on something else (see `FrameReader::watch_exit`).
+    pub fn exit_watch(&self) -> io::Result<OwnedFd> {
+        self.pidfd.try_clone()
+    }
+
     /// Waits up to `timeout` (forever if `None`) for the process to exit; `true` if it has.
     pub fn wait_exit(&self, timeout: Option<Duration>) -> bool {
         let mut pfd = libc::pollfd {
@@ -171,16 +179,67 @@ impl ProcessHandle {
         status
     }
 
-    /// Ends the process: closes nothing (the caller closes the pipes first so a healthy worker
-    /// exits on EOF), waits `grace`, then SIGTERM, waits `grace` again, then SIGKILL. Reaps it.
-    pub fn terminate(&self, grace: Duration) -> ExitStatus {
-        if !self.wait_exit(Some(grace)) {
-            self.signal(libc::SIGTERM);
-            if !self.wait_exit(Some(grace)) {
-                self.kill();
+    /// Ends the process by [`STOP_SEQUENCE`], each step given `grace` (the caller closes the
+    /// pipes first, so a healthy worker exits on end of file), and reaps it.
+    pub fn terminate(&self, grace: Duration) -> Stopped {
+        for (step, signal) in STOP_SEQUENCE {
+            if let Some(signal) = signal {
+                self.signal(signal);
+            }
+            let last = step == Stop::Killed;
+            if last || self.wait_exit(Some(grace)) {
+                return Stopped {
+                    status: self.reap(),
+                    by: step,
+                    grace,
+                };
             }
         }
-        self.reap()
+        unreachable!("the last step of STOP_SEQUENCE waits for the exit")
+    }
+}
+
+/// Which step of [`STOP_SEQUENCE`] ended a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// It exited by itself once its request pipe closed.
+    OnItsOwn,
+    /// It needed SIGTERM.
+    Terminated,
+    /// It ignored SIGTERM and was killed.
+    Killed,
+}
+
+/// How the pool stops a worker: wait for it to leave by itself, then SIGTERM, then SIGKILL.
+pub const STOP_SEQUENCE: [(Stop, Option<i32>); 3] = [
+    (Stop::OnItsOwn, None),
+    (Stop::Terminated, Some(libc::SIGTERM)),
+    (Stop::Killed, Some(libc::SIGKILL)),
+];
+
+/// The end of a process the pool stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub by: Stop,
+    pub grace: Duration,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.grace.as_millis();
+        match self.by {
+            Stop::OnItsOwn => write!(f, "{}", self.status),
+            Stop::Terminated => write!(
+                f,
+                "sent SIGTERM by the pool after {ms} ms, then {}",
+                self.status
+            ),
+            Stop::Killed => write!(
+                f,
+                "killed by the pool with SIGKILL: it ignored SIGTERM for {ms} ms"
+            ),
+        }
     }
 }
 
@@ -219,6 +278,9 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<WorkerProcess> {
     let parent_pid = unsafe { libc::getpid() };
 
     let mut command = Command::new(&spec.program);
+    if spec.clear_env {
+        command.env_clear();
+    }
     command
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -365,10 +427,31 @@ mod tests {
     #[test]
     fn terminate_escalates_to_kill() {
         let p = spawn(&sh("trap '' TERM; while :; do sleep 1; done")).unwrap();
-        let status = p.handle.terminate(Duration::from_millis(100));
-        assert_eq!(status, ExitStatus::Signaled(libc::SIGKILL));
+        let stopped = p.handle.terminate(Duration::from_millis(100));
+        assert_eq!(stopped.status, ExitStatus::Signaled(libc::SIGKILL));
+        assert_eq!(stopped.by, Stop::Killed);
+        assert!(stopped.to_string().contains("ignored SIGTERM"), "{stopped}");
         // Signalling after reaping is a no-op, not a stray kill.
         p.handle.kill();
+    }
+
+    #[test]
+    fn terminate_says_which_step_ended_the_process() {
+        let p = spawn(&sh("exec cat <&3")).unwrap();
+        drop(p.requests);
+        let stopped = p.handle.terminate(Duration::from_secs(5));
+        assert_eq!(
+            (stopped.by, stopped.status),
+            (Stop::OnItsOwn, ExitStatus::Exited(0))
+        );
+        let p = spawn(&sh("exec sleep 30")).unwrap();
+        let stopped = p.handle.terminate(Duration::from_millis(50));
+        assert_eq!(stopped.by, Stop::Terminated);
+        assert_eq!(stopped.status, ExitStatus::Signaled(libc::SIGTERM));
+        assert!(
+            stopped.to_string().starts_with("sent SIGTERM by the pool"),
+            "{stopped}"
+        );
     }
 
     #[test]

@@ -82,6 +82,58 @@ pub fn reply_head(body: &[u8]) -> Result<ReplyHead, String> {
     }
 }
 
+/// The `"id"` of a reply object, found without parsing (or recursing into) the rest: the
+/// values next to it are skipped by counting brackets, so a reply nested far too deep to decode
+/// can still be matched to its request. `None` if the body is not an object with a top-level
+/// integer `"id"`.
+pub fn peek_id(body: &[u8]) -> Option<u64> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    // At depth 1, whether the next string is a key (after `{` or `,`).
+    let mut expect_key = false;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                let start = i + 1;
+                i = string_end(body, start)?;
+                if depth == 1 && expect_key && &body[start..i] == b"id" {
+                    return id_value(&body[i + 1..]);
+                }
+                expect_key = false;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                expect_key = depth == 1 && body[i] == b'{';
+            }
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b',' => expect_key = depth == 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The index of the quote closing a string whose text starts at `start`.
+fn string_end(body: &[u8], mut i: usize) -> Option<usize> {
+    while i < body.len() {
+        match body[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// `: 123` after a key.
+fn id_value(rest: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(rest).ok()?.trim_start();
+    let text = text.strip_prefix(':')?.trim_start();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    text[..digits].parse().ok()
+}
+
 /// A short, safe description of a bad reply: the parser's words and the first bytes seen.
 pub fn describe_json_error(err: &serde_json::Error, body: &[u8]) -> String {
     format!("{err}; reply began with {}", preview(body))
@@ -173,6 +225,25 @@ mod tests {
         assert!(reply_head(b"\xff\xfe garbage")
             .unwrap_err()
             .contains("reply began with"));
+    }
+
+    #[test]
+    fn peek_id_finds_the_top_level_id_only() {
+        assert_eq!(peek_id(br#"{"id":42,"success":true}"#), Some(42));
+        assert_eq!(
+            peek_id(br#"{"success":true, "result":{"id":1}, "id" : 7}"#),
+            Some(7)
+        );
+        assert_eq!(peek_id(br#"{"result":"\"id\":3","id":5}"#), Some(5));
+        assert_eq!(peek_id(br#"{"result":["id",{"id":2}]}"#), None);
+        assert_eq!(peek_id(br#"{"id":"9"}"#), None);
+        assert_eq!(peek_id(b"garbage"), None);
+        let deep = format!(
+            r#"{{"result":{}1{},"id":11}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(peek_id(deep.as_bytes()), Some(11));
     }
 
     #[test]

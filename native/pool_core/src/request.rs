@@ -5,7 +5,7 @@
 //! `Cancelled` knows no reply will ever reach its mailbox: a late reply is dropped, never
 //! delivered to whoever calls next.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +20,8 @@ const SENT: u8 = 4;
 #[derive(Debug, Default)]
 pub struct Ticket {
     state: AtomicU8,
+    /// Set by the first wait for the reply: a handle can be awaited once.
+    awaited: AtomicBool,
 }
 
 /// What a cancellation found.
@@ -46,6 +48,11 @@ impl Ticket {
         self.state
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// The caller starts waiting for the reply; `false` if it (or a wait before) already did.
+    pub fn claim_await(&self) -> bool {
+        !self.awaited.swap(true, Ordering::AcqRel)
     }
 
     /// A worker takes the request; `false` if it was cancelled while queued.

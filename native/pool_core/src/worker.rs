@@ -24,6 +24,9 @@ const EXIT_GRACE: Duration = Duration::from_millis(500);
 /// How long to wait for the last stderr lines of a dead worker.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(250);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// A worker that lived this long, or answered a request, was sound: its crash restarts the
+/// backoff. One that dies sooner without answering anything makes the next wait longer.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// One running worker process.
 struct Live {
@@ -32,6 +35,7 @@ struct Live {
     replies: FrameReader,
     output: Output,
     served: u64,
+    started: Instant,
 }
 
 /// Why a worker process is being let go.
@@ -95,20 +99,30 @@ pub fn run_slot(shared: Arc<Shared>, index: usize) {
     slot.os_pid.store(0, Ordering::Release);
 }
 
-/// Waits before the next start; `false` if the pool began stopping meanwhile.
+/// Waits before the next start, longer after each failed start or early crash in a row;
+/// `false` if the pool began stopping meanwhile.
 fn backoff(shared: &Shared, index: usize) -> bool {
-    let failures = shared.slots[index].failures_in_row.load(Ordering::Acquire);
-    let delay = if failures == 0 {
-        Duration::ZERO
-    } else {
-        let exp = FIRST_BACKOFF.saturating_mul(1 << (failures - 1).min(16));
-        exp.min(shared.config.max_backoff)
-    };
-    shared.slots[index].set_state(SlotState::Restarting);
+    let slot = &shared.slots[index];
+    let failures =
+        slot.failures_in_row.load(Ordering::Acquire) + slot.crashes_in_row.load(Ordering::Acquire);
+    let delay = backoff_delay(failures, shared.config.max_backoff);
+    slot.backoff_ms
+        .store(delay.as_millis() as u64, Ordering::Release);
+    slot.set_state(SlotState::Restarting);
     matches!(
         shared.shutdown_rx.recv_timeout(delay),
         Err(RecvTimeoutError::Timeout)
     )
+}
+
+/// 0 after a clean exit; then 100 ms, doubling with each failure in a row, up to `max`.
+pub fn backoff_delay(failures: u32, max: Duration) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    FIRST_BACKOFF
+        .saturating_mul(1 << (failures - 1).min(16))
+        .min(max)
 }
 
 /// Spawns a worker and waits for its answer to the init ping.
@@ -122,8 +136,14 @@ fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> {
             spec.program.to_string_lossy()
         )
     })?;
-    let output = Output::start(proc.stdout, proc.stderr, index, shared.events.clone());
     let process = Arc::new(proc.handle);
+    let output = Output::start(
+        proc.stdout,
+        proc.stderr,
+        || process.exit_watch().ok(),
+        index,
+        shared.events.clone(),
+    );
     // Registered at once, so a pool that stops meanwhile can kill a worker still starting.
     *shared.slots[index].process.lock() = Some(process.clone());
     if shared.is_closing() {
@@ -132,12 +152,17 @@ fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> {
     let _ = frame::set_nonblocking(&proc.requests);
     let mut replies = FrameReader::new(proc.replies, config.max_frame);
     let _ = replies.eager();
+    // A child the worker forked may hold the reply pipe open after the worker died.
+    if let Ok(watch) = process.exit_watch() {
+        replies.watch_exit(watch);
+    }
     let mut live = Live {
         process,
         requests: proc.requests,
         replies,
         output,
         served: 0,
+        started: Instant::now(),
     };
     let worker_id = index.to_string();
     let args = serde_json::json!({ "worker_id": worker_id }).to_string();
@@ -356,6 +381,12 @@ fn run(
         counters.dropped.fetch_add(1, Ordering::Relaxed);
         return None;
     }
+    if live.replies.has_unread() {
+        // Out of step: its next frame would answer this request with someone else's reply.
+        requeue(shared, index, request);
+        let why = "it wrote a reply frame that no request asked for".to_string();
+        return Some((End::Replace(why), None));
+    }
     live.served += 1;
     shared.slots[index].requests.fetch_add(1, Ordering::Relaxed);
 
@@ -483,16 +514,19 @@ fn deliver(
     let counters = &shared.counters;
     if !request.ticket.finish() {
         // The caller gave up: drop the reply, but still check the stream is sound.
-        return match protocol::reply_head(body) {
-            Ok(head) if head.id == request.id => None,
-            Ok(head) => Some((
+        return match protocol::peek_id(body) {
+            Some(id) if id == request.id => None,
+            Some(id) => Some((
+                End::Replace(format!("reply carried id {id}, expected {}", request.id)),
+                None,
+            )),
+            None => Some((
                 End::Replace(format!(
-                    "reply carried id {}, expected {}",
-                    head.id, request.id
+                    "invalid reply: no id; reply began with {}",
+                    protocol::preview(body)
                 )),
                 None,
             )),
-            Err(e) => Some((End::Replace(format!("invalid reply: {e}")), None)),
         };
     }
     // Counted before the caller can see the reply, so stats read after a call include it.
@@ -538,16 +572,23 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Option<R
         process,
         requests,
         output,
+        served: live_served,
+        started,
         ..
     } = live;
+    let pending_ran = pending.is_some();
     // Closing the request pipe asks a healthy worker to exit by itself.
     drop(requests);
-    let status = match &end {
+    let (status, stop) = match &end {
         End::Replace(_) => {
             process.kill();
-            process.reap()
+            let status = process.reap();
+            (status, format!("killed by the pool ({status})"))
         }
-        _ => process.terminate(EXIT_GRACE),
+        _ => {
+            let stopped = process.terminate(EXIT_GRACE);
+            (stopped.status, stopped.to_string())
+        }
     };
     *slot.process.lock() = None;
     slot.os_pid.store(0, Ordering::Release);
@@ -556,10 +597,10 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Option<R
     output.drain(OUTPUT_DRAIN);
     let tail = output.tail.text();
     let reason = match &end {
-        End::Shutdown => format!("stopped with the pool ({status})"),
-        End::Retired => format!("retired after max_requests ({status})"),
+        End::Shutdown => format!("stopped with the pool ({stop})"),
+        End::Retired => format!("retired after max_requests ({stop})"),
         End::Died => describe("exited unexpectedly", status, &tail),
-        End::Replace(why) => format!("replaced: {why} ({status})"),
+        End::Replace(why) => format!("replaced: {why} ({stop})"),
     };
     if let Some(mut request) = pending {
         let (kind, message) = if shared.is_closing() {
@@ -588,8 +629,16 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Option<R
         fail(shared, &mut request, kind, message, index);
     }
     if matches!(end, End::Died | End::Replace(_)) {
-        // A crash right after start counts towards the backoff; one after real work does not.
-        slot.failures_in_row.fetch_add(1, Ordering::AcqRel);
+        // A crash soon after start, before any answer, counts towards the backoff; one after
+        // real work starts it afresh.
+        let answered = live_served - u64::from(pending_ran);
+        if answered > 0 || started.elapsed() >= STABLE_AFTER {
+            slot.crashes_in_row.store(1, Ordering::Release);
+        } else {
+            slot.crashes_in_row.fetch_add(1, Ordering::AcqRel);
+        }
+    } else {
+        slot.crashes_in_row.store(0, Ordering::Release);
     }
     *slot.last_exit.lock() = Some(reason.clone());
     shared.events.event(Event::WorkerExited {
