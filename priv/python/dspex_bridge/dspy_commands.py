@@ -284,11 +284,15 @@ _NOT_LM_KWARGS = frozenset({
 _PROVIDER_PREFIX = {"google": "gemini"}
 
 _lm_info = None  # what configure_lm last set: {"model", "provider"}
+# LMs configured within a session (configure_lm with a session_id): session_id -> LM. They
+# apply to that session's execute_program calls only, through dspy.context.
+_session_lms = {}
 
 
 @_dspy_command
 def configure_lm(dspy, args):
-    """Set the worker's LM (all sessions): ``dspy.configure(lm=...)``.
+    """Set the worker's LM (all sessions): ``dspy.configure(lm=...)``; or, with a
+    ``session_id``, the LM of that session's ``execute_program`` calls only.
 
     ``{"model": "openai/gpt-4o-mini", ...options}``: ``dspy.LM(model, **options)``
     with every key but ``model``, ``provider``, ``session_id`` and
@@ -339,6 +343,10 @@ def configure_lm(dspy, args):
         result = {"status": "configured", "model": model, "provider": provider,
                   "temperature": _jsonable(options.get("temperature")),
                   "options": _redacted_options(options)}
+    sid = _session_id(args)
+    if sid is not None:
+        _session_lms[sid] = lm
+        return {**result, "session_id": sid}
     dspy.configure(lm=lm, **settings)
     _lm_info = {"model": result["model"], "provider": provider}
     return result
@@ -677,7 +685,8 @@ def execute_program(dspy, args):
             f"program {entry.program_id!r} takes inputs {', '.join(entry.input_names)}: "
             + "; ".join(problems)
         )
-    if dspy.settings.lm is None:
+    session_lm = _session_lms.get(entry.session_id)
+    if dspy.settings.lm is None and session_lm is None:
         raise LMNotConfigured(
             "no language model is configured in this worker: call configure_lm first, e.g. "
             '{"model": "openai/gpt-4o-mini"} (key from OPENAI_API_KEY) or '
@@ -686,7 +695,11 @@ def execute_program(dspy, args):
     token = _expected_outputs.set(entry.output_types)
     started = time.perf_counter()
     try:
-        prediction = entry.module(**inputs)
+        if session_lm is None:
+            prediction = entry.module(**inputs)
+        else:
+            with dspy.context(lm=session_lm):
+                prediction = entry.module(**inputs)
     finally:
         elapsed = time.perf_counter() - started
         _expected_outputs.reset(token)
@@ -733,11 +746,13 @@ def delete_program(args):
 def cleanup_session(args):
     """``{"session_id"}`` -> ``{"status": "cleaned", "session_id", "programs_removed"}``.
 
-    Drops every program of the session (0 if it had none); the LM is untouched.
+    Drops every program of the session (0 if it had none) and its own LM, if it
+    configured one; the worker's LM is untouched.
     """
     if args.get("session_id") is None:
         raise ValueError('cleanup_session needs "session_id"')
     sid = _session_id(args)
+    _session_lms.pop(sid, None)
     return {"status": "cleaned", "session_id": sid, "programs_removed": STORE.drop_session(sid)}
 
 
@@ -755,6 +770,7 @@ def reset_state(args):
     if not isinstance(reset_lm, bool):
         raise ValueError("reset_lm must be true or false")
     programs, sessions = STORE.clear()
+    _session_lms.clear()
     if reset_lm:
         if _dspy is not None:
             _dspy.configure(lm=None)
