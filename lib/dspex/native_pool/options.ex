@@ -1,42 +1,170 @@
 defmodule DSPex.NativePool.Options do
   @moduledoc false
-  # Validates `DSPex.NativePool.start_link/1` options (documented in the table of
-  # `DSPex.NativePool`) and turns them into the NIF's configuration.
+  # The options of `DSPex.NativePool.start_link/1` as one schema: each option's type, range,
+  # default and doc. It drives validation, the options table of the moduledoc (`table/0`) and,
+  # through a test, the README's copy of that table. Nothing here ever quotes an option's
+  # value in an error: `:env` may carry secrets.
 
   @mib 1024 * 1024
+  # The longest wait `receive ... after` accepts (about 49.7 days), and so every ms option's
+  # bound.
+  @max_ms 4_294_967_295
 
-  @defaults [
-    name: DSPex.NativePool,
-    pool_size: nil,
-    python: nil,
-    handlers: nil,
-    python_path: [],
-    env: [],
-    startup_timeout: 30_000,
-    max_frame: 64 * @mib,
-    max_queue: 10_000,
-    health_interval: 30_000,
-    health_timeout: 5_000,
-    max_backoff: 5_000,
-    max_requests: nil,
-    kill_on_timeout: true,
-    pin_cpus: true,
-    busy_wait_us: 50,
-    shutdown_timeout: 5_000,
-    session_ttl: 3_600_000
+  @doc false
+  def max_ms, do: @max_ms
+
+  @schema [
+    name: [
+      type: :name,
+      default: DSPex.NativePool,
+      doc: "the pool's name, used as `:pool` in calls"
+    ],
+    pool_size: [
+      type: :pool_size,
+      default: nil,
+      shown: "schedulers online",
+      doc: "number of Python worker processes"
+    ],
+    python: [
+      type: :python,
+      default: nil,
+      shown: "`.venv/bin/python` made by `bin/setup`, else `python3` (`DSPEX_PYTHON` overrides)",
+      doc: "the Python executable"
+    ],
+    handlers: [
+      type: :python_module,
+      default: nil,
+      doc: "a Python module whose public functions `fun(args: dict)` become commands"
+    ],
+    python_path: [
+      type: :paths,
+      default: [],
+      doc: "directories put on the workers' import path"
+    ],
+    env: [
+      type: :env,
+      default: %{},
+      doc: "extra environment variables for the workers (strings); they win over inherited ones"
+    ],
+    inherit_env: [
+      type: :boolean,
+      default: true,
+      doc:
+        "workers get the VM's environment as it is when the pool starts (`System.put_env/2` and `System.delete_env/1` included), plus `:env`; `false` starts them with only `:env` and the pool's defaults (`PYTHONPATH`, thread limits)"
+    ],
+    startup_timeout: [
+      type: {:integer, 1, @max_ms},
+      default: 30_000,
+      doc: "ms a worker has to start and answer its init ping"
+    ],
+    max_frame: [
+      type: {:integer, 4096, 4_294_967_295},
+      default: 64 * @mib,
+      shown: "`67_108_864` (64 MiB)",
+      doc: "largest request or reply, in bytes (4 KiB to 4 GiB - 1: the frame header is 32 bits)"
+    ],
+    max_queue: [
+      type: {:integer, 1, 10_000_000},
+      default: 10_000,
+      doc:
+        "requests that may wait for a worker; beyond, calls fail at once with `:pool_saturated`"
+    ],
+    health_interval: [
+      type: {:integer, 100, @max_ms},
+      default: 30_000,
+      doc: "ms of idleness after which a worker is pinged (at least 100)"
+    ],
+    health_timeout: [
+      type: {:integer, 1, @max_ms},
+      default: 5_000,
+      doc: "ms a health ping may take before the worker is replaced"
+    ],
+    max_backoff: [
+      type: {:integer, 0, @max_ms},
+      default: 5_000,
+      doc:
+        "longest wait, in ms, between attempts to replace a worker that fails to start or dies before answering anything; the wait starts at 100 ms and doubles each time"
+    ],
+    max_requests: [
+      type: {:integer_or_nil, 1, 9_223_372_036_854_775_807},
+      default: nil,
+      doc: "retire and replace a worker after this many requests"
+    ],
+    kill_on_timeout: [
+      type: :boolean,
+      default: true,
+      doc:
+        "kill (and replace) a worker still running a request at its deadline; `false` keeps it and drops the late reply"
+    ],
+    pin_cpus: [
+      type: :boolean,
+      default: true,
+      doc:
+        "give each worker a CPU of its own, shared by its Python process and the native thread that talks to it, when the VM may run on enough CPUs that no other pool of the machine holds; otherwise, or with `false`, nothing is pinned (see [Performance](#performance))"
+    ],
+    busy_wait_us: [
+      type: {:integer, 0, 1_000_000},
+      default: 50,
+      doc:
+        "µs a call whose request went straight to a waiting worker polls for its reply (yielding to other processes) before it sleeps in `receive`; `0` turns it off (see [Performance](#performance))"
+    ],
+    shutdown_timeout: [
+      type: {:integer, 0, @max_ms},
+      default: 5_000,
+      doc: "ms running requests get to finish when the pool stops, before workers are terminated"
+    ],
+    session_ttl: [
+      type: {:integer, 1, @max_ms},
+      default: 3_600_000,
+      doc: "ms after which an idle session is forgotten and its state freed on its worker"
+    ]
   ]
 
   @doc false
-  def defaults, do: @defaults
+  def schema, do: @schema
 
   @doc false
-  @spec validate(keyword) :: {:ok, keyword} | {:error, String.t()}
-  def validate(opts) when is_list(opts) do
-    with :ok <- known_keys(opts) do
-      @defaults
-      |> Keyword.merge(opts)
-      |> Enum.reduce_while({:ok, []}, fn {key, value}, {:ok, acc} ->
-        case check(key, value) do
+  def defaults, do: Enum.map(@schema, fn {key, spec} -> {key, spec[:default]} end)
+
+  @doc false
+  # The options table of the docs and the README, generated from the schema.
+  @spec table() :: String.t()
+  def table do
+    rows =
+      Enum.map(@schema, fn {key, spec} ->
+        "| `#{inspect(key)}` | #{shown_default(spec)} | #{spec[:doc]} |"
+      end)
+
+    Enum.join(["| option | default | meaning |", "|---|---|---|" | rows], "\n")
+  end
+
+  defp shown_default(spec) do
+    cond do
+      shown = spec[:shown] -> shown
+      is_integer(spec[:default]) -> "`#{format_integer(spec[:default])}`"
+      true -> "`#{inspect(spec[:default])}`"
+    end
+  end
+
+  defp format_integer(n) when n < 10_000, do: Integer.to_string(n)
+
+  defp format_integer(n) do
+    n
+    |> Integer.to_string()
+    |> String.reverse()
+    |> String.graphemes()
+    |> Enum.chunk_every(3)
+    |> Enum.map_join("_", &Enum.join/1)
+    |> String.reverse()
+  end
+
+  @doc false
+  @spec validate(term) :: {:ok, keyword} | {:error, String.t()}
+  def validate(opts) do
+    with :ok <- keyword(opts, "options"),
+         :ok <- known(opts, Keyword.keys(@schema)) do
+      Enum.reduce_while(@schema, {:ok, []}, fn {key, spec}, {:ok, acc} ->
+        case check(spec[:type], Keyword.get(opts, key, spec[:default])) do
           {:ok, value} -> {:cont, {:ok, [{key, value} | acc]}}
           {:error, message} -> {:halt, {:error, "invalid #{inspect(key)}: #{message}"}}
         end
@@ -48,96 +176,134 @@ defmodule DSPex.NativePool.Options do
     end
   end
 
-  def validate(other), do: {:error, "options must be a keyword list, got: #{inspect(other)}"}
+  @doc false
+  # Checks that `opts` is a keyword list whose keys are all in `known` (a call's options).
+  @spec check_keys(term, [atom], String.t()) :: :ok | {:error, String.t()}
+  def check_keys(opts, known, what) do
+    with :ok <- keyword(opts, what), do: known(opts, known)
+  end
 
-  defp known_keys(opts) do
-    if Keyword.keyword?(opts) do
-      case Keyword.keys(opts) -- Keyword.keys(@defaults) do
-        [] ->
-          :ok
+  defp keyword(opts, what) do
+    if is_list(opts) and Keyword.keyword?(opts),
+      do: :ok,
+      else: {:error, "#{what} must be a keyword list, got #{describe(opts)}"}
+  end
 
-        unknown ->
-          {:error,
-           "unknown options #{inspect(unknown)}; known options are #{inspect(Keyword.keys(@defaults))}"}
-      end
-    else
-      {:error, "options must be a keyword list, got: #{inspect(opts)}"}
+  defp known(opts, known) do
+    case Keyword.keys(opts) -- known do
+      [] -> :ok
+      unknown -> {:error, "unknown options #{inspect(unknown)}; known: #{inspect(known)}"}
     end
   end
 
-  defp check(:name, name) when is_atom(name) and not is_nil(name), do: {:ok, name}
-  defp check(:name, other), do: {:error, "expected a non-nil atom, got: #{inspect(other)}"}
+  @doc false
+  # Checks a call's `:timeout`.
+  @spec check_timeout(term) :: {:ok, timeout} | {:error, String.t()}
+  def check_timeout(:infinity), do: {:ok, :infinity}
+
+  def check_timeout(ms) when is_integer(ms) and ms >= 0 and ms <= @max_ms, do: {:ok, ms}
+
+  def check_timeout(other) do
+    got = if is_integer(other), do: Integer.to_string(other), else: describe(other)
+
+    {:error,
+     "invalid :timeout: expected :infinity or an integer from 0 to #{@max_ms} (ms), got #{got}"}
+  end
+
+  # Every message names the type or bound that was missed, never the value given.
+  defp check({:integer, min, max}, n) when is_integer(n) and n >= min and n <= max, do: {:ok, n}
+
+  defp check({:integer, min, max}, n) when is_integer(n),
+    do: {:error, "expected an integer from #{min} to #{max}, got #{n}"}
+
+  defp check({:integer, min, max}, other),
+    do: {:error, "expected an integer from #{min} to #{max}, got #{describe(other)}"}
 
   defp check(:pool_size, nil), do: {:ok, System.schedulers_online()}
-  defp check(:pool_size, n) when is_integer(n) and n in 1..1024, do: {:ok, n}
+  defp check(:pool_size, n), do: check({:integer, 1, 1024}, n)
 
-  defp check(:pool_size, other),
-    do: {:error, "expected an integer 1..1024, got: #{inspect(other)}"}
+  defp check({:integer_or_nil, _min, _max}, nil), do: {:ok, nil}
+  defp check({:integer_or_nil, min, max}, n), do: check({:integer, min, max}, n)
+
+  defp check(:boolean, bool) when is_boolean(bool), do: {:ok, bool}
+  defp check(:boolean, other), do: {:error, "expected true or false, got #{describe(other)}"}
+
+  defp check(:name, name) when is_atom(name) and name not in [nil, true, false], do: {:ok, name}
+  defp check(:name, other), do: {:error, "expected an atom, got #{describe(other)}"}
 
   defp check(:python, nil), do: find_python(default_python())
-  defp check(:python, python) when is_binary(python), do: find_python(python)
+  defp check(:python, python) when is_binary(python) and python != "", do: find_python(python)
+  defp check(:python, other), do: {:error, "expected a path, got #{describe(other)}"}
 
-  defp check(:python, other),
-    do: {:error, "expected a path or executable name, got: #{inspect(other)}"}
+  defp check(:python_module, nil), do: {:ok, nil}
+  defp check(:python_module, mod) when is_atom(mod), do: python_module(Atom.to_string(mod))
+  defp check(:python_module, mod) when is_binary(mod), do: python_module(mod)
 
-  defp check(:handlers, nil), do: {:ok, nil}
-  defp check(:handlers, mod) when is_binary(mod) and mod != "", do: python_module(mod)
-  defp check(:handlers, mod) when is_atom(mod), do: python_module(Atom.to_string(mod))
+  defp check(:python_module, other),
+    do: {:error, "expected a Python module name, got #{describe(other)}"}
 
-  defp check(:handlers, other),
-    do: {:error, "expected a Python module name, got: #{inspect(other)}"}
-
-  defp check(:python_path, paths) when is_list(paths) do
-    if Enum.all?(paths, &is_binary/1),
+  defp check(:paths, paths) when is_list(paths) do
+    if Enum.all?(paths, &(is_binary(&1) and String.valid?(&1))),
       do: {:ok, Enum.map(paths, &Path.expand/1)},
-      else: {:error, "expected a list of directory paths, got: #{inspect(paths)}"}
+      else: {:error, "expected a list of directory paths (strings)"}
   end
 
-  defp check(:python_path, other),
-    do: {:error, "expected a list of directories, got: #{inspect(other)}"}
+  defp check(:paths, other),
+    do: {:error, "expected a list of directories, got #{describe(other)}"}
 
-  defp check(:env, env) when is_map(env) or is_list(env) do
-    pairs = Enum.to_list(env)
+  defp check(:env, env) when is_map(env), do: check(:env, Map.to_list(env))
 
-    if Enum.all?(pairs, &env_pair?/1),
-      do: {:ok, Enum.map(pairs, fn {k, v} -> {to_string(k), to_string(v)} end)},
-      else: {:error, "expected a map or keyword list of strings, got: #{inspect(env)}"}
+  defp check(:env, env) when is_list(env) do
+    Enum.reduce_while(env, {:ok, []}, fn
+      {key, value}, {:ok, acc} ->
+        case env_pair(key, value) do
+          {:ok, pair} -> {:cont, {:ok, [pair | acc]}}
+          {:error, message} -> {:halt, {:error, message}}
+        end
+
+      _other, _acc ->
+        {:halt, {:error, "expected a map or keyword list of variable names to strings"}}
+    end)
+    |> case do
+      {:ok, pairs} -> {:ok, Enum.reverse(pairs)}
+      error -> error
+    end
   end
 
-  defp check(:env, other), do: {:error, "expected a map of strings, got: #{inspect(other)}"}
+  defp check(:env, other),
+    do: {:error, "expected a map of variable names to strings, got #{describe(other)}"}
 
-  defp check(:max_requests, nil), do: {:ok, nil}
-  defp check(:kill_on_timeout, bool) when is_boolean(bool), do: {:ok, bool}
-  defp check(:kill_on_timeout, other), do: {:error, "expected a boolean, got: #{inspect(other)}"}
-  defp check(:pin_cpus, bool) when is_boolean(bool), do: {:ok, bool}
-  defp check(:pin_cpus, other), do: {:error, "expected a boolean, got: #{inspect(other)}"}
+  defp env_pair(key, value) do
+    name = if is_atom(key) and not is_nil(key), do: Atom.to_string(key), else: key
 
-  defp check(:busy_wait_us, n) when is_integer(n) and n >= 0, do: {:ok, n}
+    cond do
+      not (is_binary(name) and name != "" and String.valid?(name) and
+               not String.contains?(name, ["=", <<0>>])) ->
+        {:error, "a variable name must be a non-empty string without \"=\", got #{describe(key)}"}
 
-  defp check(:busy_wait_us, other),
-    do: {:error, "expected a non-negative integer (microseconds), got: #{inspect(other)}"}
+      not (is_binary(value) and String.valid?(value) and not String.contains?(value, <<0>>)) ->
+        {:error, "the value of #{inspect(name)} must be a string without NUL bytes"}
 
-  defp check(key, n)
-       when key in [:health_timeout, :startup_timeout, :session_ttl] and is_integer(n) and n > 0,
-       do: {:ok, n}
+      true ->
+        {:ok, {name, value}}
+    end
+  end
 
-  defp check(key, n)
-       when key in [:max_frame, :max_queue, :max_requests] and is_integer(n) and n > 0,
-       do: {:ok, n}
-
-  defp check(:max_frame, n),
-    do: {:error, "expected a positive number of bytes, got: #{inspect(n)}"}
-
-  defp check(key, n)
-       when key in [:health_interval, :max_backoff, :shutdown_timeout] and is_integer(n) and
-              n >= 0,
-       do: {:ok, n}
-
-  defp check(_key, other),
-    do: {:error, "expected a positive integer (milliseconds or count), got: #{inspect(other)}"}
-
-  defp env_pair?({k, v}), do: (is_binary(k) or is_atom(k)) and (is_binary(v) or is_atom(v))
-  defp env_pair?(_), do: false
+  # What a value is, for a message that must not show it.
+  @doc false
+  def describe(value) when is_integer(value), do: "an integer"
+  def describe(value) when is_float(value), do: "a float"
+  def describe(value) when is_boolean(value) or is_nil(value), do: inspect(value)
+  def describe(value) when is_atom(value), do: "an atom"
+  def describe(value) when is_binary(value), do: "a string"
+  def describe(value) when is_list(value), do: "a list"
+  def describe(value) when is_struct(value), do: "a #{inspect(value.__struct__)} struct"
+  def describe(value) when is_map(value), do: "a map"
+  def describe(value) when is_tuple(value), do: "a tuple"
+  def describe(value) when is_pid(value), do: "a pid"
+  def describe(value) when is_reference(value), do: "a reference"
+  def describe(value) when is_function(value), do: "a function"
+  def describe(_value), do: "an unsupported term"
 
   defp python_module(mod) do
     if mod =~ ~r/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/,
@@ -210,16 +376,19 @@ defmodule DSPex.NativePool.Options do
     }
   end
 
-  # Thread limits keep N workers from each starting a core's worth of BLAS threads; the user's
-  # :env wins over every default here.
+  # The whole environment a worker starts with: the VM's as of now (erts keeps its own copy,
+  # which `System.put_env/2` changes and a spawned process would not otherwise see), then the
+  # pool's defaults, then the user's `:env`, each winning over the one before.
   defp worker_env(opts) do
+    inherited = if opts[:inherit_env], do: System.get_env(), else: %{}
+
     python_path =
-      (opts[:python_path] ++ List.wrap(System.get_env("PYTHONPATH")))
+      (opts[:python_path] ++ List.wrap(inherited["PYTHONPATH"]))
       |> Enum.reject(&(&1 == ""))
 
-    defaults = worker_env_defaults(python_path)
-    user = opts[:env]
-    user_keys = MapSet.new(user, &elem(&1, 0))
-    Enum.reject(defaults, fn {k, _} -> MapSet.member?(user_keys, k) end) ++ user
+    inherited
+    |> Map.merge(Map.new(worker_env_defaults(python_path)))
+    |> Map.merge(Map.new(opts[:env]))
+    |> Enum.to_list()
   end
 end

@@ -120,7 +120,7 @@ defmodule DSPex.NativePool.ValidationTest do
 
     for args <- ["text", 42, nil, [1, 2], [{"a", 1}], {:a, 1}, DateTime.utc_now(), self()] do
       message = invalid_args(pool, args)
-      assert message =~ "args must be a map or a keyword list, got: #{inspect(args)}"
+      assert message =~ "args must be a map or a keyword list, got "
     end
 
     assert seen(pool).python_requests == before.python_requests + 1
@@ -131,7 +131,7 @@ defmodule DSPex.NativePool.ValidationTest do
       assert {:error, {:validation_error, :invalid_command, message, _}} =
                NativePool.execute(command, %{}, pool: pool)
 
-      assert message =~ "the command must be a string or an atom, got: #{inspect(command)}"
+      assert message =~ "the command must be a UTF-8 string or an atom, got "
     end
   end
 
@@ -140,7 +140,7 @@ defmodule DSPex.NativePool.ValidationTest do
       assert {:error, {:validation_error, :invalid_options, message, _}} =
                NativePool.execute("ping", %{}, pool: pool, timeout: timeout)
 
-      assert message =~ "timeout must be a non-negative integer (ms) or :infinity"
+      assert message =~ "expected :infinity or an integer from 0 to 4294967295 (ms)"
     end
 
     assert {:ok, _} = NativePool.execute("ping", %{}, pool: pool, timeout: :infinity)

@@ -1,0 +1,280 @@
+defmodule DSPex.NativePool.Call do
+  @moduledoc false
+  # One call, from its options to its reply, in the caller's process: validation, submission
+  # to the NIF, the wait for the reply, and giving up at the deadline. No process sits between
+  # the caller and the worker's native thread, which sends the reply straight here.
+
+  alias DSPex.NativePool.{Error, Nif, Options, Telemetry}
+
+  @default_timeout 60_000
+  # Deadlines are tracked in Rust too; :infinity there is this long.
+  @infinity_ms 100 * 365 * 24 * 3600 * 1000
+
+  @enforce_keys [:resource, :config, :args, :timeout, :context]
+  defstruct [:resource, :config, :args, :timeout, :context]
+
+  @doc false
+  # Checks a call's options, command and arguments, and finds its pool. `known` lists the
+  # options this call accepts.
+  def prepare(command, args, opts, known \\ [:pool, :timeout]) do
+    pool = pool_option(opts)
+    context = %{pool: pool, command: command_name(command), worker_id: nil}
+
+    with :ok <- check_options(opts, known, context),
+         {:ok, timeout} <- timeout_option(opts, context),
+         :ok <- check_command(command, context),
+         {:ok, resource, config} <- lookup(pool),
+         {:ok, args} <- normalize_args(args, context) do
+      {:ok,
+       %__MODULE__{
+         resource: resource,
+         config: config,
+         args: args,
+         timeout: timeout,
+         context: context
+       }}
+    end
+  end
+
+  defp pool_option(opts) do
+    if is_list(opts) and Keyword.keyword?(opts),
+      do: Keyword.get(opts, :pool, DSPex.NativePool),
+      else: DSPex.NativePool
+  end
+
+  defp check_options(opts, known, context) do
+    case Options.check_keys(opts, known, "call options") do
+      :ok -> :ok
+      {:error, message} -> invalid(:invalid_options, message, context)
+    end
+  end
+
+  defp timeout_option(opts, context) do
+    case Options.check_timeout(Keyword.get(opts, :timeout, @default_timeout)) do
+      {:ok, timeout} -> {:ok, timeout}
+      {:error, message} -> invalid(:invalid_options, message, context)
+    end
+  end
+
+  defp command_name(command) when is_binary(command), do: command
+  defp command_name(command) when is_atom(command) and not is_nil(command), do: to_string(command)
+  defp command_name(_command), do: nil
+
+  defp check_command(command, context) do
+    if (is_binary(command) and String.valid?(command)) or (is_atom(command) and command != nil),
+      do: :ok,
+      else:
+        invalid(
+          :invalid_command,
+          "the command must be a UTF-8 string or an atom, got #{Options.describe(command)}",
+          context
+        )
+  end
+
+  defp normalize_args(args, _context) when is_map(args) and not is_struct(args), do: {:ok, args}
+
+  defp normalize_args(args, context) when is_list(args) do
+    if Keyword.keyword?(args),
+      do: {:ok, Map.new(args)},
+      else: args_error(args, context)
+  end
+
+  defp normalize_args(args, context), do: args_error(args, context)
+
+  # Never the value itself: arguments may carry secrets (an API key for configure_lm).
+  defp args_error(args, context) do
+    invalid(
+      :invalid_args,
+      "args must be a map or a keyword list, got #{Options.describe(args)}",
+      context
+    )
+  end
+
+  @doc false
+  def invalid(type, message, context), do: {:error, {:validation_error, type, message, context}}
+
+  @doc false
+  # Checks a session id: a non-empty UTF-8 string.
+  def check_session(session_id, context) do
+    if is_binary(session_id) and session_id != "" and String.valid?(session_id),
+      do: :ok,
+      else:
+        invalid(
+          :invalid_session,
+          "a session id must be a non-empty UTF-8 string, got #{Options.describe(session_id)}",
+          context
+        )
+  end
+
+  @doc false
+  def lookup(pool) do
+    case :persistent_term.get({DSPex.NativePool, pool}, nil) do
+      {resource, config} ->
+        # An owner killed outside a supervisor never ran terminate/2: its pool is gone.
+        if Process.alive?(config[:owner]) do
+          {:ok, resource, config}
+        else
+          :persistent_term.erase({DSPex.NativePool, pool})
+          lookup(pool)
+        end
+
+      nil ->
+        {:error,
+         {:resource_error, :pool_not_found,
+          "no pool named #{inspect(pool)} is running; start one with {DSPex.NativePool, name: #{inspect(pool)}}",
+          %{pool: pool, command: nil, worker_id: nil}}}
+    end
+  end
+
+  @doc false
+  # One request, from submit to reply. `target`: nil, {:worker, i} or {:session, id}; `record`:
+  # what the pool remembers for the session if the command succeeds.
+  def run(%__MODULE__{} = call, target, record) do
+    %{resource: resource, args: args, timeout: timeout, context: context} = call
+    started = Telemetry.start(context)
+    ref = make_ref()
+
+    result =
+      case submit(resource, ref, context.command, args, timeout, target, record) do
+        {:ok, ticket, idle_worker?} ->
+          case busy_wait(ref, idle_worker?, call.config) do
+            {:ok, outcome} -> outcome(outcome, context)
+            :none -> await_reply(ref, ticket, timeout, timeout, context)
+          end
+
+        {:error, reason} ->
+          rejected(reason, call)
+      end
+
+    Telemetry.stop(started, context, result)
+  end
+
+  @doc false
+  # Starts a request; the reply arrives later as `{ref, outcome}`.
+  def start(%__MODULE__{} = call, ref, target \\ nil) do
+    %{resource: resource, args: args, timeout: timeout, context: context} = call
+
+    case submit(resource, ref, context.command, args, timeout, target, nil) do
+      {:ok, ticket, _idle_worker?} -> {:ok, ticket}
+      {:error, reason} -> rejected(reason, call)
+    end
+  end
+
+  # A reply one round trip away comes within microseconds: polling for it, yielding to any other
+  # process between looks, keeps this scheduler from going to sleep, whose wake-up by the
+  # worker's thread costs more than the round trip itself. A queued request does not poll.
+  defp busy_wait(_ref, false = _idle_worker?, _config), do: :none
+
+  defp busy_wait(ref, true, config) do
+    wait = System.convert_time_unit(config[:busy_wait_us], :microsecond, :native)
+    poll_reply(ref, System.monotonic_time() + wait)
+  end
+
+  # `until` is in native time units.
+  defp poll_reply(ref, until) do
+    receive do
+      {^ref, outcome} -> {:ok, outcome}
+    after
+      0 ->
+        if System.monotonic_time() < until do
+          :erlang.yield()
+          poll_reply(ref, until)
+        else
+          :none
+        end
+    end
+  end
+
+  # Small arguments are encoded inline; large ones on a dirty scheduler (the NIF says which).
+  defp submit(resource, ref, command, args, timeout, target, record) do
+    timeout_ms = if timeout == :infinity, do: @infinity_ms, else: timeout
+
+    case Nif.submit(resource, ref, command, args, timeout_ms, target, record) do
+      :dirty -> Nif.submit_dirty(resource, ref, command, args, timeout_ms, target, record)
+      other -> other
+    end
+  end
+
+  defp rejected(reason, call) do
+    error = Error.from_submit(reason, call.context, call.config)
+    Telemetry.rejected(call.context, error)
+    {:error, error}
+  end
+
+  defp outcome({:ok, _} = ok, _context), do: ok
+  defp outcome(error, context), do: {:error, Error.from_outcome(error, context)}
+
+  @doc false
+  # Waits up to `wait` ms for the reply; `timeout` is the call's own, for the message.
+  def await_reply(ref, ticket, wait, timeout, context) do
+    receive do
+      {^ref, outcome} -> outcome(outcome, context)
+    after
+      wait -> give_up(ref, ticket, timeout, context)
+    end
+  end
+
+  # The deadline passed. Once cancel/1 returns, no reply can reach the mailbox, unless one
+  # was already sent, in which case it is taken here.
+  defp give_up(ref, ticket, timeout, context) do
+    case Nif.cancel(ticket) do
+      :answered ->
+        receive do
+          {^ref, outcome} -> outcome(outcome, context)
+        end
+
+      :delivered ->
+        receive do
+          {^ref, outcome} -> outcome(outcome, context)
+        after
+          0 ->
+            invalid(:already_awaited, "this request's reply was already taken", context)
+        end
+
+      :queued ->
+        {:error,
+         {:timeout_error, :queue_timeout,
+          "no worker became free within #{timeout} ms; the request never ran", context}}
+
+      :running ->
+        {:error,
+         {:timeout_error, :request_timeout,
+          "the worker did not answer within #{timeout} ms; its reply will be dropped", context}}
+    end
+  end
+
+  @doc false
+  # Every worker gets its own request; all run concurrently under one deadline. Returns
+  # `%{worker_index => result}`.
+  def run_everywhere(%__MODULE__{} = call) do
+    %{timeout: timeout, context: context} = call
+    deadline = deadline(timeout)
+
+    pending =
+      for worker <- 0..(call.config[:pool_size] - 1) do
+        ref = make_ref()
+        call = %{call | context: %{context | worker_id: worker}}
+
+        case start(call, ref, {:worker, worker}) do
+          {:ok, ticket} -> {worker, {ref, ticket, call.context}}
+          {:error, _} = error -> {worker, error}
+        end
+      end
+
+    Map.new(pending, fn
+      {worker, {ref, ticket, context}} ->
+        {worker, await_reply(ref, ticket, remaining(deadline), timeout, context)}
+
+      {worker, error} ->
+        {worker, error}
+    end)
+  end
+
+  @doc false
+  def deadline(:infinity), do: :infinity
+  def deadline(timeout), do: System.monotonic_time(:millisecond) + timeout
+
+  @doc false
+  def remaining(:infinity), do: :infinity
+  def remaining(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
+end

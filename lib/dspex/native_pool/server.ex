@@ -1,0 +1,171 @@
+defmodule DSPex.NativePool.Server do
+  @moduledoc false
+  # The process that owns a pool: it starts the NIF's pool, waits for every worker's init
+  # ping, publishes the pool for callers (`:persistent_term`), logs worker lifecycle and
+  # output, expires idle sessions, and stops the pool with it. It is never in a request's path.
+
+  use GenServer
+  require Logger
+
+  alias DSPex.NativePool.{Nif, Options, Telemetry}
+
+  @doc false
+  def start_link(config), do: GenServer.start_link(__MODULE__, config, name: config[:name])
+
+  @impl true
+  def init(config) do
+    # Terminate runs on shutdown, so workers are stopped gracefully.
+    Process.flag(:trap_exit, true)
+    # The VM ignores SIGCHLD by default, which makes the kernel discard exit statuses; the pool
+    # reaps its own children, and ports reap theirs through erl_child_setup.
+    :os.set_signal(:sigchld, :default)
+    Telemetry.refresh()
+    name = config[:name]
+
+    case Nif.start_pool(Options.nif_config(config), self()) do
+      {:ok, resource} ->
+        deadline = System.monotonic_time(:millisecond) + config[:startup_timeout] + 5_000
+
+        case await_workers(name, config[:pool_size], deadline) do
+          :ok ->
+            config =
+              Keyword.merge(config,
+                started_at: System.monotonic_time(:millisecond),
+                owner: self()
+              )
+
+            :persistent_term.put({DSPex.NativePool, name}, {resource, config})
+            schedule_session_sweep(config)
+            {:ok, %{name: name, resource: resource, config: config}}
+
+          {:error, reason} ->
+            Nif.stop_pool(resource, 0)
+            {:stop, reason}
+        end
+
+      {:error, message} ->
+        {:stop, {:resource_error, :startup_failed, message, %{pool: name}}}
+    end
+  end
+
+  # Every worker must answer its init ping; the first that cannot start fails the pool.
+  defp await_workers(_name, 0, _deadline), do: :ok
+
+  defp await_workers(name, pending, deadline) do
+    wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {:dspex_native_pool, :worker_ready, worker, os_pid, restart?} ->
+        worker_started(name, worker, os_pid, restart?)
+        await_workers(name, pending - 1, deadline)
+
+      {:dspex_native_pool, :worker_start_failed, worker, reason, _failures} ->
+        {:error,
+         {:resource_error, :worker_start_failed, reason, %{pool: name, worker_id: worker}}}
+
+      {:dspex_native_pool, :log, worker, stream, line} ->
+        log_line(name, worker, stream, line)
+        await_workers(name, pending, deadline)
+    after
+      wait ->
+        {:error,
+         {:timeout_error, :startup_timeout, "#{pending} worker(s) did not become ready in time",
+          %{pool: name}}}
+    end
+  end
+
+  @impl true
+  def handle_info({:dspex_native_pool, :log, worker, stream, line}, state) do
+    log_line(state.name, worker, stream, line)
+    {:noreply, state}
+  end
+
+  def handle_info({:dspex_native_pool, :worker_ready, worker, os_pid, restart?}, state) do
+    worker_started(state.name, worker, os_pid, restart?)
+    {:noreply, state}
+  end
+
+  def handle_info({:dspex_native_pool, :worker_exited, worker, os_pid, reason}, state) do
+    Telemetry.worker(:exit, %{pool: state.name, worker_id: worker, os_pid: os_pid, reason: reason})
+
+    unless String.starts_with?(reason, "stopped with the pool") do
+      Logger.warning("worker #{worker} (os pid #{os_pid}) #{reason}",
+        pool: state.name,
+        worker_id: worker
+      )
+    end
+
+    {:noreply, state}
+  end
+
+  def handle_info({:dspex_native_pool, :worker_start_failed, worker, reason, failures}, state) do
+    Logger.error("worker #{worker} failed to start (attempt #{failures}): #{reason}",
+      pool: state.name,
+      worker_id: worker
+    )
+
+    {:noreply, state}
+  end
+
+  def handle_info({:dspex_native_pool, :warning, worker, message}, state) do
+    Logger.warning(message, pool: state.name, worker_id: worker)
+    {:noreply, state}
+  end
+
+  # Idle sessions are forgotten and their state freed on their workers.
+  def handle_info(:sweep_sessions, state) do
+    for {session_id, worker} <- Nif.expire_sessions(state.resource, state.config[:session_ttl]) do
+      Logger.debug("session #{inspect(session_id)} expired", pool: state.name, worker_id: worker)
+      args = %{"session_id" => session_id}
+
+      Nif.submit(
+        state.resource,
+        make_ref(),
+        "cleanup_session",
+        args,
+        30_000,
+        {:worker, worker},
+        nil
+      )
+    end
+
+    schedule_session_sweep(state.config)
+    {:noreply, state}
+  end
+
+  def handle_info({:EXIT, _from, reason}, state) do
+    {:stop, reason, state}
+  end
+
+  # Replies to the session clean-ups sent above.
+  def handle_info({ref, _outcome}, state) when is_reference(ref), do: {:noreply, state}
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  @impl true
+  def terminate(_reason, state) do
+    :persistent_term.erase({DSPex.NativePool, state.name})
+    Nif.stop_pool(state.resource, state.config[:shutdown_timeout])
+    :ok
+  end
+
+  defp worker_started(name, worker, os_pid, restart?) do
+    Telemetry.worker(:start, %{pool: name, worker_id: worker, os_pid: os_pid, restart: restart?})
+
+    if restart? do
+      Logger.info("worker #{worker} replaced (os pid #{os_pid})", pool: name, worker_id: worker)
+    else
+      Logger.debug("worker #{worker} ready (os pid #{os_pid})", pool: name, worker_id: worker)
+    end
+  end
+
+  defp schedule_session_sweep(config) do
+    Process.send_after(self(), :sweep_sessions, min(config[:session_ttl], 60_000))
+  end
+
+  defp log_line(name, slot, :stdout, line),
+    do: Logger.info("[python] " <> line, pool: name, worker_id: slot)
+
+  defp log_line(name, slot, :stderr, line),
+    do: Logger.warning("[python] " <> line, pool: name, worker_id: slot)
+end
