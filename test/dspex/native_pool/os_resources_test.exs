@@ -87,4 +87,46 @@ defmodule DSPex.NativePool.OsResourcesTest do
     grown = :erlang.memory(:total) - elem(before, 2)
     assert grown < 2_000_000, "VM memory grew by #{grown} bytes over 100 pools"
   end
+
+  test "workers whose escaped grandchildren hold their output leave no thread or fd behind" do
+    {opts, _dir} =
+      handler_opts(~S"""
+      import os, subprocess
+
+      def escape(args):
+          # In a session of its own, out of the worker's process group, holding its stdout
+          # and stderr open.
+          child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+          return {"pid": child.pid}
+
+      def crash(args):
+          os._exit(3)
+      """)
+
+    name = unique_name()
+    # Warm up code loading and the VM's own threads.
+    {:ok, pid} = NativePool.start_link([name: name, pool_size: 1] ++ opts)
+    GenServer.stop(pid)
+    before = {threads(), fds()}
+
+    {:ok, pid} = NativePool.start_link([name: name, pool_size: 1, max_backoff: 0] ++ opts)
+
+    escaped =
+      for _ <- 1..10 do
+        eventually(fn -> all_idle?(name) end)
+        assert {:ok, %{"pid" => grandchild}} = NativePool.execute("escape", %{}, pool: name)
+
+        assert {:error, {:communication_error, :worker_exited, _, _}} =
+                 NativePool.execute("crash", %{}, pool: name)
+
+        grandchild
+      end
+
+    on_exit(fn -> Enum.each(escaped, &System.cmd("kill", ["-9", to_string(&1)])) end)
+    assert Enum.all?(escaped, &os_process_alive?/1)
+    GenServer.stop(pid)
+
+    eventually(fn -> {threads(), fds()} <= before end, 5_000)
+    assert fds() <= elem(before, 1)
+  end
 end

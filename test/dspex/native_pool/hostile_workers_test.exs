@@ -1,0 +1,177 @@
+defmodule DSPex.NativePool.HostileWorkersTest do
+  # Handlers that attack the pool from inside the worker: forked children holding its pipes,
+  # forged reply frames, processes that ignore SIGTERM, workers that crash on every request.
+  # Each expects a structured error for the caller who met it, and a sound pool for the next.
+  use DSPex.NativePool.PoolCase, async: true
+
+  @handlers ~S'''
+  import _thread, json, os, signal, struct, subprocess, sys, time
+
+  def pid(args):
+      return {"pid": os.getpid()}
+
+  def fork_and_exit(args):
+      # The child keeps every descriptor, the reply pipe included, and outlives its parent.
+      if os.fork() == 0:
+          time.sleep(args.get("child_seconds", 30))
+          os._exit(0)
+      os._exit(args.get("status", 7))
+
+  def _frame(obj):
+      body = json.dumps(obj).encode()
+      return struct.pack(">I", len(body)) + body
+
+  def forge_deep(args):
+      # A reply for another request, nested past the decoder's limit.
+      body = '{"id":%d,"success":true,"result":%s1%s}' % (args["id"], "[" * 600, "]" * 600)
+      os.write(4, struct.pack(">I", len(body)) + body.encode())
+      time.sleep(30)
+
+  def forge_extra(args):
+      # This request's reply, and one more frame, written before the real reply.
+      rid = args["id"]
+      os.write(4, _frame({"id": rid, "success": True, "result": "forged"}) +
+                  _frame({"id": rid + 1000, "success": True, "result": "stale"}))
+      return "real"
+
+  def _hog_the_interpreter():
+      # Keeps the interpreter from the main thread, which then cannot leave when its request
+      # pipe closes. It first gets the interpreter when the main thread waits for the next
+      # request, its reply sent.
+      sys.setswitchinterval(1000)
+      while True:
+          pass
+
+  def linger_on_stop(args):
+      # A worker that does not leave when its request pipe closes, and may ignore SIGTERM.
+      if args.get("ignore_term"):
+          signal.signal(signal.SIGTERM, signal.SIG_IGN)
+      # Not threading.Thread: its start() waits for the thread, which would never let go.
+      _thread.start_new_thread(_hog_the_interpreter, ())
+      return "lingering"
+
+  def escape(args):
+      # A grandchild in a session of its own, holding the worker's stdout and stderr.
+      child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+      return {"pid": child.pid}
+
+  def crash(args):
+      os._exit(3)
+
+  def sleep(args):
+      time.sleep(args["s"])
+      return {"pid": os.getpid()}
+  '''
+
+  setup do
+    {opts, _dir} = handler_opts(@handlers)
+    %{handler_opts: opts}
+  end
+
+  defp pool!(ctx, opts \\ []), do: start_pool!(ctx.handler_opts ++ opts).pool
+
+  test "a worker that exits while its forked child holds the reply pipe fails the call at once",
+       ctx do
+    pool = pool!(ctx)
+    [os_pid] = worker_os_pids(pool)
+
+    assert {:error, {:communication_error, :worker_exited, message, _}} =
+             NativePool.execute("fork_and_exit", %{status: 7}, pool: pool, timeout: 10_000)
+
+    assert message =~ "exited with status 7"
+    # The forked child was in the worker's process group: it went with the worker.
+    eventually(fn -> all_idle?(pool) and worker_os_pids(pool) != [os_pid] end)
+    assert {:ok, _} = NativePool.execute("pid", %{}, pool: pool)
+  end
+
+  test "a reply frame too deep to decode that answers another request replaces the worker",
+       ctx do
+    pool = pool!(ctx)
+    [os_pid] = worker_os_pids(pool)
+
+    assert {:error, {:communication_error, :wrong_reply_id, _, _}} =
+             NativePool.execute("forge_deep", %{id: 1}, pool: pool, timeout: 10_000)
+
+    assert {:ok, %{"pid" => new_pid}} = NativePool.execute("pid", %{}, pool: pool)
+    assert new_pid != os_pid
+  end
+
+  test "a worker that wrote a frame nobody asked for is replaced before the next caller", ctx do
+    pool = pool!(ctx)
+    [os_pid] = worker_os_pids(pool)
+    # Its own id is unknown to the handler; "forged" may or may not be what this caller gets,
+    # but the caller after it must not be handed the stale frame.
+    _ = NativePool.execute("forge_extra", %{id: 0}, pool: pool)
+    assert {:ok, %{"pid" => new_pid}} = NativePool.execute("pid", %{}, pool: pool)
+    assert new_pid != os_pid
+    assert {:ok, _} = NativePool.execute("pid", %{}, pool: pool)
+  end
+
+  test "stopping a worker that lingers says how it was stopped, not just the signal", ctx do
+    pool = pool!(ctx, max_requests: 1)
+    assert {:ok, "lingering"} = NativePool.execute("linger_on_stop", %{}, pool: pool)
+    eventually(fn -> hd(NativePool.stats(pool).workers).last_exit end, 10_000)
+    last_exit = hd(NativePool.stats(pool).workers).last_exit
+    assert last_exit =~ "retired after max_requests (sent SIGTERM by the pool after"
+
+    eventually(fn -> all_idle?(pool) end)
+
+    assert {:ok, "lingering"} =
+             NativePool.execute("linger_on_stop", %{ignore_term: true}, pool: pool)
+
+    eventually(
+      fn -> hd(NativePool.stats(pool).workers).last_exit =~ "ignored SIGTERM" end,
+      10_000
+    )
+  end
+
+  test "a worker that crashes on every request is restarted with a growing backoff", ctx do
+    pool = pool!(ctx, max_backoff: 400)
+
+    backoffs =
+      for _ <- 1..4 do
+        eventually(fn -> all_idle?(pool) end)
+
+        assert {:error, {:communication_error, :worker_exited, _, _}} =
+                 NativePool.execute("crash", %{}, pool: pool)
+
+        eventually(fn -> hd(NativePool.stats(pool).workers).state != :busy end)
+        eventually(fn -> all_idle?(pool) end)
+        hd(NativePool.stats(pool).workers).backoff_ms
+      end
+
+    assert backoffs == [100, 200, 400, 400]
+    # A worker that answered resets it: its next crash waits the first step again.
+    assert {:ok, _} = NativePool.execute("pid", %{}, pool: pool)
+    assert {:error, _} = NativePool.execute("crash", %{}, pool: pool)
+    eventually(fn -> all_idle?(pool) end)
+    assert hd(NativePool.stats(pool).workers).backoff_ms == 100
+    assert NativePool.stats(pool).available
+  end
+
+  test "a running request whose caller was killed leaves its worker in service", ctx do
+    pool = pool!(ctx, pool_size: 2, health_interval: 500, health_timeout: 500)
+    pids = worker_os_pids(pool)
+    test_pid = self()
+
+    for _ <- 1..3 do
+      caller =
+        spawn(fn ->
+          send(test_pid, :calling)
+          NativePool.execute("sleep", %{s: 0.8}, pool: pool)
+        end)
+
+      assert_receive :calling
+      eventually(fn -> Enum.any?(NativePool.stats(pool).workers, &(&1.state == :busy)) end)
+      Process.exit(caller, :kill)
+      eventually(fn -> all_idle?(pool) end, 5_000)
+    end
+
+    for _ <- 1..5 do
+      handle = NativePool.execute_async("pid", %{}, pool: pool)
+      assert {:ok, _} = NativePool.await(handle)
+    end
+
+    assert worker_os_pids(pool) == pids
+  end
+end
