@@ -48,6 +48,13 @@ defmodule DSPex.NativePool do
   that owns it) ends every worker process. A worker also exits by itself when its request pipe
   closes, and is killed by the kernel if the VM dies.
 
+  ## Environment
+
+  Workers start with the VM's environment as it is when the pool starts (`System.put_env/2`
+  and `System.delete_env/1` included, as for a Port), then the pool's defaults (`PYTHONPATH`,
+  thread limits such as `OMP_NUM_THREADS=1`), then `:env`, each winning over the one before.
+  `inherit_env: false` leaves out the VM's.
+
   ## Waiting for a reply
 
   A call whose request a waiting worker took at once expects its reply within one round trip,

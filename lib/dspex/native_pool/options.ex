@@ -146,7 +146,7 @@ defmodule DSPex.NativePool.Options do
     end
   end
 
-  defp format_integer(n) when n < 10_000, do: Integer.to_string(n)
+  defp format_integer(n) when n < 1_000, do: Integer.to_string(n)
 
   defp format_integer(n) do
     n

@@ -5,13 +5,15 @@ defmodule DSPex.NativePool.HostileWorkersTest do
   use DSPex.NativePool.PoolCase, async: true
 
   @handlers ~S'''
-  import _thread, json, os, signal, struct, subprocess, sys, time
+  import json, os, signal, struct, subprocess, sys, threading, time
 
   def pid(args):
       return {"pid": os.getpid()}
 
   def fork_and_exit(args):
-      # The child keeps every descriptor, the reply pipe included, and outlives its parent.
+      # The child keeps a copy of the reply pipe (the bridge closes fds 3 and 4 in forked
+      # children, not their duplicates) and outlives its parent.
+      os.dup(4)
       if os.fork() == 0:
           time.sleep(args.get("child_seconds", 30))
           os._exit(0)
@@ -27,27 +29,30 @@ defmodule DSPex.NativePool.HostileWorkersTest do
       os.write(4, struct.pack(">I", len(body)) + body.encode())
       time.sleep(30)
 
-  def forge_extra(args):
-      # This request's reply, and one more frame, written before the real reply.
-      rid = args["id"]
-      os.write(4, _frame({"id": rid, "success": True, "result": "forged"}) +
-                  _frame({"id": rid + 1000, "success": True, "result": "stale"}))
+  def _write_stale():
+      time.sleep(0.05)
+      os.write(4, _frame({"id": 1, "success": True, "result": "stale"}))
+      print("stale frame written", flush=True)
+
+  def stale_later(args):
+      # A frame that answers nothing, written after this request's reply.
+      threading.Thread(target=_write_stale).start()
       return "real"
 
-  def _hog_the_interpreter():
-      # Keeps the interpreter from the main thread, which then cannot leave when its request
-      # pipe closes. It first gets the interpreter when the main thread waits for the next
-      # request, its reply sent.
-      sys.setswitchinterval(1000)
-      while True:
-          pass
+  class _StuckOutput:
+      # Flushing it never ends, so the worker cannot leave once its request pipe closes (it
+      # flushes its output before it exits).
+      def write(self, text):
+          return len(text)
+
+      def flush(self):
+          time.sleep(60)
 
   def linger_on_stop(args):
       # A worker that does not leave when its request pipe closes, and may ignore SIGTERM.
       if args.get("ignore_term"):
           signal.signal(signal.SIGTERM, signal.SIG_IGN)
-      # Not threading.Thread: its start() waits for the thread, which would never let go.
-      _thread.start_new_thread(_hog_the_interpreter, ())
+      sys.stdout = _StuckOutput()
       return "lingering"
 
   def escape(args):
@@ -99,9 +104,10 @@ defmodule DSPex.NativePool.HostileWorkersTest do
   test "a worker that wrote a frame nobody asked for is replaced before the next caller", ctx do
     pool = pool!(ctx)
     [os_pid] = worker_os_pids(pool)
-    # Its own id is unknown to the handler; "forged" may or may not be what this caller gets,
-    # but the caller after it must not be handed the stale frame.
-    _ = NativePool.execute("forge_extra", %{id: 0}, pool: pool)
+    attach_logs(pool)
+    assert {:ok, "real"} = NativePool.execute("stale_later", %{}, pool: pool)
+    assert_receive {:pool_log, ^pool, _level, "[python] stale frame written", _meta}, 5_000
+    # Its stale frame must not answer the next caller: that request runs on a new worker.
     assert {:ok, %{"pid" => new_pid}} = NativePool.execute("pid", %{}, pool: pool)
     assert new_pid != os_pid
     assert {:ok, _} = NativePool.execute("pid", %{}, pool: pool)

@@ -85,4 +85,30 @@ defmodule DSPex.NativePool.OptionsTest do
       assert {:ok, "rested"} = NativePool.execute("nap", %{s: 0.01}, pool: pool)
     end
   end
+
+  test "every option's range is checked at start, naming the bound" do
+    huge = 2 ** 64
+
+    for {key, value, bound} <-
+          [
+            session_ttl: {huge, "from 1 to 4294967295"},
+            shutdown_timeout: {huge, "from 0 to 4294967295"},
+            startup_timeout: {huge, "from 1 to 4294967295"},
+            max_frame: {2 ** 40, "from 4096 to 4294967295"},
+            max_frame: {10, "from 4096 to 4294967295"},
+            health_interval: {0, "from 100 to 4294967295"},
+            busy_wait_us: {huge, "from 0 to 1000000"},
+            max_queue: {huge, "from 1 to 10000000"}
+          ]
+          |> Enum.map(fn {k, {v, b}} -> {k, v, b} end) do
+      message = invalid([{:name, unique_name()}, {key, value}])
+      assert message =~ "invalid #{inspect(key)}", message
+      assert message =~ bound, message
+    end
+  end
+
+  test "the README's options table is the one the schema generates" do
+    readme = File.read!(Path.expand("../../../README.md", __DIR__))
+    assert readme =~ DSPex.NativePool.Options.table()
+  end
 end
