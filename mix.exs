@@ -54,7 +54,7 @@ defmodule DSPex.NativePool.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger]]
+    [extra_applications: [:logger], mod: {DSPex.NativePool.Application, []}]
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]

@@ -165,11 +165,15 @@ defmodule DSPex.NativePool do
         DSPex.NativePool.execute("slow", %{}, pool: MyPool, timeout: 100)
   """
   @spec execute(String.t() | atom, map | keyword, [call_option]) :: {:ok, term} | error
-  def execute(command, args \\ %{}, opts \\ []) do
+  def execute(command, args \\ %{}, opts \\ []), do: run_anonymous(command, args, opts, nil)
+
+  @doc false
+  # `execute/3` with an optional checkout deadline (see `DSPex.NativePool.SessionPoolV2`).
+  def run_anonymous(command, args, opts, checkout) do
     with {:ok, call} <- Call.prepare(command, args, opts) do
       if Replay.pool_wide?(call.context.command),
         do: Replay.run_pool_wide(call),
-        else: Call.run(call, nil, nil)
+        else: Call.run(call, nil, nil, checkout)
     end
   end
 
@@ -206,12 +210,17 @@ defmodule DSPex.NativePool do
   """
   @spec execute_in_session(String.t(), String.t() | atom, map | keyword, [call_option]) ::
           {:ok, term} | error
-  def execute_in_session(session_id, command, args \\ %{}, opts \\ []) do
+  def execute_in_session(session_id, command, args \\ %{}, opts \\ []),
+    do: run_in_session(session_id, command, args, opts, nil)
+
+  @doc false
+  # `execute_in_session/4` with an optional checkout deadline.
+  def run_in_session(session_id, command, args, opts, checkout) do
     with {:ok, call} <- Call.prepare(command, args, opts),
          context = Map.put(call.context, :session_id, session_id),
          :ok <- Call.check_session(session_id, context),
          {:ok, call, record} <- Replay.session_call(%{call | context: context}, session_id) do
-      Call.run(call, {:session, session_id}, record)
+      Call.run(call, {:session, session_id}, record, checkout)
     end
   end
 

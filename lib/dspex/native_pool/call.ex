@@ -128,18 +128,28 @@ defmodule DSPex.NativePool.Call do
 
   @doc false
   # One request, from submit to reply. `target`: nil, {:worker, i} or {:session, id}; `record`:
-  # what the pool remembers for the session if the command succeeds.
-  def run(%__MODULE__{} = call, target, record) do
+  # what the pool remembers for the session if the command succeeds. With `checkout: ms`, a
+  # request no worker has taken within `ms` gives up with `:checkout_timeout` (DSPex V2's
+  # `:pool_timeout`); the call's own deadline still covers the whole call.
+  def run(%__MODULE__{} = call, target, record, checkout \\ nil) do
     %{resource: resource, args: args, timeout: timeout, context: context} = call
     started = Telemetry.start(context)
     ref = make_ref()
+    deadline = deadline(timeout)
 
     result =
       case submit(resource, ref, context.command, args, timeout, target, record) do
         {:ok, ticket, idle_worker?} ->
+          # A request handed straight to a waiting worker is checked out already.
           case busy_wait(ref, idle_worker?, call.config) do
-            {:ok, outcome} -> outcome(outcome, context)
-            :none -> await_reply(ref, ticket, timeout, timeout, context)
+            {:ok, outcome} ->
+              outcome(outcome, context)
+
+            :none when checkout == nil or idle_worker? ->
+              await_reply(ref, ticket, timeout, timeout, context)
+
+            :none ->
+              await_checkout(ref, ticket, checkout, deadline, timeout, context)
           end
 
         {:error, reason} ->
@@ -203,6 +213,27 @@ defmodule DSPex.NativePool.Call do
 
   defp outcome({:ok, _} = ok, _context), do: ok
   defp outcome(error, context), do: {:error, Error.from_outcome(error, context)}
+
+  # Waits for the reply until a worker must have taken the request, then for the rest of the
+  # call's deadline.
+  defp await_checkout(ref, ticket, checkout, deadline, timeout, context) do
+    receive do
+      {^ref, outcome} -> outcome(outcome, context)
+    after
+      min_timeout(checkout, remaining(deadline)) ->
+        if Nif.cancel_queued(ticket) do
+          {:error,
+           {:timeout_error, :checkout_timeout,
+            "no worker took the request within #{checkout} ms (pool_timeout); it never ran",
+            context}}
+        else
+          await_reply(ref, ticket, remaining(deadline), timeout, context)
+        end
+    end
+  end
+
+  defp min_timeout(a, :infinity), do: a
+  defp min_timeout(a, b), do: min(a, b)
 
   @doc false
   # Waits up to `wait` ms for the reply; `timeout` is the call's own, for the message.

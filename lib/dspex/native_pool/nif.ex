@@ -14,6 +14,7 @@ defmodule DSPex.NativePool.Nif do
   def submit_dirty(_pool, _tag, _command, _args, _timeout_ms, _target, _record), do: err()
   def cancel(_ticket), do: err()
   def claim_await(_ticket), do: err()
+  def cancel_queued(_ticket), do: err()
   def stop_pool(_pool, _grace_ms), do: err()
   def pool_stats(_pool), do: err()
   def record_global(_pool, _key, _command, _args), do: err()

@@ -177,11 +177,19 @@ defmodule DSPex.NativePool.Options do
   end
 
   @doc false
-  # Checks that `opts` is a keyword list whose keys are all in `known` (a call's options).
+  # Checks that `opts` is a keyword list whose keys are all in `known` (a call's options). On
+  # every call's path: one walk of the list, nothing built.
   @spec check_keys(term, [atom], String.t()) :: :ok | {:error, String.t()}
-  def check_keys(opts, known, what) do
-    with :ok <- keyword(opts, what), do: known(opts, known)
+  def check_keys([], _known, _what), do: :ok
+
+  def check_keys([{key, _value} | rest], known, what) when is_atom(key) do
+    if key in known,
+      do: check_keys(rest, known, what),
+      else: {:error, "unknown option #{inspect(key)}; known: #{inspect(known)}"}
   end
+
+  def check_keys(opts, _known, what),
+    do: {:error, "#{what} must be a keyword list, got #{describe(opts)}"}
 
   defp keyword(opts, what) do
     if is_list(opts) and Keyword.keyword?(opts),

@@ -1,94 +1,239 @@
 defmodule DSPex.NativePool.SessionPoolV2 do
   @moduledoc """
-  A drop-in for callers of DSPex's `DSPex.PythonBridge.SessionPoolV2`, on `DSPex.NativePool`.
+  A drop-in for callers of DSPex V2's `DSPex.PythonBridge.SessionPoolV2`, on `DSPex.NativePool`.
 
-  The functions keep V2's names, arguments and result shapes, so switching is an alias:
+  Every public function of V2's module is here with its arity, options and result shapes, so
+  switching is an alias:
 
       alias DSPex.NativePool.SessionPoolV2
 
+      {:ok, _pid} = SessionPoolV2.start_link(name: MyPool, pool_size: 2)
+
       {:ok, %{"program_id" => id}} =
         SessionPoolV2.execute_in_session("s1", :create_program,
-          %{signature: "question -> answer"}, pool_name: MyPool)
+          %{signature: "question -> answer"}, pool_name: SessionPoolV2.get_pool_name_for(MyPool))
 
       {:ok, _} = SessionPoolV2.execute_in_session("s1", :execute_program,
           %{program_id: id, inputs: %{question: "2+2?"}}, pool_name: MyPool)
 
-      :ok = SessionPoolV2.end_session("s1", pool_name: MyPool)
+      :ok = SessionPoolV2.end_session("s1")
 
-  Differences that only remove failure modes: a session really runs on one worker (V2 sent it
-  to any worker and copied program data along), the deadline covers queueing and running
-  (`:pool_timeout`, if given, is added to `:timeout`), and a call never waits for a checkout.
-  Pool options are those of `DSPex.NativePool`; start the pool with
-  `{DSPex.NativePool, name: MyPool}`.
+  ## What is the same
+
+    * `start_link/1` and `child_spec/1` take V2's `:name`, `:pool_size`, `:overflow` and
+      `:worker_module` (and any option of `DSPex.NativePool`); `get_pool_name_for/1` answers
+      V2's `:"\#{name}_pool"`, and calls accept that name or the pool's own as `:pool_name`.
+    * Calls take `:pool_name`, `:timeout` (the run, default 60 s) and `:pool_timeout` (waiting
+      for a worker, default 75 s, as in V2). A request no worker has taken within
+      `:pool_timeout` fails with `{:timeout_error, :checkout_timeout, _, context}`; a pool that
+      is not running, with `{:resource_error, :pool_not_available, _, context}`. Every error's
+      `context` has `:pool_name` (and `:session_id` for session calls). Commands may be atoms.
+    * Session tracking is V2's: a public ETS table `:dspex_pool_sessions` shared by every pool,
+      read by `get_session_info/0` and `get_pool_status/1`, written by `track_session/1`,
+      `update_session_activity/1` and `end_session/1`.
+
+  ## What differs
+
+    * A session really runs on one worker, which holds its programs (V2 sent each call to any
+      worker and copied program data along); `:session_affinity` in `get_pool_status/1` lists
+      which worker holds each session, where V2 returned only a count.
+    * `:overflow` is accepted and reported as `:max_overflow`, but no overflow workers start:
+      the pool has `:pool_size` workers and a bounded queue.
+    * `health_check/1` pings every worker (V2 answered `{:ok, :healthy}` without asking).
+    * A late reply can never reach the next caller, and there is no checkout process.
   """
 
   alias DSPex.NativePool
+  alias DSPex.NativePool.SessionPoolV2.{Owner, Tracker}
+
+  @default_timeout 60_000
+  @default_pool_timeout 75_000
 
   @typedoc "V2's call options: `:pool_name`, `:timeout`, `:pool_timeout`."
   @type option :: {:pool_name, atom} | {:timeout, timeout} | {:pool_timeout, timeout}
+
+  @v2_only [:overflow, :worker_module]
+
+  ## The pool
+
+  @doc """
+  Starts a pool named `:name` (default `DSPex.NativePool`). V2's `:overflow` and
+  `:worker_module` are accepted; every other option is `DSPex.NativePool`'s.
+
+  The process returned owns the pool, as V2's pool manager did: stopping it, or the death of
+  the process that started it, stops the pool (running requests get `:shutdown_timeout`).
+  """
+  @spec start_link(keyword) :: GenServer.on_start()
+  def start_link(opts \\ []) do
+    opts = if Keyword.keyword?(opts), do: opts, else: []
+    name = Keyword.get(opts, :name, NativePool)
+    overflow = Keyword.get(opts, :overflow, 0)
+    :persistent_term.put({__MODULE__, name}, %{max_overflow: overflow})
+    Owner.start_link(Keyword.drop(opts, @v2_only))
+  end
+
+  @doc "A child spec for `start_link/1`."
+  @spec child_spec(keyword) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    %{
+      NativePool.child_spec(Keyword.drop(opts, @v2_only))
+      | start: {__MODULE__, :start_link, [opts]}
+    }
+  end
+
+  @doc "V2's name for the pool behind `name`: `:\"\#{name}_pool\"`."
+  @spec get_pool_name_for(atom) :: atom
+  def get_pool_name_for(name \\ NativePool), do: :"#{name}_pool"
+
+  ## Calls
 
   @doc "Runs `command` on the session's worker. See `DSPex.NativePool.execute_in_session/4`."
   @spec execute_in_session(String.t(), atom | String.t(), map, [option]) ::
           {:ok, term} | NativePool.error()
   def execute_in_session(session_id, command, args, opts \\ []) do
-    NativePool.execute_in_session(session_id, command, args, call_opts(opts))
+    with {:ok, pool, pool_name, call_opts, checkout} <-
+           call_options(opts, %{session_id: session_id}) do
+      if is_binary(session_id), do: Tracker.ensure(session_id, pool)
+
+      session_id
+      |> NativePool.run_in_session(command, args, call_opts, checkout)
+      |> counted(session_id)
+      |> with_pool_name(pool_name)
+    end
   end
 
   @doc "Runs `command` on any worker. See `DSPex.NativePool.execute/3`."
   @spec execute_anonymous(atom | String.t(), map, [option]) :: {:ok, term} | NativePool.error()
   def execute_anonymous(command, args, opts \\ []) do
-    NativePool.execute(command, args, call_opts(opts))
+    with {:ok, _pool, pool_name, call_opts, checkout} <- call_options(opts, %{}) do
+      command
+      |> NativePool.run_anonymous(args, call_opts, checkout)
+      |> with_pool_name(pool_name)
+    end
   end
 
-  @doc "Ends a session and frees its state on its worker. Always `:ok`, as in V2."
+  defp counted({:ok, _} = ok, session_id) do
+    update_session_activity(session_id)
+    ok
+  end
+
+  defp counted(error, _session_id), do: error
+
+  defp with_pool_name({:error, {category, type, message, context}}, pool_name),
+    do: {:error, {category, type, message, Map.put(context, :pool_name, pool_name)}}
+
+  defp with_pool_name(result, _pool_name), do: result
+
+  # V2's options to the pool's: one deadline (`timeout` + `pool_timeout`), and `pool_timeout`
+  # for the wait for a worker.
+  defp call_options(opts, context) do
+    opts = if Keyword.keyword?(opts), do: opts, else: []
+    pool_name = Keyword.get(opts, :pool_name, NativePool)
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+    pool_timeout = Keyword.get(opts, :pool_timeout, @default_pool_timeout)
+
+    case resolve(pool_name) do
+      {:ok, pool} ->
+        {:ok, pool, pool_name, [pool: pool, timeout: total(timeout, pool_timeout)],
+         checkout(pool_timeout)}
+
+      :error ->
+        {:error,
+         {:resource_error, :pool_not_available, "no pool #{inspect(pool_name)} is running",
+          Map.merge(context, %{pool_name: pool_name})}}
+    end
+  end
+
+  defp total(t, p) when is_integer(t) and is_integer(p), do: t + p
+  defp total(t, _p), do: t
+
+  defp checkout(p) when is_integer(p) and p >= 0, do: p
+  defp checkout(_p), do: nil
+
+  # The pool's own name, or V2's `:"#{name}_pool"` for it.
+  defp resolve(pool_name) when is_atom(pool_name) do
+    cond do
+      running?(pool_name) ->
+        {:ok, pool_name}
+
+      String.ends_with?(Atom.to_string(pool_name), "_pool") ->
+        base = pool_name |> Atom.to_string() |> String.replace_suffix("_pool", "")
+
+        try do
+          pool = String.to_existing_atom(base)
+          if running?(pool), do: {:ok, pool}, else: :error
+        rescue
+          ArgumentError -> :error
+        end
+
+      true ->
+        :error
+    end
+  end
+
+  defp resolve(_pool_name), do: :error
+
+  defp running?(pool), do: match?({:ok, _resource, _config}, DSPex.NativePool.Call.lookup(pool))
+
+  ## Session tracking (V2's, for observability)
+
+  @doc "Starts tracking a session in V2's table (from zero operations)."
+  @spec track_session(String.t()) :: :ok
+  def track_session(session_id), do: Tracker.track(session_id)
+
+  @doc "Counts one more operation of a session and updates its `:last_activity`."
+  @spec update_session_activity(String.t()) :: :ok
+  def update_session_activity(session_id), do: Tracker.touch(session_id)
+
+  @doc """
+  Ends a session: it is no longer tracked, and its state is freed on the worker of the pool it
+  ran on (or of `:pool_name`). Always `:ok`, as in V2.
+  """
   @spec end_session(String.t(), [option]) :: :ok
   def end_session(session_id, opts \\ []) do
-    _ = NativePool.end_session(session_id, call_opts(opts))
+    ran_on = Tracker.forget(session_id)
+    opts = if Keyword.keyword?(opts), do: opts, else: []
+
+    pool =
+      case Keyword.fetch(opts, :pool_name) do
+        {:ok, name} -> elem(resolve(name), 1)
+        :error -> ran_on
+      end
+
+    if is_atom(pool) and pool != nil, do: _ = NativePool.end_session(session_id, pool: pool)
     :ok
   end
 
   @doc """
-  V2's session list: one map per live session with `:session_id`, `:started_at` and
-  `:last_activity` (monotonic ms), `:operations`, plus `:worker_id`.
+  V2's list of tracked sessions, across every pool: maps with `:session_id`, `:started_at` and
+  `:last_activity` (monotonic ms), and `:operations`.
   """
-  @spec get_session_info(atom) :: [map]
-  def get_session_info(pool_name \\ NativePool) do
-    now = System.monotonic_time(:millisecond)
+  @spec get_session_info() :: [map]
+  def get_session_info, do: Tracker.all()
 
-    case NativePool.sessions(pool_name) do
-      sessions when is_list(sessions) ->
-        Enum.map(sessions, fn s ->
-          %{
-            session_id: s.id,
-            started_at: now - s.age_ms,
-            last_activity: now - s.idle_ms,
-            operations: s.requests,
-            worker_id: s.worker
-          }
-        end)
-
-      {:error, _} ->
-        []
-    end
-  end
+  ## Status
 
   @doc """
-  V2's status map: `:pool_size`, `:max_overflow` (always 0: workers are never overflowed),
-  `:active_sessions`, `:sessions`, `:uptime_ms`, `:session_affinity`, plus `:workers` and
+  V2's status map: `:pool_size`, `:max_overflow`, `:active_sessions` and `:sessions` (the
+  tracked sessions), `:uptime_ms`, `:session_affinity` (`%{active_sessions: n, workers:
+  %{session_id => worker}}`: where the pool runs each session), plus `:workers` and
   `:counters` from `DSPex.NativePool.stats/1`.
   """
   @spec get_pool_status(atom) :: map | NativePool.error()
-  def get_pool_status(pool_name \\ NativePool) do
-    with %{} = stats <- NativePool.stats(pool_name) do
-      sessions = get_session_info(pool_name)
+  def get_pool_status(name \\ NativePool) do
+    with {:ok, pool} <- resolve(name) |> found(name),
+         %{} = stats <- NativePool.stats(pool) do
+      sessions = get_session_info()
+      bound = Map.new(NativePool.sessions(pool), &{&1.id, &1.worker})
+      v2 = :persistent_term.get({__MODULE__, pool}, %{max_overflow: 0})
 
       %{
         pool_size: stats.pool_size,
-        max_overflow: 0,
+        max_overflow: v2.max_overflow,
         active_sessions: length(sessions),
         sessions: sessions,
         uptime_ms: stats.uptime_ms,
-        session_affinity: %{active_sessions: length(sessions)},
+        session_affinity: %{active_sessions: map_size(bound), workers: bound},
         workers: stats.workers,
         counters: stats.counters
       }
@@ -97,11 +242,11 @@ defmodule DSPex.NativePool.SessionPoolV2 do
 
   @doc """
   Pings every worker: `{:ok, :healthy}` when all answer, else the first error.
-  (V2 answered `{:ok, :healthy}` without asking the workers.)
   """
   @spec health_check(atom) :: {:ok, :healthy} | NativePool.error()
-  def health_check(pool_name \\ NativePool) do
-    with {:ok, results} <- NativePool.broadcast("ping", %{}, pool: pool_name, timeout: 5_000) do
+  def health_check(name \\ NativePool) do
+    with {:ok, pool} <- resolve(name) |> found(name),
+         {:ok, results} <- NativePool.broadcast("ping", %{}, pool: pool, timeout: 5_000) do
       case Enum.find(results, fn {_worker, result} -> match?({:error, _}, result) end) do
         nil -> {:ok, :healthy}
         {_worker, error} -> error
@@ -109,13 +254,11 @@ defmodule DSPex.NativePool.SessionPoolV2 do
     end
   end
 
-  defp call_opts(opts) do
-    timeout =
-      case {Keyword.get(opts, :timeout, 60_000), Keyword.get(opts, :pool_timeout)} do
-        {t, p} when is_integer(t) and is_integer(p) -> t + p
-        {t, _} -> t
-      end
+  defp found({:ok, pool}, _name), do: {:ok, pool}
 
-    [pool: Keyword.get(opts, :pool_name, NativePool), timeout: timeout]
+  defp found(:error, name) do
+    {:error,
+     {:resource_error, :pool_not_available, "no pool #{inspect(name)} is running",
+      %{pool_name: name}}}
   end
 end

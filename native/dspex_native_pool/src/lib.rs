@@ -551,6 +551,13 @@ fn cancel(ticket: ResourceArc<TicketResource>) -> rustler::Atom {
     }
 }
 
+/// Gives up on a request only if it is still waiting for a worker; `true` if it was (it will
+/// never run, and no reply will come).
+#[rustler::nif]
+fn cancel_queued(ticket: ResourceArc<TicketResource>) -> bool {
+    ticket.0.cancel_queued()
+}
+
 /// `true` the first time a handle's reply is waited for, `false` after.
 #[rustler::nif]
 fn claim_await(ticket: ResourceArc<TicketResource>) -> bool {

@@ -71,6 +71,12 @@ impl Ticket {
         self.advance(RUNNING, DONE)
     }
 
+    /// Cancels the request only if no worker has taken it yet; `true` if it was still queued
+    /// (it will never run).
+    pub fn cancel_queued(&self) -> bool {
+        self.advance(QUEUED, CANCELLED)
+    }
+
     /// The caller gives up (deadline, death), or the pool fails a request it never started.
     pub fn cancel(&self) -> Cancelled {
         if self.advance(QUEUED, CANCELLED) {
@@ -176,6 +182,17 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cancel_queued_only_cancels_what_no_worker_took() {
+        let t = Ticket::new();
+        assert!(t.cancel_queued());
+        assert!(!t.start());
+        let t = Ticket::new();
+        assert!(t.start());
+        assert!(!t.cancel_queued());
+        assert!(t.finish());
+    }
 
     #[test]
     fn only_one_side_wins() {

@@ -63,6 +63,15 @@ defmodule DSPex.NativePool.HostileWorkersTest do
   def crash(args):
       os._exit(3)
 
+  def flood(args):
+      # Far more output than the pool forwards: it is throttled, and says how much it dropped.
+      for i in range(args["lines"]):
+          print("flood line", i)
+      sys.stdout.flush()
+      time.sleep(1.1)
+      print("flood done", flush=True)
+      return "flooded"
+
   def sleep(args):
       time.sleep(args["s"])
       return {"pid": os.getpid()}
@@ -179,5 +188,30 @@ defmodule DSPex.NativePool.HostileWorkersTest do
     end
 
     assert worker_os_pids(pool) == pids
+  end
+
+  test "a worker flooding its stdout is throttled; the reply and the pool are unharmed", ctx do
+    pool = pool!(ctx)
+    attach_logs(pool)
+    assert {:ok, "flooded"} = NativePool.execute("flood", %{lines: 50_000}, pool: pool)
+    assert_receive {:pool_log, ^pool, _level, "[python] flood done", _meta}, 10_000
+    {lines, notes} = count_flood_lines({0, []})
+    assert lines <= 1_000, "#{lines} of 50,000 lines were forwarded within a second"
+    assert [note] = notes
+    assert note =~ "#{50_000 - lines} lines of output dropped"
+    assert {:ok, _} = NativePool.execute("pid", %{}, pool: pool)
+  end
+
+  # The reader forwards lines in order, so every earlier line is in the mailbox by now.
+  defp count_flood_lines({n, notes}) do
+    receive do
+      {:pool_log, _pool, _level, "[python] flood line" <> _, _meta} ->
+        count_flood_lines({n + 1, notes})
+
+      {:pool_log, _pool, _level, "[python] (" <> note, _meta} ->
+        count_flood_lines({n, [note | notes]})
+    after
+      0 -> {n, notes}
+    end
   end
 end

@@ -1,0 +1,12 @@
+defmodule DSPex.NativePool.Application do
+  @moduledoc false
+  # Starts what outlives any one pool: the session tracking table of the SessionPoolV2 drop-in.
+
+  use Application
+
+  @impl true
+  def start(_type, _args) do
+    children = [DSPex.NativePool.SessionPoolV2.Tracker]
+    Supervisor.start_link(children, strategy: :one_for_one, name: DSPex.NativePool.Supervisor)
+  end
+end
