@@ -4,7 +4,7 @@
 The Rust NIF starts this file as
 
     python3 <repo>/priv/python/dspex_worker.py --worker-id ID --pool POOL \
-        [--handlers MODULE] [--max-frame BYTES]
+        [--handlers MODULE] [--max-frame BYTES] [--concurrency N]
 
 with the request stream on fd 3 and the reply stream on fd 4 (see
 ``dspex_bridge/protocol.py`` for the wire format).  This file only parses the
@@ -52,7 +52,16 @@ def _parse_args(argv):
         metavar="BYTES",
         help="largest frame payload accepted or sent (default 67108864)",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="requests run at once (default 1)",
+    )
     args = parser.parse_args(argv)
+    if not (1 <= args.concurrency <= 4096):
+        parser.error("--concurrency must be between 1 and 4096")
     if args.max_frame is not None and not (1 <= args.max_frame <= 0xFFFFFFFF):
         parser.error("--max-frame must be between 1 and 4294967295")
     return args
@@ -69,6 +78,7 @@ def main(argv=None):
         pool=args.pool,
         handlers=args.handlers,
         max_frame=args.max_frame if args.max_frame is not None else DEFAULT_MAX_FRAME,
+        concurrency=args.concurrency,
     )
 
 

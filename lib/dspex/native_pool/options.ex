@@ -90,11 +90,23 @@ defmodule DSPex.NativePool.Options do
       default: nil,
       doc: "retire and replace a worker after this many requests"
     ],
+    concurrency: [
+      type: {:integer, 1, 4096},
+      default: 1,
+      doc:
+        "requests each worker runs at once; above 1 they are multiplexed by id over its pipes, `def` commands on a pool of as many Python threads, `async def` ones on its event loop (see [Concurrency](#concurrency))"
+    ],
+    cancel_grace: [
+      type: {:integer, 0, @max_ms},
+      default: 2_000,
+      doc:
+        "with `concurrency` above 1: ms a request cancelled at its deadline (or its caller's death) may take to end before its worker is replaced"
+    ],
     kill_on_timeout: [
       type: :boolean,
       default: true,
       doc:
-        "kill (and replace) a worker still running a request at its deadline; `false` keeps it and drops the late reply"
+        "with `concurrency: 1`: kill (and replace) a worker still running a request at its deadline; `false` keeps it and drops the late reply (above 1, the request is cancelled instead)"
     ],
     pin_cpus: [
       type: :boolean,
@@ -380,7 +392,9 @@ defmodule DSPex.NativePool.Options do
       max_backoff: opts[:max_backoff],
       max_requests: opts[:max_requests],
       kill_on_timeout: opts[:kill_on_timeout],
-      pin_cpus: opts[:pin_cpus]
+      pin_cpus: opts[:pin_cpus],
+      concurrency: opts[:concurrency],
+      cancel_grace: opts[:cancel_grace]
     }
   end
 

@@ -33,7 +33,7 @@ mod atoms {
         dspex_native_pool, worker_ready, worker_start_failed, log, warning,
         worker, session, put, delete, slot, idle_ms, age_ms, definitions,
         pool_size, queue_length, available, closing, workers, counters,
-        id, os_pid, state, requests, restarts, last_exit, cpu, backoff_ms,
+        id, os_pid, state, requests, restarts, last_exit, cpu, backoff_ms, in_flight,
         completed, timed_out, rejected, dropped,
     }
 }
@@ -274,6 +274,8 @@ fn decode_config(config: Term) -> NifResult<PoolConfig> {
         max_requests,
         kill_on_timeout: get(config, "kill_on_timeout")?,
         pin_cpus: get(config, "pin_cpus")?,
+        concurrency: get(config, "concurrency")?,
+        cancel_grace: millis(get(config, "cancel_grace")?),
     })
 }
 
@@ -617,6 +619,7 @@ fn encode_stats<'a>(env: Env<'a>, s: &PoolStats) -> NifResult<Term<'a>> {
                     (atoms::queue_length(), w.queue_length.encode(env)),
                     (atoms::cpu(), w.cpu.encode(env)),
                     (atoms::backoff_ms(), w.backoff_ms.encode(env)),
+                    (atoms::in_flight(), w.in_flight.encode(env)),
                 ],
             )
         })
@@ -641,6 +644,7 @@ fn encode_stats<'a>(env: Env<'a>, s: &PoolStats) -> NifResult<Term<'a>> {
             (atoms::queue_length(), s.queue_length.encode(env)),
             (atoms::available(), s.available.encode(env)),
             (atoms::closing(), s.closing.encode(env)),
+            (atoms::in_flight(), s.in_flight.encode(env)),
             (atoms::counters(), counters),
             (atoms::workers(), workers.encode(env)),
         ],

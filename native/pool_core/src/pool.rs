@@ -44,6 +44,11 @@ pub struct PoolConfig {
     /// Give each worker a CPU of its own when there are enough free ones (see
     /// [`crate::affinity`]).
     pub pin_cpus: bool,
+    /// Requests a worker runs at once; above 1 they are multiplexed by id (see
+    /// [`crate::multiplex`]).
+    pub concurrency: usize,
+    /// How long a cancelled request may take to end before its worker is replaced.
+    pub cancel_grace: Duration,
 }
 
 impl PoolConfig {
@@ -51,6 +56,10 @@ impl PoolConfig {
         let mut spec = self.spawn.clone();
         spec.args.push(OsString::from("--worker-id"));
         spec.args.push(OsString::from(index.to_string()));
+        if self.concurrency > 1 {
+            spec.args.push(OsString::from("--concurrency"));
+            spec.args.push(OsString::from(self.concurrency.to_string()));
+        }
         spec
     }
 }
@@ -140,6 +149,8 @@ pub struct Slot {
     pub(crate) process: Mutex<Option<Arc<crate::process::ProcessHandle>>>,
     /// The CPU this slot's thread and worker are pinned to, or -1.
     cpu: AtomicI32,
+    /// Requests its worker is running now.
+    pub(crate) in_flight: AtomicU64,
 }
 
 impl Slot {
@@ -156,6 +167,7 @@ impl Slot {
             last_exit: Mutex::new(None),
             process: Mutex::new(None),
             cpu: AtomicI32::new(-1),
+            in_flight: AtomicU64::new(0),
         }
     }
 
@@ -165,6 +177,11 @@ impl Slot {
 
     pub fn state(&self) -> SlotState {
         SlotState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Requests in flight plus those waiting in this slot's queue.
+    fn load(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire) + self.queue.len() as u64
     }
 }
 
@@ -328,6 +345,7 @@ pub struct PoolStats {
     pub invalid_reply: u64,
     pub pool_closed: u64,
     pub pool_unavailable: u64,
+    pub in_flight: u64,
     pub workers: Vec<WorkerStats>,
 }
 
@@ -344,6 +362,7 @@ pub struct WorkerStats {
     pub cpu: Option<usize>,
     /// How long the slot waited before its latest restart (see `worker::backoff_delay`).
     pub backoff_ms: u64,
+    pub in_flight: u64,
 }
 
 impl Pool {
@@ -441,6 +460,16 @@ impl Pool {
         };
         request.route_slot = target;
         let (queue, placement) = match target {
+            // Several requests per worker: to the one with the fewest in flight.
+            None if self.shared.config.concurrency > 1 => {
+                let i = self.least_loaded();
+                let placement = if slots[i].load() == 0 {
+                    Placement::IdleWorker
+                } else {
+                    Placement::Queued
+                };
+                (&slots[i].queue, placement)
+            }
             // Straight to the most recently idle worker, if any; else whoever frees up first.
             None => match self.shared.idle.pop() {
                 Some(i) => (&slots[i].queue, Placement::IdleWorker),
@@ -459,6 +488,18 @@ impl Pool {
                 .fetch_add(1, Ordering::Relaxed);
             SubmitError::Saturated
         })
+    }
+
+    /// The serving slot with the fewest requests in flight or waiting (any slot if none
+    /// serves: the request waits for its start).
+    fn least_loaded(&self) -> usize {
+        let slots = &self.shared.slots;
+        let serving = |s: &Slot| matches!(s.state(), SlotState::Idle | SlotState::Busy);
+        (0..slots.len())
+            .filter(|&i| serving(&slots[i]))
+            .min_by_key(|&i| slots[i].load())
+            .or_else(|| (0..slots.len()).min_by_key(|&i| slots[i].load()))
+            .unwrap_or(0)
     }
 
     /// Remembers pool-wide state to replay on every new worker.
@@ -502,6 +543,7 @@ impl Pool {
             invalid_reply: load(&c.invalid_reply),
             pool_closed: load(&c.pool_closed),
             pool_unavailable: load(&c.pool_unavailable),
+            in_flight: s.slots.iter().map(|x| load(&x.in_flight)).sum(),
             workers: s
                 .slots
                 .iter()
@@ -516,6 +558,7 @@ impl Pool {
                     queue_length: slot.queue.len(),
                     cpu: usize::try_from(slot.cpu.load(Ordering::Acquire)).ok(),
                     backoff_ms: load(&slot.backoff_ms),
+                    in_flight: load(&slot.in_flight),
                 })
                 .collect(),
         }

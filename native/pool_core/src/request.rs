@@ -17,11 +17,24 @@ const DONE: u8 = 2;
 const CANCELLED: u8 = 3;
 const SENT: u8 = 4;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Ticket {
     state: AtomicU8,
     /// Set by the first wait for the reply: a handle can be awaited once.
     awaited: AtomicBool,
+    /// Called when the caller gives up while a worker runs the request, so that the worker
+    /// can be told to stop it (workers that run several requests at once).
+    on_cancel: parking_lot::Mutex<Option<CancelHook>>,
+}
+
+type CancelHook = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 /// What a cancellation found.
@@ -60,6 +73,11 @@ impl Ticket {
         self.advance(QUEUED, RUNNING)
     }
 
+    /// What to do if the caller gives up while the request runs; replaced by the next call.
+    pub fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
+        *self.on_cancel.lock() = Some(Box::new(hook));
+    }
+
     /// The worker died before reading the request: it may run again elsewhere. `false` if the
     /// caller gave up meanwhile.
     pub fn requeue(&self) -> bool {
@@ -83,6 +101,9 @@ impl Ticket {
             return Cancelled::WhileQueued;
         }
         if self.advance(RUNNING, CANCELLED) {
+            if let Some(hook) = self.on_cancel.lock().take() {
+                hook();
+            }
             return Cancelled::WhileRunning;
         }
         match self.state.load(Ordering::Acquire) {

@@ -29,17 +29,18 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// One running worker process.
-struct Live {
-    process: Arc<ProcessHandle>,
-    requests: File,
-    replies: FrameReader,
-    output: Output,
-    served: u64,
+pub(crate) struct Live {
+    pub(crate) process: Arc<ProcessHandle>,
+    pub(crate) requests: File,
+    /// Taken by the reader thread of a multiplexed worker.
+    pub(crate) replies: Option<FrameReader>,
+    pub(crate) output: Output,
+    pub(crate) served: u64,
     started: Instant,
 }
 
 /// Why a worker process is being let go.
-enum End {
+pub(crate) enum End {
     /// The pool is stopping.
     Shutdown,
     /// It served `max_requests`.
@@ -159,7 +160,7 @@ fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> {
     let mut live = Live {
         process,
         requests: proc.requests,
-        replies,
+        replies: Some(replies),
         output,
         served: 0,
         started: Instant::now(),
@@ -244,7 +245,11 @@ fn call_internal(
     let id = crate::pool::next_request_id();
     let frame = protocol::request(id, command, args_json.as_bytes(), max_frame)?;
     frame::write_frame(&mut live.requests, &frame, Some(deadline))?;
-    let body = live.replies.read_frame(Some(deadline))?;
+    let replies = live
+        .replies
+        .as_mut()
+        .expect("a worker's replies before it multiplexes");
+    let body = replies.read_frame(Some(deadline))?;
     match protocol::reply_value(body) {
         Ok((got, result)) if got == id => Ok(result),
         Ok((got, _)) => Err(FrameError::Io(std::io::Error::other(format!(
@@ -254,9 +259,17 @@ fn call_internal(
     }
 }
 
-/// Takes requests until the worker has to go. Returns why, and the request it was running if the
-/// worker died under it (answered once the exit status is known).
-fn serve(shared: &Shared, index: usize, live: &mut Live) -> (End, Option<Request>) {
+/// Takes requests until the worker has to go. Returns why, and the requests it was running if
+/// the worker died under them (answered once the exit status is known).
+fn serve(shared: &Arc<Shared>, index: usize, live: &mut Live) -> (End, Vec<Request>) {
+    if shared.config.concurrency > 1 {
+        return crate::multiplex::serve(shared, index, live);
+    }
+    let (end, pending) = serve_one_at_a_time(shared, index, live);
+    (end, pending.into_iter().collect())
+}
+
+fn serve_one_at_a_time(shared: &Shared, index: usize, live: &mut Live) -> (End, Option<Request>) {
     let slot = &shared.slots[index];
     let config = &shared.config;
     loop {
@@ -346,7 +359,7 @@ fn watch_queues(shared: &Shared, slot: &Slot) -> Option<Request> {
     }
 }
 
-fn health_check(shared: &Shared, live: &mut Live) -> Result<(), String> {
+pub(crate) fn health_check(shared: &Shared, live: &mut Live) -> Result<(), String> {
     let deadline = Instant::now() + shared.config.health_timeout;
     match call_internal(shared.config.max_frame, live, "ping", "{}", deadline) {
         Ok(Ok(_)) => Ok(()),
@@ -381,7 +394,11 @@ fn run(
         counters.dropped.fetch_add(1, Ordering::Relaxed);
         return None;
     }
-    if live.replies.has_unread() {
+    let replies = live
+        .replies
+        .as_mut()
+        .expect("a worker serving one request at a time");
+    if replies.has_unread() {
         // Out of step: its next frame would answer this request with someone else's reply.
         requeue(shared, index, request);
         let why = "it wrote a reply frame that no request asked for".to_string();
@@ -414,7 +431,7 @@ fn run(
     // A worker may be kept past a deadline (kill_on_timeout: false); its late reply is dropped.
     let mut deadline = Some(request.deadline);
     loop {
-        match live.replies.read_frame(deadline) {
+        match replies.read_frame(deadline) {
             Ok(body) => return deliver(shared, index, request, body),
             Err(FrameError::Timeout) => {
                 request.ticket.cancel();
@@ -466,7 +483,7 @@ fn run(
 
 /// Puts a request that never reached its worker back in line. It keeps its deadline; if the
 /// queue is full it fails, as a new request would.
-fn requeue(shared: &Shared, index: usize, request: Request) {
+pub(crate) fn requeue(shared: &Shared, index: usize, request: Request) {
     if !request.ticket.requeue() {
         return; // the caller gave up meanwhile
     }
@@ -508,10 +525,9 @@ fn reroute_anonymous(shared: &Shared, index: usize) {
 fn deliver(
     shared: &Shared,
     index: usize,
-    mut request: Request,
+    request: Request,
     body: &[u8],
 ) -> Option<(End, Option<Request>)> {
-    let counters = &shared.counters;
     if !request.ticket.finish() {
         // The caller gave up: drop the reply, but still check the stream is sound.
         return match protocol::peek_id(body) {
@@ -529,11 +545,24 @@ fn deliver(
             )),
         };
     }
-    // Counted before the caller can see the reply, so stats read after a call include it.
-    counters.completed.fetch_add(1, Ordering::Relaxed);
     // Listed as idle before the caller can send its next request, which then comes back here
     // (warm) instead of to a worker that has been asleep.
     shared.idle.push(index);
+    hand_over(shared, index, request, body).map(|why| (End::Replace(why), None))
+}
+
+/// Sends a reply to the caller whose request finished (`ticket.finish()` won), and records
+/// the session state it created. `Some(why)` if the reply shows the worker's stream can no
+/// longer be trusted; a result too deep to decode is the caller's failure only.
+pub(crate) fn hand_over(
+    shared: &Shared,
+    index: usize,
+    mut request: Request,
+    body: &[u8],
+) -> Option<String> {
+    let counters = &shared.counters;
+    // Counted before the caller can see the reply, so stats read after a call include it.
+    counters.completed.fetch_add(1, Ordering::Relaxed);
     match request.caller.reply(body, request.id, index) {
         Ok(success) => {
             request.ticket.delivered();
@@ -547,13 +576,18 @@ fn deliver(
             counters.completed.fetch_sub(1, Ordering::Relaxed);
             counters.count_failure(failure.kind);
             request.ticket.delivered();
-            (failure.kind != FailureKind::ResultTooDeep)
-                .then_some((End::Replace(failure.message), None))
+            (failure.kind != FailureKind::ResultTooDeep).then_some(failure.message)
         }
     }
 }
 
-fn fail(shared: &Shared, request: &mut Request, kind: FailureKind, message: String, index: usize) {
+pub(crate) fn fail(
+    shared: &Shared,
+    request: &mut Request,
+    kind: FailureKind,
+    message: String,
+    index: usize,
+) {
     if request.ticket.finish() {
         shared.counters.count_failure(kind);
         request.caller.fail(Failure {
@@ -566,7 +600,7 @@ fn fail(shared: &Shared, request: &mut Request, kind: FailureKind, message: Stri
 }
 
 /// Lets a worker process go and reports it. Returns `true` if the slot should stop.
-fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Option<Request>) -> bool {
+fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Vec<Request>) -> bool {
     let slot = &shared.slots[index];
     let Live {
         process,
@@ -576,7 +610,7 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Option<R
         started,
         ..
     } = live;
-    let pending_ran = pending.is_some();
+    let pending_ran = pending.len() as u64;
     // Closing the request pipe asks a healthy worker to exit by itself.
     drop(requests);
     let (status, stop) = match &end {
@@ -602,7 +636,8 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Option<R
         End::Died => describe("exited unexpectedly", status, &tail),
         End::Replace(why) => format!("replaced: {why} ({stop})"),
     };
-    if let Some(mut request) = pending {
+    let lost = pending.len();
+    for mut request in pending {
         let (kind, message) = if shared.is_closing() {
             (
                 FailureKind::PoolClosed,
@@ -612,26 +647,33 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Option<R
                 ),
             )
         } else {
-            (
-                FailureKind::WorkerExited,
-                describe(
-                    &format!(
-                        "worker {index} (os pid {}) died while running {:?}",
-                        process.pid(),
-                        request.command
-                    ),
-                    status,
-                    &tail,
-                )
-                .to_string(),
-            )
+            let took = if lost > 1 {
+                format!(" (it took down {lost} requests)")
+            } else {
+                String::new()
+            };
+            let what = format!(
+                "worker {index} (os pid {}) {} while running {:?}{took}",
+                process.pid(),
+                if matches!(end, End::Replace(_)) {
+                    "was replaced"
+                } else {
+                    "died"
+                },
+                request.command
+            );
+            let message = match &end {
+                End::Replace(why) => format!("{what}: {why} ({stop})"),
+                _ => describe(&what, status, &tail),
+            };
+            (FailureKind::WorkerExited, message)
         };
         fail(shared, &mut request, kind, message, index);
     }
     if matches!(end, End::Died | End::Replace(_)) {
         // A crash soon after start, before any answer, counts towards the backoff; one after
         // real work starts it afresh.
-        let answered = live_served - u64::from(pending_ran);
+        let answered = live_served.saturating_sub(pending_ran);
         if answered > 0 || started.elapsed() >= STABLE_AFTER {
             slot.crashes_in_row.store(1, Ordering::Release);
         } else {

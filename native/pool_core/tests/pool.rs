@@ -99,6 +99,8 @@ fn config(size: usize) -> PoolConfig {
         max_requests: None,
         kill_on_timeout: true,
         pin_cpus: false,
+        concurrency: 1,
+        cancel_grace: Duration::from_secs(2),
     }
 }
 

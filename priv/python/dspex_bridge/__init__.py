@@ -10,6 +10,13 @@ Modules, one idea each:
 * ``process``  - fd, signal, stdio and parent-death hygiene
 * ``state``    - worker identity and counters
 * ``worker``   - start-up sequence and the request loop
+* ``concurrent`` - the request loop of a worker that runs many requests at once
 
 The entry point is ``priv/python/dspex_worker.py``.
+
+For handlers: ``cancelled()`` says whether the pool has cancelled the request
+the calling code runs for (poll it in long ``def`` commands), and
+``current_request_id()`` names that request.
 """
+
+from .concurrent import cancelled, current_request_id  # noqa: F401

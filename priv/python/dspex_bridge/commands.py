@@ -41,6 +41,7 @@ from .state import STATE
 EXTENSION_MODULES = ("dspex_bridge.dspy_commands",)
 
 _REGISTRY = {}
+_ASYNC_VARIANTS = {}
 _STATS_EXTENSIONS = []
 
 
@@ -82,6 +83,23 @@ def stats_extension(fn):
     if fn not in _STATS_EXTENSIONS:
         _STATS_EXTENSIONS.append(fn)
     return fn
+
+
+def async_variant(name):
+    """Decorator: an ``async def`` implementation of built-in command ``name``, used in
+    place of the plain one when a worker runs requests concurrently (so that it can be
+    cancelled while it waits, for an LM's reply say)."""
+
+    def decorate(fn):
+        _ASYNC_VARIANTS[name] = fn
+        return fn
+
+    return decorate
+
+
+def async_variants():
+    """The ``async def`` implementations of built-in commands (name -> function)."""
+    return dict(_ASYNC_VARIANTS)
 
 
 def builtins():

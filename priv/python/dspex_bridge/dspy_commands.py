@@ -35,6 +35,7 @@ import contextvars
 import functools
 import importlib.metadata
 import itertools
+import json
 import math
 import os
 import re
@@ -44,7 +45,7 @@ import typing
 import uuid
 
 from . import errors
-from .commands import command, dspy_disabled, stats_extension, _has_dspy
+from .commands import async_variant, command, dspy_disabled, stats_extension, _has_dspy
 from .programs import STORE, ProgramEntry
 
 
@@ -284,8 +285,13 @@ _NOT_LM_KWARGS = frozenset({
 _PROVIDER_PREFIX = {"google": "gemini"}
 
 _lm_info = None  # what configure_lm last set: {"model", "provider"}
-# LMs configured within a session (configure_lm with a session_id): session_id -> LM. They
-# apply to that session's execute_program calls only, through dspy.context.
+# The worker's LM, set by configure_lm. Each execute_program runs inside
+# dspy.context(lm=...) with the LM that applies to it (its own "lm", its session's, or this
+# one), because dspy.configure may only be called from the thread that first called it, and
+# concurrent requests run on many.
+_pool_lm = None
+_pool_settings = {}  # other dspy settings configure_lm was given (disable_history)
+# LMs configured within a session (configure_lm with a session_id): session_id -> LM.
 _session_lms = {}
 
 
@@ -311,7 +317,21 @@ def configure_lm(dspy, args):
     (``"cycle"``, ``"by_prompt"``, ``"follow_examples"``) and ``"answers"``
     (count) for the dummy.
     """
-    global _lm_info
+    global _lm_info, _pool_lm
+    lm, result, provider, settings = _build_lm(dspy, args)
+    sid = _session_id(args)
+    if sid is not None:
+        _session_lms[sid] = lm
+        return {**result, "session_id": sid}
+    _pool_lm = lm
+    _pool_settings.clear()
+    _pool_settings.update(settings)
+    _lm_info = {"model": result["model"], "provider": provider}
+    return result
+
+
+def _build_lm(dspy, args):
+    """The LM a configure_lm map describes: ``(lm, result, provider, settings)``."""
     _remember_secrets(args)
     model = args.get("model")
     if not isinstance(model, str) or not model.strip():
@@ -343,13 +363,7 @@ def configure_lm(dspy, args):
         result = {"status": "configured", "model": model, "provider": provider,
                   "temperature": _jsonable(options.get("temperature")),
                   "options": _redacted_options(options)}
-    sid = _session_id(args)
-    if sid is not None:
-        _session_lms[sid] = lm
-        return {**result, "session_id": sid}
-    dspy.configure(lm=lm, **settings)
-    _lm_info = {"model": result["model"], "provider": provider}
-    return result
+    return lm, result, provider, settings
 
 
 # The output fields (name -> annotation) of the program execute_program is
@@ -669,6 +683,43 @@ def execute_program(dspy, args):
     ``execution_time`` is the program's run time in seconds (DSPex V2 sent a
     timestamp under this name).
     """
+    entry, inputs, lm = _prepare_execution(dspy, args)
+    token = _expected_outputs.set(entry.output_types)
+    started = time.perf_counter()
+    try:
+        with dspy.context(lm=lm, **_pool_settings):
+            prediction = entry.module(**inputs)
+    finally:
+        elapsed = time.perf_counter() - started
+        _expected_outputs.reset(token)
+    return _execution_result(entry, prediction, elapsed)
+
+
+@async_variant("execute_program")
+async def aexecute_program(args):
+    """``execute_program`` for a worker serving requests concurrently: the program runs as
+    a task (``acall``), so a cancelled request abandons its LM call and closes its
+    connection."""
+    try:
+        dspy = load_dspy()
+        entry, inputs, lm = _prepare_execution(dspy, args)
+        token = _expected_outputs.set(entry.output_types)
+        started = time.perf_counter()
+        try:
+            with dspy.context(lm=lm, **_pool_settings):
+                prediction = await entry.module.acall(**inputs)
+        finally:
+            elapsed = time.perf_counter() - started
+            _expected_outputs.reset(token)
+    except Exception as exc:
+        _raise_redacted_if_secret(exc)
+        raise
+    return _execution_result(entry, prediction, elapsed)
+
+
+def _prepare_execution(dspy, args):
+    """The program, its checked inputs, and the LM this call runs with: its own ``lm``
+    (a configure_lm map), else its session's, else the worker's."""
     entry = _entry(args)
     inputs = args.get("inputs", {})
     if not isinstance(inputs, dict):
@@ -685,24 +736,39 @@ def execute_program(dspy, args):
             f"program {entry.program_id!r} takes inputs {', '.join(entry.input_names)}: "
             + "; ".join(problems)
         )
-    session_lm = _session_lms.get(entry.session_id)
-    if dspy.settings.lm is None and session_lm is None:
+    lm = _request_lm(dspy, args.get("lm"))
+    if lm is None:
+        lm = _session_lms.get(entry.session_id) or _pool_lm
+    if lm is None:
         raise LMNotConfigured(
             "no language model is configured in this worker: call configure_lm first, e.g. "
             '{"model": "openai/gpt-4o-mini"} (key from OPENAI_API_KEY) or '
-            '{"model": "dummy", "answers": [{"answer": "..."}]}'
+            '{"model": "dummy", "answers": [{"answer": "..."}]}, or pass "lm" with the call'
         )
-    token = _expected_outputs.set(entry.output_types)
-    started = time.perf_counter()
-    try:
-        if session_lm is None:
-            prediction = entry.module(**inputs)
-        else:
-            with dspy.context(lm=session_lm):
-                prediction = entry.module(**inputs)
-    finally:
-        elapsed = time.perf_counter() - started
-        _expected_outputs.reset(token)
+    return entry, inputs, lm
+
+
+# LMs given per call ("lm" in execute_program), by their configuration: building one per
+# call would cost a client each time.
+_request_lms = {}
+
+
+def _request_lm(dspy, config):
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise ValueError('"lm" must be an object like configure_lm takes, e.g. {"model": "..."}')
+    key = json.dumps(config, sort_keys=True, default=str)
+    lm = _request_lms.get(key)
+    if lm is None:
+        lm = _build_lm(dspy, config)[0]
+        if len(_request_lms) >= 64:
+            _request_lms.pop(next(iter(_request_lms)))
+        _request_lms[key] = lm
+    return lm
+
+
+def _execution_result(entry, prediction, elapsed):
     entry.execution_count += 1
     entry.last_executed = time.time()
     return {
@@ -765,15 +831,14 @@ def reset_state(args):
     Result: ``{"status": "reset", "programs_cleared", "sessions_cleared",
     "lm_reset"}``.
     """
-    global _lm_info
+    global _lm_info, _pool_lm
     reset_lm = args.get("reset_lm", False)
     if not isinstance(reset_lm, bool):
         raise ValueError("reset_lm must be true or false")
     programs, sessions = STORE.clear()
     _session_lms.clear()
     if reset_lm:
-        if _dspy is not None:
-            _dspy.configure(lm=None)
+        _pool_lm = None
         _lm_info = None
     return {"status": "reset", "programs_cleared": programs, "sessions_cleared": sessions,
             "lm_reset": reset_lm}
@@ -795,7 +860,7 @@ def _dspy_stats():
         if dspy is not None:
             stats["dspy_loaded"] = True
             stats["dspy_version"] = getattr(dspy, "__version__", None)
-            lm = dspy.settings.lm
+            lm = _pool_lm
             if lm is not None:
                 stats["lm_configured"] = True
                 stats["model"] = (_lm_info or {}).get("model") or getattr(lm, "model", None)

@@ -18,6 +18,7 @@ class WorkerState:
         "requests",
         "errors",
         "commands",
+        "concurrency",
     )
 
     def __init__(self):
@@ -32,6 +33,8 @@ class WorkerState:
         # Calls per known command name (unknown names are not recorded, so a
         # misbehaving client cannot grow this without bound).
         self.commands = {}
+        # Requests run at once (the pool's concurrency option).
+        self.concurrency = 1
 
     def uptime(self):
         return time.monotonic() - self.started

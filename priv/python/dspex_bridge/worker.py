@@ -18,8 +18,10 @@ Exit policy (statuses the pool sees):
 * N - a command raised ``SystemExit(N)``: the worker really exits.
 """
 
+import asyncio
 import gc
 import traceback
+from inspect import iscoroutine
 
 from . import commands, errors, handlers, process
 from .protocol import (
@@ -38,12 +40,15 @@ from .codec import dumps
 from .state import STATE
 
 
-def run(worker_id, pool, handlers=None, max_frame=DEFAULT_MAX_FRAME):
-    """Set the process up, load the commands, then serve until EOF. Never returns."""
+def run(worker_id, pool, handlers=None, max_frame=DEFAULT_MAX_FRAME, concurrency=1):
+    """Set the process up, load the commands, then serve until EOF. Never returns.
+
+    With ``concurrency`` above 1 requests run side by side (see ``concurrent``)."""
     prefix = f"dspex_worker[{pool}/{worker_id}]"
     STATE.worker_id = str(worker_id)
     STATE.pool = str(pool)
     STATE.max_frame = max_frame
+    STATE.concurrency = concurrency
 
     try:
         process.secure_protocol_fds()
@@ -62,9 +67,15 @@ def run(worker_id, pool, handlers=None, max_frame=DEFAULT_MAX_FRAME):
     gc.freeze()
 
     try:
-        _serve(table, max_frame, prefix)
+        if concurrency > 1:
+            from . import concurrent
+
+            async_table = {**concurrent.split_async(table), **commands.async_variants()}
+            concurrent.serve(table, async_table, max_frame, prefix, concurrency)
+        else:
+            _serve(table, max_frame, prefix)
     except SystemExit as exc:
-        process.exit_now(_exit_status(exc.code))
+        process.exit_now(exit_status(exc.code))
     except KeyboardInterrupt:
         process.say(f"{prefix}: interrupted (SIGINT) outside a command; exiting")
         process.exit_now(130)
@@ -74,7 +85,8 @@ def run(worker_id, pool, handlers=None, max_frame=DEFAULT_MAX_FRAME):
     process.exit_now(0)
 
 
-def _exit_status(code):
+def exit_status(code):
+    """The exit status for a ``SystemExit`` code."""
     # Same mapping as the interpreter applies to an uncaught SystemExit.
     if code is None:
         return 0
@@ -126,38 +138,20 @@ def _serve(table, max_frame, prefix):
     describe = errors.describe
 
     while True:
-        try:
-            payload = read_frame()
-        except RequestTooLarge as exc:
-            process.say(
-                f"{prefix}: {exc}; the request stream can no longer be trusted, "
-                f"exiting with status 3"
-            )
-            process.exit_now(3)
-        except OSError as exc:  # fd 3 unusable (closed in a forked child, ...)
-            process.say(f"{prefix}: cannot read requests ({exc}); exiting")
-            process.exit_now(0)
-        if payload is None:  # EOF: the pool is done with us
-            process.exit_now(0)
-
+        payload = next_payload(read_frame, prefix)
         state.requests += 1
         try:
             rid, name, args = decode_request(payload)
         except ProtocolError as exc:
-            if exc.request_id is None:
-                process.say(
-                    f"{prefix}: {exc}; no request id to reply to, so the stream "
-                    f"can no longer be trusted: exiting with status 3"
-                )
-                process.exit_now(3)
-            state.errors += 1
-            frame = error_frame(exc.request_id, "ProtocolError", str(exc), "", max_frame)
+            frame = protocol_error_frame(exc, prefix, max_frame)
         else:
             fn = table_get(name)
             if fn is not None:
                 counts[name] = counts_get(name, 0) + 1
                 try:
                     result = fn(args)
+                    if iscoroutine(result):  # an async def command, one at a time
+                        result = run_coroutine(result)
                 except SystemExit:
                     raise
                 except BaseException as exc:
@@ -165,37 +159,9 @@ def _serve(table, max_frame, prefix):
                     etype, emsg, etb = describe(exc)
                     frame = error_frame(rid, etype, emsg, etb, max_frame)
                 else:
-                    try:
-                        body = dumps(result)
-                    except SystemExit:
-                        raise
-                    except BaseException as exc:
-                        state.errors += 1
-                        frame = _serialization_error(rid, name, result, exc, max_frame)
-                    else:
-                        frame = success_frame(rid, body, max_frame)
-                        if frame is None:
-                            state.errors += 1
-                            frame = error_frame(
-                                rid,
-                                "FrameTooLarge",
-                                f"the result of {name!r} encodes to {len(body)} bytes of "
-                                f"JSON, more than the {max_frame}-byte frame limit "
-                                f"(--max-frame); return less data, or raise the pool's "
-                                f"max frame",
-                                "",
-                                max_frame,
-                            )
+                    frame = result_frame(rid, name, result, max_frame)
             else:
-                state.errors += 1
-                frame = error_frame(
-                    rid,
-                    "UnknownCommand",
-                    f"unknown command {name!r}; available commands: "
-                    + ", ".join(sorted(table)),
-                    "",
-                    max_frame,
-                )
+                frame = unknown_command_frame(rid, name, table, max_frame)
 
         try:
             write_frame(frame)
@@ -203,7 +169,84 @@ def _serve(table, max_frame, prefix):
             process.exit_now(0)
         # Do not keep the last request's data (up to several frames' worth)
         # alive while waiting, possibly for a long time, for the next one.
-        payload = args = result = body = frame = None
+        payload = args = result = frame = None
+
+
+_loop = None
+
+
+def run_coroutine(coroutine):
+    """Runs an ``async def`` command's coroutine to its end, on one loop kept for them."""
+    global _loop
+    if _loop is None:
+        _loop = asyncio.new_event_loop()
+    return _loop.run_until_complete(coroutine)
+
+
+def next_payload(read_frame, prefix):
+    """The next request's bytes; exits the worker at EOF or when the stream breaks."""
+    try:
+        payload = read_frame()
+    except RequestTooLarge as exc:
+        process.say(
+            f"{prefix}: {exc}; the request stream can no longer be trusted, "
+            f"exiting with status 3"
+        )
+        process.exit_now(3)
+    except OSError as exc:  # fd 3 unusable (closed in a forked child, ...)
+        process.say(f"{prefix}: cannot read requests ({exc}); exiting")
+        process.exit_now(0)
+    if payload is None:  # EOF: the pool is done with us
+        process.exit_now(0)
+    return payload
+
+
+def protocol_error_frame(exc, prefix, max_frame):
+    """The reply to a request that could not be read; exits if it carries no id."""
+    if exc.request_id is None:
+        process.say(
+            f"{prefix}: {exc}; no request id to reply to, so the stream "
+            f"can no longer be trusted: exiting with status 3"
+        )
+        process.exit_now(3)
+    STATE.errors += 1
+    return error_frame(exc.request_id, "ProtocolError", str(exc), "", max_frame)
+
+
+def result_frame(rid, name, result, max_frame):
+    """The reply frame for a command's result: success, or why it cannot be sent."""
+    state = STATE
+    try:
+        body = dumps(result)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        state.errors += 1
+        return _serialization_error(rid, name, result, exc, max_frame)
+    frame = success_frame(rid, body, max_frame)
+    if frame is None:
+        state.errors += 1
+        frame = error_frame(
+            rid,
+            "FrameTooLarge",
+            f"the result of {name!r} encodes to {len(body)} bytes of JSON, more than the "
+            f"{max_frame}-byte frame limit (--max-frame); return less data, or raise the "
+            f"pool's max frame",
+            "",
+            max_frame,
+        )
+    return frame
+
+
+def unknown_command_frame(rid, name, table, max_frame):
+    STATE.errors += 1
+    return error_frame(
+        rid,
+        "UnknownCommand",
+        f"unknown command {name!r}; available commands: " + ", ".join(sorted(table)),
+        "",
+        max_frame,
+    )
 
 
 def _serialization_error(rid, name, result, exc, max_frame):

@@ -196,9 +196,16 @@ defmodule DSPex.NativePool.HostileWorkersTest do
     assert {:ok, "flooded"} = NativePool.execute("flood", %{lines: 50_000}, pool: pool)
     assert_receive {:pool_log, ^pool, _level, "[python] flood done", _meta}, 10_000
     {lines, notes} = count_flood_lines({0, []})
-    assert lines <= 1_000, "#{lines} of 50,000 lines were forwarded within a second"
-    assert [note] = notes
-    assert note =~ "#{50_000 - lines} lines of output dropped"
+    # At most 1,000 lines a second get through; each second that dropped some says how many.
+    dropped =
+      Enum.map(notes, fn note ->
+        [count] = Regex.run(~r/^(\d+) lines of output dropped/, note, capture: :all_but_first)
+        String.to_integer(count)
+      end)
+
+    assert notes != []
+    assert lines + Enum.sum(dropped) == 50_000
+    assert lines <= 1_000 * (length(notes) + 1)
     assert {:ok, _} = NativePool.execute("pid", %{}, pool: pool)
   end
 

@@ -14,8 +14,20 @@ defmodule DSPex.NativePool.SessionPoolV2Test do
     {:ok, pid} =
       SessionPoolV2.start_link(name: name, pool_size: 2, overflow: 1, worker_module: V2Worker)
 
-    # The pool stops with this test's process, which its owner is linked to; this waits for it.
-    on_exit(fn -> eventually(fn -> match?({:error, _}, NativePool.stats(name)) end) end)
+    # The pool stops with this test's process, which its owner is linked to: wait until its
+    # process is gone, and with it every worker and CPU it held.
+    server = Process.whereis(name)
+
+    on_exit(fn ->
+      ref = Process.monitor(server)
+
+      receive do
+        {:DOWN, ^ref, _, _, _} -> :ok
+      after
+        30_000 -> flunk("the pool did not stop")
+      end
+    end)
+
     %{name: name, pool: SessionPoolV2.get_pool_name_for(name), pid: pid}
   end
 

@@ -1,0 +1,363 @@
+//! A worker that runs several requests at once (`concurrency` above 1).
+//!
+//! The slot thread writes each request's frame as soon as the worker has room for it and
+//! keeps it in a table by id; a reader thread of its own reads replies in whatever order they
+//! come and hands each to the request with its id. A request whose caller gave up (deadline,
+//! death) is cancelled in the worker by a frame with its id and the command `__cancel__`; the
+//! worker and its other requests carry on. Only a cancelled request that does not end within
+//! `cancel_grace` gets its worker replaced, and with it every request it still held.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{never, select, unbounded, Receiver, Sender};
+use parking_lot::Mutex;
+
+use crate::frame::{self, FrameError, FrameReader};
+use crate::pool::{Shared, SlotState};
+use crate::protocol;
+use crate::request::Request;
+use crate::worker::{self, End, Live};
+
+/// The command that tells a worker to cancel the request with the frame's id.
+pub const CANCEL_COMMAND: &str = "__cancel__";
+
+/// How often the slot thread looks at deadlines, grace periods and health while it waits.
+const TICK: Duration = Duration::from_millis(20);
+/// How often it asks whether the callers of running requests are still alive.
+const CALLER_CHECK: Duration = Duration::from_millis(250);
+
+struct Running {
+    request: Request,
+    /// When the worker was told to cancel it.
+    cancelled_at: Option<Instant>,
+}
+
+type Table = Arc<Mutex<HashMap<u64, Running>>>;
+
+/// What the reader thread tells the slot thread.
+enum News {
+    Answered,
+    /// A reply whose id no running request has (a health ping's, or a stray frame).
+    Other(u64),
+    Died,
+    Broken(String),
+}
+
+/// Serves until the worker has to go; returns why, and the requests it still held.
+pub(crate) fn serve(shared: &Arc<Shared>, index: usize, live: &mut Live) -> (End, Vec<Request>) {
+    let table: Table = Arc::default();
+    let (news_tx, news) = unbounded();
+    let Some(reader) = live.replies.take() else {
+        return (End::Replace("its reply stream is gone".into()), Vec::new());
+    };
+    let thread_shared = shared.clone();
+    let thread_table = table.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("dspex-np-replies-{index}"))
+        .stack_size(8 << 20)
+        .spawn(move || read_replies(thread_shared, index, reader, thread_table, news_tx));
+    if spawned.is_err() {
+        return (
+            End::Replace("no thread could be made to read its replies".into()),
+            Vec::new(),
+        );
+    }
+    let mut serving = Serving {
+        shared,
+        index,
+        live,
+        table: table.clone(),
+        cancels: unbounded(),
+        closing: false,
+        ping: None,
+        last_ping: Instant::now(),
+        last_caller_check: Instant::now(),
+    };
+    let end = serving.run(&news);
+    let pending: Vec<Request> = table.lock().drain().map(|(_, r)| r.request).collect();
+    shared.slots[index].in_flight.store(0, Ordering::Release);
+    (end, pending)
+}
+
+struct Serving<'a> {
+    shared: &'a Arc<Shared>,
+    index: usize,
+    live: &'a mut Live,
+    table: Table,
+    cancels: (Sender<u64>, Receiver<u64>),
+    closing: bool,
+    /// The health ping in flight: its id and when it was sent.
+    ping: Option<(u64, Instant)>,
+    last_ping: Instant,
+    last_caller_check: Instant,
+}
+
+impl Serving<'_> {
+    fn run(&mut self, news: &Receiver<News>) -> End {
+        let shared = self.shared;
+        let slot = &shared.slots[self.index];
+        let config = &shared.config;
+        loop {
+            let running = self.table.lock().len();
+            let retiring = config
+                .max_requests
+                .is_some_and(|max| self.live.served >= max);
+            if running == 0 && (self.closing || retiring) {
+                return if self.closing {
+                    End::Shutdown
+                } else {
+                    End::Retired
+                };
+            }
+            slot.set_state(if running == 0 {
+                SlotState::Idle
+            } else {
+                SlotState::Busy
+            });
+            let accepting = !self.closing && !retiring && running < config.concurrency;
+            let own = if accepting {
+                slot.queue.receiver().clone()
+            } else {
+                never()
+            };
+            let any = if accepting {
+                shared.queue.receiver().clone()
+            } else {
+                never()
+            };
+            let shutdown = if self.closing {
+                never()
+            } else {
+                shared.shutdown_rx.clone()
+            };
+            let cancels = self.cancels.1.clone();
+            let step = select! {
+                recv(news) -> n => self.news(n.unwrap_or(News::Died)),
+                recv(cancels) -> id => id.map_or(Ok(()), |id| self.cancel_in_worker(id)),
+                recv(shutdown) -> _ => {
+                    self.closing = true;
+                    Ok(())
+                }
+                recv(own) -> r => match r {
+                    Ok(request) => {
+                        slot.queue.taken();
+                        self.start(request)
+                    }
+                    Err(_) => Ok(()),
+                },
+                recv(any) -> r => match r {
+                    Ok(request) => {
+                        shared.queue.taken();
+                        self.start(request)
+                    }
+                    Err(_) => Ok(()),
+                },
+                default(TICK) => Ok(()),
+            };
+            if let Err(end) = step.and_then(|()| self.look_around()) {
+                return end;
+            }
+        }
+    }
+
+    fn news(&mut self, news: News) -> Result<(), End> {
+        match news {
+            News::Answered => Ok(()),
+            News::Other(id) if self.ping.is_some_and(|(ping, _)| ping == id) => {
+                self.ping = None;
+                Ok(())
+            }
+            News::Other(id) => Err(End::Replace(format!(
+                "it sent a reply with id {id}, which no request of its has"
+            ))),
+            News::Died => Err(End::Died),
+            News::Broken(why) => Err(End::Replace(why)),
+        }
+    }
+
+    /// Sends a request to the worker. Its caller may already have given up.
+    fn start(&mut self, mut request: Request) -> Result<(), End> {
+        let shared = self.shared;
+        let counters = &shared.counters;
+        if !request.caller.is_alive() {
+            request.ticket.cancel();
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if Instant::now() >= request.deadline {
+            request.ticket.cancel();
+            return Ok(());
+        }
+        let id = request.id;
+        let cancels = self.cancels.0.clone();
+        // Before it starts, so a caller that gives up at any moment after is heard.
+        request.ticket.on_cancel(move || {
+            let _ = cancels.send(id);
+        });
+        if !request.ticket.start() {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let slot = &shared.slots[self.index];
+        let frame = std::mem::take(&mut request.frame);
+        let deadline = request.deadline;
+        self.live.served += 1;
+        slot.requests.fetch_add(1, Ordering::Relaxed);
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        // In the table before the worker can answer it.
+        self.table.lock().insert(
+            id,
+            Running {
+                request,
+                cancelled_at: None,
+            },
+        );
+        let written = frame::write_frame(&mut self.live.requests, &frame, Some(deadline));
+        crate::buffers::give_back(frame);
+        written.map_err(|e| match e {
+            FrameError::Timeout => End::Replace("it stopped reading its requests".into()),
+            _ => End::Died,
+        })
+    }
+
+    /// Tells the worker to cancel request `id`, once.
+    fn cancel_in_worker(&mut self, id: u64) -> Result<(), End> {
+        let mut table = self.table.lock();
+        let Some(running) = table.get_mut(&id) else {
+            return Ok(()); // answered meanwhile
+        };
+        if running.cancelled_at.is_some() {
+            return Ok(());
+        }
+        running.cancelled_at = Some(Instant::now());
+        drop(table);
+        let config = &self.shared.config;
+        let frame = protocol::request(id, CANCEL_COMMAND, b"{}", config.max_frame)
+            .map_err(|e| End::Replace(format!("cannot write a cancel: {e}")))?;
+        frame::write_frame(
+            &mut self.live.requests,
+            &frame,
+            Some(Instant::now() + config.cancel_grace),
+        )
+        .map_err(|_| End::Died)
+    }
+
+    /// Deadlines, dead callers, cancels past their grace, and the health ping.
+    fn look_around(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        let config = &self.shared.config;
+        let counters = &self.shared.counters;
+        let check_callers = now.duration_since(self.last_caller_check) >= CALLER_CHECK;
+        if check_callers {
+            self.last_caller_check = now;
+        }
+        let mut to_cancel = Vec::new();
+        for (id, running) in self.table.lock().iter() {
+            match running.cancelled_at {
+                Some(at) if now.duration_since(at) >= config.cancel_grace => {
+                    return Err(End::Replace(format!(
+                        "request {id} ({:?}) did not end within {} ms of its cancel (cancel_grace)",
+                        running.request.command,
+                        config.cancel_grace.as_millis()
+                    )));
+                }
+                Some(_) => {}
+                None if now >= running.request.deadline => {
+                    running.request.ticket.cancel();
+                    counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    to_cancel.push(*id);
+                }
+                None if check_callers && !running.request.caller.is_alive() => {
+                    running.request.ticket.cancel();
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    to_cancel.push(*id);
+                }
+                None => {}
+            }
+        }
+        for id in to_cancel {
+            self.cancel_in_worker(id)?;
+        }
+        self.health(now)
+    }
+
+    /// Pings the worker every `health_interval`, busy or not: a worker whose interpreter is
+    /// stuck (a C loop holding the GIL) answers neither the ping nor anything else.
+    fn health(&mut self, now: Instant) -> Result<(), End> {
+        let config = &self.shared.config;
+        if let Some((_, sent)) = self.ping {
+            if now.duration_since(sent) >= config.health_timeout {
+                return Err(End::Replace(format!(
+                    "no answer to a health check within {} ms",
+                    config.health_timeout.as_millis()
+                )));
+            }
+            return Ok(());
+        }
+        if now.duration_since(self.last_ping) < config.health_interval {
+            return Ok(());
+        }
+        let id = crate::pool::next_request_id();
+        let frame = protocol::request(id, "ping", b"{}", config.max_frame)
+            .map_err(|e| End::Replace(format!("cannot write a health check: {e}")))?;
+        frame::write_frame(
+            &mut self.live.requests,
+            &frame,
+            Some(now + config.health_timeout),
+        )
+        .map_err(|_| End::Died)?;
+        self.ping = Some((id, now));
+        self.last_ping = now;
+        Ok(())
+    }
+}
+
+/// The reader thread: hands each reply to its request, until the worker is gone.
+fn read_replies(
+    shared: Arc<Shared>,
+    index: usize,
+    mut reader: FrameReader,
+    table: Table,
+    news: Sender<News>,
+) {
+    loop {
+        let told = match reader.read_frame(None) {
+            Ok(body) => match protocol::peek_id(body) {
+                Some(id) => answer(&shared, index, &table, id, body),
+                None => News::Broken(format!(
+                    "invalid reply: no id; reply began with {}",
+                    protocol::preview(body)
+                )),
+            },
+            Err(FrameError::Eof) | Err(FrameError::Truncated { .. }) => News::Died,
+            Err(FrameError::TooLarge { len, max }) => News::Broken(format!(
+                "worker {index} sent a reply of {len} bytes, over the {max}-byte frame cap (max_frame)"
+            )),
+            Err(FrameError::Timeout) => continue,
+            Err(FrameError::Io(e)) => News::Broken(format!("reading from worker {index} failed: {e}")),
+        };
+        let last = matches!(told, News::Died | News::Broken(_));
+        if news.send(told).is_err() || last {
+            return;
+        }
+    }
+}
+
+fn answer(shared: &Shared, index: usize, table: &Table, id: u64, body: &[u8]) -> News {
+    let Some(running) = table.lock().remove(&id) else {
+        return News::Other(id);
+    };
+    shared.slots[index].in_flight.fetch_sub(1, Ordering::AcqRel);
+    let request = running.request;
+    // A cancelled request's reply (its result, or the worker's "Cancelled") is dropped.
+    if !request.ticket.finish() {
+        return News::Answered;
+    }
+    match worker::hand_over(shared, index, request, body) {
+        None => News::Answered,
+        Some(why) => News::Broken(why),
+    }
+}
