@@ -28,6 +28,8 @@ from .protocol import frame_reader, frame_writer
 from .state import STATE
 
 CANCEL = "__cancel__"
+# Built-in commands that never block: run on the reading thread, in order.
+INLINE = frozenset({"ping", "echo", "get_stats"})
 
 # (request id, threading.Event set when the pool cancels it) of the request the current
 # thread or task runs.
@@ -201,9 +203,14 @@ def serve(table, async_table, max_frame, prefix, concurrency):
             send(unknown_command_frame(rid, name, table, max_frame))
             continue
         counts[name] = counts.get(name, 0) + 1
-        if name == "ping":
-            # Answered at once, whatever else runs: the pool's health check must get through.
-            send(result_frame(rid, name, fn(args), max_frame))
+        if name in INLINE:
+            # Answered at once, whatever else runs: the pool's health check must get through,
+            # and a hand-off to a thread would cost these more than they do.
+            try:
+                frame = result_frame(rid, name, fn(args), max_frame)
+            except Exception as exc:
+                frame = failed(rid, exc)
+            send(frame)
             continue
         event = threading.Event()
         # Registered before it starts, so that a cancel can never miss it.
