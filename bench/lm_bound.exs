@@ -41,7 +41,11 @@ defmodule LMBound do
     limit_ms = calls * cpu_ms / workers + latency
     configure(server, latency)
     LMServer.reset(server)
+    idle_kb = rss_kb(pool)
+    sampler = sample(pool)
     {wall_ms, results} = timed(fn -> run(pool, id, calls) end)
+    {peak_kb, peak_in_flight} = stop_sampling(sampler)
+    per_request_kb = (peak_kb - idle_kb) / max(peak_in_flight, 1)
     stats = LMServer.stats(server)
     ok = Enum.count(results, &match?({:ok, _}, &1))
     stop(pool)
@@ -63,6 +67,7 @@ defmodule LMBound do
     | measured, #{calls} calls | #{fmt(wall_ms)} ms (#{ok} ok) |
     | ratio to the limit (target ≤ 1.5×) | #{fmt(wall_ms / limit_ms)}× |
     | LM server's peak concurrent requests | #{stats["max_active"]} |
+    | workers' RSS idle → at the peak of #{peak_in_flight} in flight | #{fmt(idle_kb / 1024)} → #{fmt(peak_kb / 1024)} MiB (#{fmt(per_request_kb)} KiB per request in flight) |
     | concurrency 1, #{one_calls} calls | #{fmt(one_ms)} ms (#{fmt(one_ms / one_calls * calls / 1000)} s projected for #{calls}) |
     """)
   end
@@ -132,6 +137,43 @@ defmodule LMBound do
     [_, rest] = String.split(stat, ") ", parts: 2)
     fields = String.split(rest)
     (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) * 10
+  end
+
+  # The workers' resident memory, summed, in KiB.
+  defp rss_kb(pool) do
+    pool
+    |> NativePool.stats()
+    |> Map.fetch!(:workers)
+    |> Enum.map(fn w ->
+      ~r/VmRSS:\s+(\d+) kB/
+      |> Regex.run(File.read!("/proc/#{w.os_pid}/status"), capture: :all_but_first)
+      |> hd()
+      |> String.to_integer()
+    end)
+    |> Enum.sum()
+  end
+
+  # Samples memory and requests in flight every 20 ms until told to stop.
+  defp sample(pool) do
+    spawn_link(fn -> sample_loop(pool, {0, 0}) end)
+  end
+
+  defp sample_loop(pool, {kb, in_flight}) do
+    receive do
+      {:stop, from} -> send(from, {:sampled, kb, in_flight})
+    after
+      20 ->
+        now = NativePool.stats(pool).in_flight
+        sample_loop(pool, {max(kb, rss_kb(pool)), max(in_flight, now)})
+    end
+  end
+
+  defp stop_sampling(sampler) do
+    send(sampler, {:stop, self()})
+
+    receive do
+      {:sampled, kb, in_flight} -> {kb, in_flight}
+    end
   end
 
   defp timed(fun) do
