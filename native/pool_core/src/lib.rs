@@ -12,8 +12,10 @@ pub mod process;
 pub mod protocol;
 pub mod queue;
 pub mod request;
+pub(crate) mod serial;
 pub mod sessions;
 pub mod spares;
+pub(crate) mod start;
 pub mod worker;
 
 /// Held by tests that fork, and by tests that need a dropped lock file released at once: from

@@ -1,0 +1,145 @@
+//! Starting a worker process: spawning it, its init ping, and the replay of the state its
+//! predecessor had (pool-wide settings, then the sessions bound to its slot).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::frame::{self, FrameError, FrameReader};
+use crate::output::Output;
+use crate::pool::{Event, Shared};
+use crate::process::{self, ExitStatus};
+use crate::protocol;
+use crate::worker::{Live, OUTPUT_DRAIN};
+
+/// Spawns a worker and waits for its answer to the init ping.
+pub(crate) fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> {
+    let config = &shared.config;
+    let spec = config.spawn_spec(index);
+    let deadline = Instant::now() + config.startup_timeout;
+    let proc = process::spawn(&spec).map_err(|e| {
+        format!(
+            "cannot start worker {index}: {:?} failed to run: {e}",
+            spec.program.to_string_lossy()
+        )
+    })?;
+    let process = Arc::new(proc.handle);
+    let output = Output::start(
+        proc.stdout,
+        proc.stderr,
+        || process.exit_watch().ok(),
+        index,
+        shared.events.clone(),
+    );
+    // Registered at once, so a pool that stops meanwhile can kill a worker still starting.
+    *shared.slots[index].process.lock() = Some(process.clone());
+    if shared.is_closing() {
+        process.kill();
+    }
+    let _ = frame::set_nonblocking(&proc.requests);
+    let mut replies = FrameReader::new(proc.replies, config.max_frame);
+    let _ = replies.eager();
+    // A child the worker forked may hold the reply pipe open after the worker died.
+    if let Ok(watch) = process.exit_watch() {
+        replies.watch_exit(watch);
+    }
+    let mut live = Live {
+        process,
+        requests: proc.requests,
+        replies: Some(replies),
+        output,
+        served: 0,
+        started: Instant::now(),
+    };
+    let worker_id = index.to_string();
+    let args = serde_json::json!({ "worker_id": worker_id }).to_string();
+    let why = match call_internal(config.max_frame, &mut live, "ping", &args, deadline) {
+        Ok(Ok(result)) if result["worker_id"] == worker_id.as_str() => {
+            match replay(shared, index, &mut live, deadline) {
+                Ok(()) => return Ok(live),
+                Err(why) => why,
+            }
+        }
+        Ok(Ok(result)) => {
+            format!("worker {index} answered the init ping with the wrong worker id: {result}")
+        }
+        Ok(Err(error)) => format!("worker {index} failed its init ping: {error}"),
+        Err(FrameError::Timeout) => format!(
+            "worker {index} did not answer its init ping within {} ms",
+            config.startup_timeout.as_millis()
+        ),
+        Err(FrameError::Eof) | Err(FrameError::Truncated { .. }) => {
+            format!("worker {index} exited during start-up")
+        }
+        Err(e) => format!("worker {index} broke the protocol during start-up: {e}"),
+    };
+    Err(abandon(shared, index, live, &why))
+}
+
+/// Gives a new worker the state its predecessor had: pool-wide settings, then the definitions
+/// of the sessions bound to this slot. A command that fails is reported and skipped; a worker
+/// that dies or hangs doing it failed to start.
+fn replay(shared: &Shared, index: usize, live: &mut Live, deadline: Instant) -> Result<(), String> {
+    let replays = shared.sessions.lock().replays_for(index);
+    for r in replays {
+        let args = String::from_utf8_lossy(&r.args_json);
+        match call_internal(shared.config.max_frame, live, &r.command, &args, deadline) {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => shared.events.event(Event::Warning {
+                slot: index,
+                message: format!(
+                    "replaying {:?} on the new worker failed: {error}",
+                    r.command
+                ),
+            }),
+            Err(e) => {
+                return Err(format!(
+                    "worker {index} failed while replaying {:?}: {e}",
+                    r.command
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kills a worker that failed to start and describes why, quoting its stderr.
+fn abandon(shared: &Shared, index: usize, live: Live, why: &str) -> String {
+    live.process.kill();
+    let status = live.process.reap();
+    *shared.slots[index].process.lock() = None;
+    live.output.drain(OUTPUT_DRAIN);
+    describe(why, status, &live.output.tail.text())
+}
+
+pub(crate) fn describe(why: &str, status: ExitStatus, stderr: &str) -> String {
+    if stderr.is_empty() {
+        format!("{why} ({status}; no stderr output)")
+    } else {
+        format!("{why} ({status}); its stderr ended with:\n{stderr}")
+    }
+}
+
+/// Sends a pool-internal command and waits for its answer.
+pub(crate) fn call_internal(
+    max_frame: usize,
+    live: &mut Live,
+    command: &str,
+    args_json: &str,
+    deadline: Instant,
+) -> Result<Result<serde_json::Value, serde_json::Value>, FrameError> {
+    let id = crate::pool::next_request_id();
+    let frame = protocol::request(id, command, args_json.as_bytes(), max_frame)?;
+    frame::write_frame(&mut live.requests, &frame, Some(deadline))?;
+    let replies = live
+        .replies
+        .as_mut()
+        .expect("a worker's replies before it multiplexes");
+    let body = replies.read_frame(Some(deadline))?;
+    match protocol::reply_value(body) {
+        Ok((got, result)) if got == id => Ok(result),
+        Ok((got, _)) => Err(FrameError::Io(std::io::Error::other(format!(
+            "reply carried id {got}, expected {id}"
+        )))),
+        Err(e) => Err(FrameError::Io(std::io::Error::other(e))),
+    }
+}
