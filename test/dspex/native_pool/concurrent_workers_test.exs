@@ -64,6 +64,11 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
   def crash(args):
       time.sleep(args.get("after", 0))
       os._exit(9)
+
+  def hog(args):
+      # C code that holds the interpreter lock for minutes: nothing else in the worker runs.
+      import re
+      return bool(re.match(r"(a+)+$", "a" * 34 + "b"))
   '''
 
   defp pool!(opts) do
@@ -174,6 +179,17 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
     assert worker_os_pids(pool) == [os_pid]
   end
 
+  test "a worker whose interpreter is stuck is caught by the health check and replaced" do
+    pool = pool!(concurrency: 4, health_interval: 200, health_timeout: 500)
+    [os_pid] = worker_os_pids(pool)
+
+    assert {:error, {:communication_error, :worker_exited, message, _}} =
+             NativePool.execute("hog", %{}, pool: pool, timeout: 60_000)
+
+    assert message =~ "health check"
+    eventually(fn -> all_idle?(pool) and worker_os_pids(pool) != [os_pid] end, 10_000)
+  end
+
   describe "DSPy over HTTP" do
     setup do
       server = LMServer.start!(latency_ms: 300)
@@ -228,6 +244,36 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
                )
 
       assert worker_os_pids(ctx.pool) == [os_pid]
+    end
+
+    test "a replaced worker gets the pool's LM, a session's LM and its programs back", ctx do
+      other = LMServer.start!(answer: "session answer")
+      LMServer.configure(ctx.server, %{latency_ms: 0})
+      {:ok, _} = NativePool.configure_lm(LMServer.lm_config(other), session: "r", pool: ctx.pool)
+
+      {:ok, %{"program_id" => sid}} =
+        NativePool.execute_in_session("r", "create_program", %{signature: "question -> answer"},
+          pool: ctx.pool
+        )
+
+      [os_pid] = worker_os_pids(ctx.pool)
+      System.cmd("kill", ["-9", to_string(os_pid)])
+      eventually(fn -> all_idle?(ctx.pool) and worker_os_pids(ctx.pool) != [os_pid] end, 30_000)
+
+      assert {:ok, %{"outputs" => %{"answer" => "session answer"}}} =
+               NativePool.execute_in_session(
+                 "r",
+                 "execute_program",
+                 %{program_id: sid, inputs: %{question: "q"}},
+                 pool: ctx.pool
+               )
+
+      assert {:ok, %{"outputs" => %{"answer" => "42"}}} =
+               NativePool.execute(
+                 "execute_program",
+                 %{program_id: ctx.id, inputs: %{question: "q"}},
+                 pool: ctx.pool
+               )
     end
 
     test "a per-call and a per-session LM apply to their calls only", ctx do
