@@ -3,7 +3,9 @@ defmodule Mix.Tasks.Compile.Cargo do
   Builds the Rust crate in `native/` with cargo and installs it as `priv/native/*.so`.
 
   The project has no hex dependencies (rustler_mix included), so this small compiler stands in
-  for it. Cargo decides what to rebuild; the library is copied only when it changed.
+  for it. Cargo decides what to rebuild and says where it put the library (so
+  `CARGO_TARGET_DIR` and the like are honoured); its progress and errors are shown as they
+  come, and a failed build fails the compile: a stale library is never installed.
   """
   use Mix.Task.Compiler
 
@@ -12,22 +14,37 @@ defmodule Mix.Tasks.Compile.Cargo do
   @impl true
   def run(_args) do
     cargo = System.find_executable("cargo") || Mix.raise("cargo not found on PATH: run bin/setup")
+    args = ["build", "--release", "-p", @crate, "--message-format=json-render-diagnostics"]
 
-    {_, status} =
-      System.cmd(cargo, ["build", "--release", "--quiet", "-p", @crate],
-        cd: File.cwd!(),
-        into: IO.stream(:stdio, :line),
-        stderr_to_stdout: true
-      )
+    # stdout carries cargo's JSON messages; its progress and errors go to stderr, shown live.
+    {messages, status} = System.cmd(cargo, args, cd: Path.dirname(__ENV__.file))
 
-    if status != 0, do: Mix.raise("cargo build failed (exit status #{status})")
-    install()
+    if status != 0,
+      do: Mix.raise("cargo build failed (exit status #{status}); cargo's own error is above")
+
+    install(artifact(messages))
     {:ok, []}
   end
 
-  defp install do
-    built = Path.join(["target", "release", "lib#{@crate}.so"])
-    dest = Path.join(["priv", "native", "#{@crate}.so"])
+  # The library file of our crate, from cargo's `compiler-artifact` message.
+  defp artifact(messages) do
+    messages
+    |> String.split("\n")
+    |> Enum.filter(&(&1 =~ ~s("reason":"compiler-artifact") and &1 =~ ~s("name":"#{@crate}")))
+    |> Enum.flat_map(fn line ->
+      case Regex.run(~r/"filenames":\[([^\]]*)\]/, line, capture: :all_but_first) do
+        [list] -> Regex.scan(~r/"((?:[^"\\]|\\.)*)"/, list, capture: :all_but_first)
+        nil -> []
+      end
+    end)
+    |> List.flatten()
+    |> Enum.map(&String.replace(&1, ~r/\\(.)/, "\\1"))
+    |> Enum.find(&String.ends_with?(&1, ".so")) ||
+      Mix.raise("cargo built #{@crate} but did not say where the library is")
+  end
+
+  defp install(built) do
+    dest = Path.join([Path.dirname(__ENV__.file), "priv", "native", "#{@crate}.so"])
     File.mkdir_p!(Path.dirname(dest))
 
     unless File.exists?(dest) and File.read!(built) == File.read!(dest) do
