@@ -16,14 +16,40 @@ defmodule Mix.Tasks.Compile.Cargo do
     cargo = System.find_executable("cargo") || Mix.raise("cargo not found on PATH: run bin/setup")
     args = ["build", "--release", "-p", @crate, "--message-format=json-render-diagnostics"]
 
-    # stdout carries cargo's JSON messages; its progress and errors go to stderr, shown live.
-    {messages, status} = System.cmd(cargo, args, cd: Path.dirname(__ENV__.file))
+    port =
+      Port.open({:spawn_executable, cargo}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        {:line, 1_048_576},
+        args: args,
+        cd: Path.dirname(__ENV__.file)
+      ])
+
+    {messages, status} = relay(port, [], false)
 
     if status != 0,
       do: Mix.raise("cargo build failed (exit status #{status}); cargo's own error is above")
 
-    install(artifact(messages))
+    install(artifact(Enum.join(messages, "\n")))
     {:ok, []}
+  end
+
+  # Cargo's JSON messages are kept; its own lines (progress, warnings, errors) are shown as they
+  # come, but for the closing "Finished" of a build that had nothing to compile.
+  defp relay(port, messages, compiled?) do
+    receive do
+      {^port, {:data, {:eol, "{" <> _ = json}}} ->
+        relay(port, [json | messages], compiled?)
+
+      {^port, {:data, {_, line}}} ->
+        quiet? = not compiled? and line =~ ~r/^\s*Finished /
+        unless quiet?, do: IO.puts(:stderr, line)
+        relay(port, messages, compiled? or line =~ ~r/^\s*Compiling /)
+
+      {^port, {:exit_status, status}} ->
+        {Enum.reverse(messages), status}
+    end
   end
 
   # The library file of our crate, from cargo's `compiler-artifact` message.
