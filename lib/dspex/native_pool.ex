@@ -377,7 +377,7 @@ defmodule DSPex.NativePool do
   worker keeps failing to start, or while the pool stops), `:sessions`, `:uptime_ms`,
   `:counters` (`:completed`, `:timed_out`, `:rejected`, `:dropped`, `:worker_exited`,
   `:invalid_reply`, `:pool_closed`, `:pool_unavailable`) and one map per worker with `:id`,
-  `:os_pid`, `:state` (`:starting`, `:idle`, `:busy`, `:restarting`, `:stopped`), `:requests`,
+  `:os_pid`, `:state` (`:starting`, `:idle`, `:busy`, `:draining` (the pool is stopping; it finishes what it runs), `:restarting`, `:stopped`), `:requests`,
   `:restarts`, `:last_exit`, `:backoff_ms` (the wait before its latest restart), `:queue_length`
   and `:cpu` (the CPU it is pinned to, or `nil`; see "CPU pinning").
 

@@ -28,7 +28,7 @@ mod atoms {
         saturated, closed, unavailable, no_such_worker,
         worker_exited, invalid_reply, reply_too_large, wrong_reply_id, result_too_deep,
         pool_closed, pool_unavailable,
-        starting, idle, busy, restarting, stopped,
+        starting, idle, busy, restarting, stopped, draining,
         stdout, stderr,
         dspex_native_pool, worker_ready, worker_start_failed, log, warning,
         worker, session, put, delete, slot, idle_ms, age_ms, definitions,
@@ -601,6 +601,7 @@ fn encode_stats<'a>(env: Env<'a>, s: &PoolStats) -> NifResult<Term<'a>> {
                 SlotState::Busy => atoms::busy(),
                 SlotState::Restarting => atoms::restarting(),
                 SlotState::Stopped => atoms::stopped(),
+                SlotState::Draining => atoms::draining(),
             };
             let os_pid = if w.os_pid > 0 {
                 w.os_pid.encode(env)

@@ -5,6 +5,7 @@
 pub mod affinity;
 pub mod buffers;
 pub mod frame;
+pub mod lifecycle;
 pub mod multiplex;
 pub mod output;
 pub mod pool;

@@ -16,7 +16,8 @@ use crossbeam_channel::{never, select, unbounded, Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::frame::{self, FrameError, FrameReader};
-use crate::pool::{Shared, SlotState};
+use crate::lifecycle::{self, Change};
+use crate::pool::Shared;
 use crate::protocol;
 use crate::request::Request;
 use crate::worker::{self, End, Live};
@@ -112,11 +113,11 @@ impl Serving<'_> {
                     End::Retired
                 };
             }
-            slot.set_state(if running == 0 {
-                SlotState::Idle
-            } else {
-                SlotState::Busy
-            });
+            let serving = Change::Serving {
+                busy: running > 0,
+                draining: self.closing,
+            };
+            lifecycle::change(shared, self.index, serving);
             let accepting = !self.closing && !retiring && running < config.concurrency;
             let own = if accepting {
                 slot.queue.receiver().clone()

@@ -72,6 +72,8 @@ pub enum SlotState {
     Busy = 2,
     Restarting = 3,
     Stopped = 4,
+    /// The pool is closing; the worker finishes what it runs.
+    Draining = 5,
 }
 
 impl SlotState {
@@ -81,6 +83,7 @@ impl SlotState {
             1 => SlotState::Idle,
             2 => SlotState::Busy,
             3 => SlotState::Restarting,
+            5 => SlotState::Draining,
             _ => SlotState::Stopped,
         }
     }
@@ -264,6 +267,26 @@ impl IdleStack {
 const UNAVAILABLE_AFTER: u32 = 3;
 
 impl Shared {
+    /// The state of a pool of `config.size` slots, none of them started.
+    pub(crate) fn new(config: PoolConfig, events: Arc<dyn EventSink>) -> Shared {
+        let (shutdown_tx, shutdown_rx) = bounded(0);
+        Shared {
+            queue: Queue::new(config.max_queue),
+            slots: (0..config.size)
+                .map(|_| Slot::new(config.max_queue))
+                .collect(),
+            config,
+            shutdown_tx: Mutex::new(Some(shutdown_tx)),
+            shutdown_rx,
+            closing: RwLock::new(false),
+            closing_flag: AtomicBool::new(false),
+            events,
+            counters: Counters::default(),
+            sessions: Mutex::new(Sessions::default()),
+            idle: IdleStack::default(),
+        }
+    }
+
     pub fn is_closing(&self) -> bool {
         self.closing_flag.load(Ordering::Acquire)
     }
@@ -360,7 +383,7 @@ pub struct WorkerStats {
     pub queue_length: usize,
     /// The CPU the worker is pinned to, if any (see [`crate::affinity`]).
     pub cpu: Option<usize>,
-    /// How long the slot waited before its latest restart (see `worker::backoff_delay`).
+    /// How long the slot waited before its latest restart (see `lifecycle::backoff_delay`).
     pub backoff_ms: u64,
     pub in_flight: u64,
 }
@@ -369,24 +392,7 @@ impl Pool {
     /// Starts one thread per slot; each spawns its worker at once, so workers start in parallel.
     /// Readiness is reported through `events`.
     pub fn start(config: PoolConfig, events: Arc<dyn EventSink>) -> std::io::Result<Pool> {
-        let queue = Queue::new(config.max_queue);
-        let (shutdown_tx, shutdown_rx) = bounded(0);
-        let slots = (0..config.size)
-            .map(|_| Slot::new(config.max_queue))
-            .collect();
-        let shared = Arc::new(Shared {
-            config,
-            slots,
-            queue,
-            shutdown_tx: Mutex::new(Some(shutdown_tx)),
-            shutdown_rx,
-            closing: RwLock::new(false),
-            closing_flag: AtomicBool::new(false),
-            events,
-            counters: Counters::default(),
-            sessions: Mutex::new(Sessions::default()),
-            idle: IdleStack::default(),
-        });
+        let shared = Arc::new(Shared::new(config, events));
         let (done_tx, threads_done) = bounded::<()>(0);
         let pool = Pool {
             shared: shared.clone(),

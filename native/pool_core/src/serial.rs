@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::select_biased;
 
 use crate::frame::{self, FrameError};
-use crate::pool::{Shared, Slot, SlotState};
+use crate::lifecycle::{self, Change};
+use crate::pool::{Shared, Slot};
 use crate::protocol;
 use crate::request::{FailureKind, Request};
 use crate::start::call_internal;
@@ -19,7 +20,6 @@ pub(crate) fn serve_one_at_a_time(
     index: usize,
     live: &mut Live,
 ) -> (End, Option<Request>) {
-    let slot = &shared.slots[index];
     let config = &shared.config;
     loop {
         if let Some(max) = config.max_requests {
@@ -35,9 +35,13 @@ pub(crate) fn serve_one_at_a_time(
             Ok(None) => continue,
             Err(end) => return (end, None),
         };
-        slot.set_state(SlotState::Busy);
+        let serving = |busy| Change::Serving {
+            busy,
+            draining: false,
+        };
+        lifecycle::change(shared, index, serving(true));
         let outcome = run(shared, index, live, request);
-        slot.set_state(SlotState::Idle);
+        lifecycle::change(shared, index, serving(false));
         if let Some(end) = outcome {
             return end;
         }

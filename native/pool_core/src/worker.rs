@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 
 use crate::frame::FrameReader;
+use crate::lifecycle::{self, Change};
 use crate::output::Output;
-use crate::pool::{Event, Shared, SlotState};
+use crate::pool::Shared;
 use crate::process::ProcessHandle;
 use crate::request::{Failure, FailureKind, Request};
 use crate::start::describe;
@@ -24,7 +25,6 @@ use crate::start::describe;
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 /// How long to wait for the last stderr lines of a dead worker.
 pub(crate) const OUTPUT_DRAIN: Duration = Duration::from_millis(250);
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// A worker that lived this long, or answered a request, was sound: its crash restarts the
 /// backoff. One that dies sooner without answering anything makes the next wait longer.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
@@ -53,78 +53,33 @@ pub(crate) enum End {
 }
 
 pub fn run_slot(shared: Arc<Shared>, index: usize) {
-    let mut restarts = 0u64;
-    loop {
-        if shared.is_closing() {
-            break;
-        }
-        let slot = &shared.slots[index];
-        slot.set_state(SlotState::Starting);
+    let mut restart = false;
+    while !shared.is_closing() {
+        lifecycle::change(&shared, index, Change::Spawning);
         match crate::start::start(&shared, index) {
             Ok(mut live) => {
-                slot.failures_in_row.store(0, Ordering::Release);
-                slot.os_pid.store(live.process.pid(), Ordering::Release);
-                // Idle before anyone hears it is ready, so stats never lag the event.
-                slot.set_state(SlotState::Idle);
-                shared.events.event(Event::WorkerReady {
-                    slot: index,
-                    os_pid: live.process.pid(),
-                    restart: restarts > 0,
-                });
+                let os_pid = live.process.pid();
+                lifecycle::change(&shared, index, Change::Ready { os_pid, restart });
                 let (end, pending) = serve(&shared, index, &mut live);
-                let last = finish(&shared, index, live, end, pending);
-                if last {
+                if finish(&shared, index, live, end, pending) {
                     break;
                 }
             }
             Err(reason) => {
-                let failures = slot.failures_in_row.fetch_add(1, Ordering::AcqRel) + 1;
-                *slot.last_exit.lock() = Some(reason.clone());
-                shared.events.event(Event::WorkerStartFailed {
-                    slot: index,
-                    reason,
-                    failures,
-                });
-                if !shared.is_available() {
-                    shared.fail_queued(index, FailureKind::PoolUnavailable);
-                }
+                lifecycle::change(&shared, index, Change::StartFailed { reason });
             }
         }
-        restarts += 1;
-        slot.restarts.store(restarts, Ordering::Release);
-        if !backoff(&shared, index) {
+        restart = true;
+        let delay = lifecycle::change(&shared, index, Change::BackingOff);
+        // Woken early only when the pool begins stopping.
+        if !matches!(
+            shared.shutdown_rx.recv_timeout(delay),
+            Err(RecvTimeoutError::Timeout)
+        ) {
             break;
         }
     }
-    let slot = &shared.slots[index];
-    slot.set_state(SlotState::Stopped);
-    slot.os_pid.store(0, Ordering::Release);
-}
-
-/// Waits before the next start, longer after each failed start or early crash in a row;
-/// `false` if the pool began stopping meanwhile.
-fn backoff(shared: &Shared, index: usize) -> bool {
-    let slot = &shared.slots[index];
-    let failures =
-        slot.failures_in_row.load(Ordering::Acquire) + slot.crashes_in_row.load(Ordering::Acquire);
-    let delay = backoff_delay(failures, shared.config.max_backoff);
-    slot.backoff_ms
-        .store(delay.as_millis() as u64, Ordering::Release);
-    slot.set_state(SlotState::Restarting);
-    matches!(
-        shared.shutdown_rx.recv_timeout(delay),
-        Err(RecvTimeoutError::Timeout)
-    )
-}
-
-/// 0 after a clean exit; then 100 ms, doubling with each failure in a row, up to `max`.
-pub fn backoff_delay(failures: u32, max: Duration) -> Duration {
-    if failures == 0 {
-        return Duration::ZERO;
-    }
-    FIRST_BACKOFF
-        .saturating_mul(1 << (failures - 1).min(16))
-        .min(max)
+    lifecycle::change(&shared, index, Change::Stopped);
 }
 
 /// Takes requests until the worker has to go. Returns why, and the requests it was running if
@@ -250,7 +205,6 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Vec<Requ
         }
     };
     *slot.process.lock() = None;
-    slot.os_pid.store(0, Ordering::Release);
     shared.idle.remove(index);
     reroute_anonymous(shared, index);
     output.drain(OUTPUT_DRAIN);
@@ -295,23 +249,15 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Vec<Requ
         };
         fail(shared, &mut request, kind, message, index);
     }
-    if matches!(end, End::Died | End::Replace(_)) {
-        // A crash soon after start, before any answer, counts towards the backoff; one after
-        // real work starts it afresh.
-        let answered = live_served.saturating_sub(pending_ran);
-        if answered > 0 || started.elapsed() >= STABLE_AFTER {
-            slot.crashes_in_row.store(1, Ordering::Release);
-        } else {
-            slot.crashes_in_row.fetch_add(1, Ordering::AcqRel);
-        }
-    } else {
-        slot.crashes_in_row.store(0, Ordering::Release);
-    }
-    *slot.last_exit.lock() = Some(reason.clone());
-    shared.events.event(Event::WorkerExited {
-        slot: index,
+    // A crash soon after start, before any answer, counts towards the backoff; one after real
+    // work starts it afresh.
+    let answered = live_served.saturating_sub(pending_ran);
+    let exited = Change::Exited {
         os_pid: process.pid(),
         reason,
-    });
+        crash: matches!(end, End::Died | End::Replace(_)),
+        early: answered == 0 && started.elapsed() < STABLE_AFTER,
+    };
+    lifecycle::change(shared, index, exited);
     matches!(end, End::Shutdown)
 }
