@@ -157,9 +157,13 @@ impl FrameReader {
     /// Whether bytes the worker wrote are waiting, read or not: between requests, that is a
     /// reply nobody asked for.
     pub fn has_unread(&self) -> bool {
-        self.end > self.start
-            || self.large.is_some()
-            || unread_bytes(&self.file).is_some_and(|n| n > 0)
+        self.has_buffered() || unread_bytes(&self.file).is_some_and(|n| n > 0)
+    }
+
+    /// Like [`FrameReader::has_unread`] for what this reader already read, without asking the
+    /// pipe (no system call).
+    pub fn has_buffered(&self) -> bool {
+        self.end > self.start || self.large.is_some()
     }
 
     fn wait(&self, deadline: Option<Instant>) -> Result<(), FrameError> {

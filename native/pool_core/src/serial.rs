@@ -30,8 +30,8 @@ pub(crate) fn serve_one_at_a_time(
         if shared.is_closing() {
             return (End::Shutdown, None);
         }
-        let request = match next_request(shared, index, live) {
-            Ok(Some(request)) => request,
+        let (request, waited) = match next_request(shared, index, live) {
+            Ok(Some(next)) => next,
             Ok(None) => continue,
             Err(end) => return (end, None),
         };
@@ -40,7 +40,7 @@ pub(crate) fn serve_one_at_a_time(
             draining: false,
         };
         lifecycle::change(shared, index, serving(true));
-        let outcome = run(shared, index, live, request);
+        let outcome = run(shared, index, live, request, waited);
         lifecycle::change(shared, index, serving(false));
         if let Some(end) = outcome {
             return end;
@@ -48,22 +48,25 @@ pub(crate) fn serve_one_at_a_time(
     }
 }
 
-/// The next request for this worker: one already waiting, or else it waits listed as idle, so
-/// that callers hand their request straight to the most recently idle worker (whose thread and
-/// Python process are still warm) rather than wake the one that has slept longest.
-fn next_request(shared: &Shared, index: usize, live: &mut Live) -> Result<Option<Request>, End> {
+/// The next request for this worker, and whether the thread had to wait for it: one already
+/// waiting, or else it waits listed as idle, so that callers hand their request straight to
+/// the most recently idle worker (whose thread and Python process are still warm) rather than
+/// wake the one that has slept longest.
+type Next = Option<(Request, bool)>;
+
+fn next_request(shared: &Shared, index: usize, live: &mut Live) -> Result<Next, End> {
     let slot = &shared.slots[index];
     if let Some(request) = waiting(shared, slot) {
         // Listed since its last reply (see `deliver`): busy again, so no longer.
         shared.idle.remove(index);
-        return Ok(Some(request));
+        return Ok(Some((request, false)));
     }
     shared.idle.push(index);
     // A request may have reached the shared queue just before this worker was listed, or a
     // caller that sends requests one after another may send its next one right away.
     if let Some(request) = watch_queues(shared, slot) {
         shared.idle.remove(index);
-        return Ok(Some(request));
+        return Ok(Some((request, false)));
     }
     let next = select_biased! {
         // A worker already dead must not take another request.
@@ -77,7 +80,7 @@ fn next_request(shared: &Shared, index: usize, live: &mut Live) -> Result<Option
     if let Ok(None) = next {
         health_check(shared, live).map_err(End::Replace)?;
     }
-    next
+    next.map(|request| request.map(|r| (r, true)))
 }
 
 /// A request already waiting for this worker: its own first, then the pool's.
@@ -125,12 +128,14 @@ pub(crate) fn health_check(shared: &Shared, live: &mut Live) -> Result<(), Strin
     }
 }
 
-/// Runs one request. `None` means the worker may take the next one.
+/// Runs one request. `None` means the worker may take the next one. `waited`: the thread waited
+/// for it, so the worker had time to write something unasked, which the pipe is checked for.
 fn run(
     shared: &Shared,
     index: usize,
     live: &mut Live,
     mut request: Request,
+    waited: bool,
 ) -> Option<(End, Option<Request>)> {
     let counters = &shared.counters;
     if !request.caller.is_alive() {
@@ -151,7 +156,9 @@ fn run(
         .replies
         .as_mut()
         .expect("a worker serving one request at a time");
-    if replies.has_unread() {
+    // Asking the pipe costs a system call: only after a wait, not between requests that follow
+    // each other within microseconds.
+    if replies.has_buffered() || (waited && replies.has_unread()) {
         // Out of step: its next frame would answer this request with someone else's reply.
         requeue(shared, index, request);
         let why = "it wrote a reply frame that no request asked for".to_string();
