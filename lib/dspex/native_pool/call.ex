@@ -17,36 +17,36 @@ defmodule DSPex.NativePool.Call do
   # Checks a call's options, command and arguments, and finds its pool. `known` lists the
   # options this call accepts.
   def prepare(command, args, opts, known \\ [:pool, :timeout]) do
-    pool = pool_option(opts)
-    context = %{pool: pool, command: command_name(command), worker_id: nil}
+    case Options.check_keys(opts, known, "call options") do
+      :ok ->
+        pool = Keyword.get(opts, :pool, DSPex.NativePool)
+        context = %{pool: pool, command: command_name(command), worker_id: nil}
 
-    with :ok <- check_options(opts, known, context),
-         {:ok, timeout} <- timeout_option(opts, context),
-         :ok <- check_command(command, context),
-         {:ok, resource, config} <- lookup(pool),
-         {:ok, args} <- normalize_args(args, context) do
-      {:ok,
-       %__MODULE__{
-         resource: resource,
-         config: config,
-         args: args,
-         timeout: timeout,
-         context: context
-       }}
+        with {:ok, timeout} <- timeout_option(opts, context),
+             :ok <- check_command(command, context),
+             {:ok, resource, config} <- lookup(pool),
+             {:ok, args} <- normalize_args(args, context) do
+          {:ok,
+           %__MODULE__{
+             resource: resource,
+             config: config,
+             args: args,
+             timeout: timeout,
+             context: context
+           }}
+        end
+
+      {:error, message} ->
+        context = %{pool: pool_option(opts), command: command_name(command), worker_id: nil}
+        invalid(:invalid_options, message, context)
     end
   end
 
+  # The pool named in options that are not all valid, for the error's context.
   defp pool_option(opts) do
     if is_list(opts) and Keyword.keyword?(opts),
       do: Keyword.get(opts, :pool, DSPex.NativePool),
       else: DSPex.NativePool
-  end
-
-  defp check_options(opts, known, context) do
-    case Options.check_keys(opts, known, "call options") do
-      :ok -> :ok
-      {:error, message} -> invalid(:invalid_options, message, context)
-    end
   end
 
   defp timeout_option(opts, context) do
