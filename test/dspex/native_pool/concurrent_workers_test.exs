@@ -153,14 +153,15 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
     held = for i <- 1..5, do: NativePool.execute_async("wait_async", %{s: 1, tag: i}, pool: pool)
 
     assert {:error, {:communication_error, :worker_exited, message, _}} = NativePool.await(crash)
-    assert message =~ "took down"
     results = Enum.map(held, &NativePool.await/1)
 
     exited =
       Enum.count(results, &match?({:error, {:communication_error, :worker_exited, _, _}}, &1))
 
-    assert exited == 2
-    assert Enum.count(results, &match?({:ok, _}, &1)) == 3
+    # Those the crashing worker held failed with it, and it says how many; the rest ran.
+    assert exited >= 1
+    assert message =~ "took down #{exited + 1} requests"
+    assert Enum.count(results, &match?({:ok, _}, &1)) == 5 - exited
   end
 
   test "print() in a concurrent request names the request in the log" do
