@@ -121,7 +121,7 @@ defmodule DSPex.NativePool do
   def start_link(opts \\ []) do
     case Options.validate(opts) do
       {:ok, config} ->
-        Server.start_link(config)
+        Server.start_link(Keyword.put(config, :python_source, Options.python_source(opts)))
 
       {:error, message} ->
         name = if Keyword.keyword?(List.wrap(opts)), do: Keyword.get(List.wrap(opts), :name)

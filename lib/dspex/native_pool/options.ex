@@ -28,8 +28,9 @@ defmodule DSPex.NativePool.Options do
     python: [
       type: :python,
       default: nil,
-      shown: "`.venv/bin/python` made by `bin/setup`, else `python3` (`DSPEX_PYTHON` overrides)",
-      doc: "the Python executable"
+      shown: "see meaning",
+      doc:
+        "the Python executable; without it, `config :dspex_native_pool, python: ...`, else `DSPEX_PYTHON`, else `.venv/bin/python` in the project's root (made by `mix dspex_native_pool.setup`), else `python3`, decided when the pool starts"
     ],
     handlers: [
       type: :python_module,
@@ -343,15 +344,38 @@ defmodule DSPex.NativePool.Options do
   end
 
   @doc false
-  # The virtualenv bin/setup creates, else the system's python3; DSPEX_PYTHON overrides both.
-  def default_python do
-    venv = Path.expand("../../../.venv/bin/python", __DIR__)
+  # The interpreter a pool runs without a :python option, decided when the pool starts.
+  def default_python, do: elem(default_python_and_source(), 0)
+
+  @doc false
+  # `{python, why}`: `config :dspex_native_pool, python: ...`, else DSPEX_PYTHON, else the
+  # virtualenv `mix dspex_native_pool.setup` (or bin/setup) made in the project's root (the
+  # working directory), else python3 on PATH. Never a path fixed when the library compiled.
+  def default_python_and_source do
+    venv = Path.join(File.cwd!(), ".venv/bin/python")
 
     cond do
-      python = System.get_env("DSPEX_PYTHON") -> python
-      File.exists?(venv) -> venv
-      true -> "python3"
+      python = Application.get_env(:dspex_native_pool, :python) ->
+        {python, "config :dspex_native_pool, :python"}
+
+      python = System.get_env("DSPEX_PYTHON") ->
+        {python, "DSPEX_PYTHON"}
+
+      File.exists?(venv) ->
+        {venv, "the .venv in #{File.cwd!()} (made by mix dspex_native_pool.setup)"}
+
+      true ->
+        {"python3",
+         "python3 on PATH: no .venv in #{File.cwd!()}; run mix dspex_native_pool.setup"}
     end
+  end
+
+  @doc false
+  # Why the pool runs the interpreter it runs, for its start-up log line.
+  def python_source(opts) do
+    if is_list(opts) and Keyword.keyword?(opts) and opts[:python],
+      do: "the :python option",
+      else: elem(default_python_and_source(), 1)
   end
 
   @doc false

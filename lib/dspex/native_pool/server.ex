@@ -21,6 +21,7 @@ defmodule DSPex.NativePool.Server do
     :os.set_signal(:sigchld, :default)
     Telemetry.refresh()
     name = config[:name]
+    Logger.info("Python workers run #{config[:python]} (#{config[:python_source]})", pool: name)
 
     case Nif.start_pool(Options.nif_config(config), self()) do
       {:ok, resource} ->

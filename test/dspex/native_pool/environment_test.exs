@@ -5,6 +5,8 @@ defmodule DSPex.NativePool.EnvironmentTest do
   # Not async: it removes HOME from the VM's environment for a moment.
   use DSPex.NativePool.PoolCase, async: false
 
+  alias DSPex.NativePool.Options
+
   @handlers ~S'''
   import os
 
@@ -49,6 +51,26 @@ defmodule DSPex.NativePool.EnvironmentTest do
                ])
     after
       System.delete_env(name)
+    end
+  end
+
+  test "the interpreter comes from config before DSPEX_PYTHON and the project's .venv" do
+    Application.put_env(:dspex_native_pool, :python, "/nonexistent/config-python")
+
+    try do
+      assert {:error, {:validation_error, :invalid_options, message, _}} =
+               NativePool.start_link(name: unique_name())
+
+      assert message =~ "/nonexistent/config-python"
+      assert {_, "config :dspex_native_pool, :python"} = Options.default_python_and_source()
+    after
+      Application.delete_env(:dspex_native_pool, :python)
+    end
+
+    venv = Path.join(File.cwd!(), ".venv/bin/python")
+
+    if File.exists?(venv) and System.get_env("DSPEX_PYTHON") == nil do
+      assert {^venv, "the .venv in " <> _} = Options.default_python_and_source()
     end
   end
 end
