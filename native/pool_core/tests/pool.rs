@@ -12,9 +12,11 @@ use dspex_pool_core::protocol;
 use dspex_pool_core::request::{Caller, Cancelled, Failure, FailureKind, Request, Ticket};
 use serde_json::json;
 
-/// A tiny worker: enough protocol to test the pool without the real bridge.
-const WORKER: &str = r#"
-import json, os, sys, time
+/// What both test workers start with: their id, the protocol fds, and reading whole frames.
+macro_rules! worker_prelude {
+    () => {
+        r#"
+import json, os, sys, threading, time
 wid = sys.argv[sys.argv.index("--worker-id") + 1]
 inp, out = os.fdopen(3, "rb", 0), 4
 def read(n):
@@ -24,6 +26,14 @@ def read(n):
         if not c: os._exit(0)
         b += c
     return b
+"#
+    };
+}
+
+/// A tiny worker: enough protocol to test the pool without the real bridge.
+const WORKER: &str = concat!(
+    worker_prelude!(),
+    r#"
 while True:
     req = json.loads(read(int.from_bytes(read(4), "big")))
     cmd, args = req["command"], req["args"]
@@ -35,7 +45,8 @@ while True:
     res = {"worker_id": wid} if cmd == "ping" else args
     body = json.dumps({"id": req["id"], "success": True, "result": res}).encode()
     os.write(out, len(body).to_bytes(4, "big") + body)
-"#;
+"#
+);
 
 #[derive(Debug)]
 enum Outcome {
@@ -370,17 +381,10 @@ fn missing_executable_is_a_clear_start_failure() {
 
 /// A worker that runs each request on a thread of its own and answers `__cancel__` with a
 /// `Cancelled` error for that id, as the bridge's concurrent loop does.
-const THREADED_WORKER: &str = r#"
-import json, os, sys, threading, time
-wid = sys.argv[sys.argv.index("--worker-id") + 1]
-inp, out, lock, cancelled = os.fdopen(3, "rb", 0), 4, threading.Lock(), {}
-def read(n):
-    b = b""
-    while len(b) < n:
-        c = inp.read(n - len(b))
-        if not c: os._exit(0)
-        b += c
-    return b
+const THREADED_WORKER: &str = concat!(
+    worker_prelude!(),
+    r#"
+lock, cancelled = threading.Lock(), {}
 def send(obj):
     body = json.dumps(obj).encode()
     with lock: os.write(out, len(body).to_bytes(4, "big") + body)
@@ -396,7 +400,8 @@ while True:
     if req["command"] == "__cancel__":
         cancelled[req["id"]] = True; continue
     threading.Thread(target=run, args=(req["id"], req["command"], req["args"])).start()
-"#;
+"#
+);
 
 fn multiplexed(size: usize, concurrency: usize) -> PoolConfig {
     let mut config = config(size);
