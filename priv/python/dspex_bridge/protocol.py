@@ -25,11 +25,16 @@ Reply, failure
     Error types produced by the worker itself, besides the exception class
     names of failing commands (``"ValueError"``, ``"mymod.MyError"``):
     ``UnknownCommand``, ``ProtocolError``, ``SerializationError``,
-    ``FrameTooLarge``.
+    ``FrameTooLarge``, and ``Cancelled`` (below).
+
+Cancel (``--concurrency`` above 1 only)
+    ``{"id": <id of a running request>, "command": "__cancel__", "args": {}}``
+    asks the worker to stop that request; it gets no reply of its own, and the
+    request still gets its one reply (``Cancelled`` if it did not finish).
 
 Rules
-    * Exactly one reply per request, in request order, carrying the
-      request's id; ``"id"`` is always the first key of a reply, so a reader
+    * Exactly one reply per request, carrying the request's id; in request
+      order with ``--concurrency 1``, in the order requests finish above; ``"id"`` is always the first key of a reply, so a reader
       can route a reply without parsing all of it.
     * End of stream on fd 3 (at a frame boundary or inside a frame) means the
       pool is done with this worker: it exits at once with status 0.
