@@ -110,7 +110,7 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
     other = NativePool.execute_async("wait_async", %{s: 0.3, tag: :other}, pool: pool)
 
     assert {:error, {:timeout_error, :request_timeout, _, _}} =
-             NativePool.execute("wait_async", %{s: 30}, pool: pool, timeout: 100)
+             NativePool.execute("wait_async", %{s: 30}, pool: pool, timeout: 500)
 
     assert {:ok, %{"tag" => "other"}} = NativePool.await(other)
     eventually(fn -> NativePool.stats(pool).in_flight == 0 end)
@@ -124,7 +124,7 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
     [os_pid] = worker_os_pids(pool)
 
     assert {:error, {:timeout_error, :request_timeout, _, _}} =
-             NativePool.execute("until_cancelled", %{}, pool: pool, timeout: 100)
+             NativePool.execute("until_cancelled", %{}, pool: pool, timeout: 500)
 
     assert_receive {:pool_log, ^pool, _, "[python] [request " <> rest, _}, 5_000
     assert rest =~ "saw cancel"
@@ -138,7 +138,7 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
     held = NativePool.execute_async("wait_thread", %{s: 5}, pool: pool)
 
     assert {:error, {:timeout_error, :request_timeout, _, _}} =
-             NativePool.execute("ignores_cancel", %{s: 5}, pool: pool, timeout: 100)
+             NativePool.execute("ignores_cancel", %{s: 5}, pool: pool, timeout: 500)
 
     assert {:error, {:communication_error, :worker_exited, message, _}} = NativePool.await(held)
     assert message =~ "cancel_grace"
@@ -226,13 +226,17 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
       LMServer.configure(ctx.server, %{latency_ms: 30_000})
       [os_pid] = worker_os_pids(ctx.pool)
 
-      assert {:error, {:timeout_error, :request_timeout, _, _}} =
-               NativePool.execute(
-                 "execute_program",
-                 %{program_id: ctx.id, inputs: %{question: "slow"}},
-                 pool: ctx.pool,
-                 timeout: 300
-               )
+      handle =
+        NativePool.execute_async(
+          "execute_program",
+          %{program_id: ctx.id, inputs: %{question: "slow"}},
+          pool: ctx.pool,
+          timeout: 60_000
+        )
+
+      # Given up on once the LM server has it: the wait ends, and the call is cancelled.
+      eventually(fn -> LMServer.stats(ctx.server)["active"] == 1 end, 30_000)
+      assert {:error, {:timeout_error, :request_timeout, _, _}} = NativePool.await(handle, 50)
 
       eventually(fn -> LMServer.stats(ctx.server)["aborted"] == 1 end)
       LMServer.configure(ctx.server, %{latency_ms: 0})

@@ -58,7 +58,7 @@ defmodule DSPex.NativePool.HostileCallersTest do
 
     slow = NativePool.execute_async("slow", %{seconds: 30}, pool: pool, timeout: :infinity)
 
-    assert {:error, {:timeout_error, :request_timeout, message, _}} = NativePool.await(slow, 50)
+    assert {:error, {:timeout_error, _queue_or_request, message, _}} = NativePool.await(slow, 50)
     assert message =~ "within 50 ms"
     # Not a second wait of 30 s, nor forever.
     assert {:error, {:validation_error, :already_awaited, _, _}} = NativePool.await(slow)
@@ -71,7 +71,7 @@ defmodule DSPex.NativePool.HostileCallersTest do
     ref = make_ref()
     Process.send_after(self(), ref, 150)
     assert_receive ^ref, 1_000
-    assert {:error, {:timeout_error, :request_timeout, message, _}} = NativePool.await(handle)
+    assert {:error, {:timeout_error, _queue_or_request, message, _}} = NativePool.await(handle)
     assert message =~ "within 100 ms"
   end
 
