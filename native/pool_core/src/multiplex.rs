@@ -143,17 +143,11 @@ impl Serving<'_> {
                     Ok(())
                 }
                 recv(own) -> r => match r {
-                    Ok(request) => {
-                        slot.queue.taken();
-                        self.start(request)
-                    }
+                    Ok(request) => self.take(request, &slot.queue),
                     Err(_) => Ok(()),
                 },
                 recv(any) -> r => match r {
-                    Ok(request) => {
-                        shared.queue.taken();
-                        self.start(request)
-                    }
+                    Ok(request) => self.take(request, &shared.queue),
                     Err(_) => Ok(()),
                 },
                 default(TICK) => Ok(()),
@@ -179,18 +173,31 @@ impl Serving<'_> {
         }
     }
 
-    /// Sends a request to the worker. Its caller may already have given up.
-    fn start(&mut self, mut request: Request) -> Result<(), End> {
+    /// Takes a request out of `queue`: counted in flight before it leaves the queue's count,
+    /// so a caller choosing the least loaded worker never sees it in neither.
+    fn take(&mut self, request: Request, queue: &crate::queue::Queue<Request>) -> Result<(), End> {
+        let in_flight = &self.shared.slots[self.index].in_flight;
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        queue.taken();
+        let started = self.start(request);
+        if matches!(started, Ok(false)) {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        started.map(|_| ())
+    }
+
+    /// Sends a request to the worker; `false` if its caller had already given up.
+    fn start(&mut self, mut request: Request) -> Result<bool, End> {
         let shared = self.shared;
         let counters = &shared.counters;
         if !request.caller.is_alive() {
             request.ticket.cancel();
             counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return Ok(false);
         }
         if Instant::now() >= request.deadline {
             request.ticket.cancel();
-            return Ok(());
+            return Ok(false);
         }
         let id = request.id;
         let cancels = self.cancels.0.clone();
@@ -200,14 +207,13 @@ impl Serving<'_> {
         });
         if !request.ticket.start() {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return Ok(false);
         }
         let slot = &shared.slots[self.index];
         let frame = std::mem::take(&mut request.frame);
         let deadline = request.deadline;
         self.live.served += 1;
         slot.requests.fetch_add(1, Ordering::Relaxed);
-        slot.in_flight.fetch_add(1, Ordering::AcqRel);
         // In the table before the worker can answer it.
         self.table.lock().insert(
             id,
@@ -218,7 +224,7 @@ impl Serving<'_> {
         );
         let written = frame::write_frame(&mut self.live.requests, &frame, Some(deadline));
         crate::buffers::give_back(frame);
-        written.map_err(|e| match e {
+        written.map(|()| true).map_err(|e| match e {
             FrameError::Timeout => End::Replace("it stopped reading its requests".into()),
             _ => End::Died,
         })
