@@ -135,7 +135,8 @@ defmodule DSPex.NativePool.Call do
     %{resource: resource, args: args, timeout: timeout, context: context} = call
     started = Telemetry.start(context)
     ref = make_ref()
-    deadline = deadline(timeout)
+    # Only a call with a checkout phase needs its deadline here.
+    deadline = if checkout, do: deadline(timeout)
 
     result =
       case submit(resource, ref, context.command, args, timeout, target, record) do
