@@ -189,24 +189,15 @@ impl Serving<'_> {
     /// Sends a request to the worker; `false` if its caller had already given up.
     fn start(&mut self, mut request: Request) -> Result<bool, End> {
         let shared = self.shared;
-        let counters = &shared.counters;
-        if !request.caller.is_alive() {
-            request.ticket.cancel();
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(false);
-        }
-        if Instant::now() >= request.deadline {
-            request.ticket.cancel();
-            return Ok(false);
-        }
         let id = request.id;
         let cancels = self.cancels.0.clone();
         // Before it starts, so a caller that gives up at any moment after is heard.
-        request.ticket.on_cancel(move || {
-            let _ = cancels.send(id);
-        });
-        if !request.ticket.start() {
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
+        let hook = || {
+            request.ticket.on_cancel(move || {
+                let _ = cancels.send(id);
+            })
+        };
+        if !worker::admit(shared, &request, hook) {
             return Ok(false);
         }
         let slot = &shared.slots[self.index];

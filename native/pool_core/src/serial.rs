@@ -13,7 +13,7 @@ use crate::pool::{Shared, Slot};
 use crate::protocol;
 use crate::request::{FailureKind, Request};
 use crate::start::call_internal;
-use crate::worker::{fail, hand_over, requeue, End, Live};
+use crate::worker::{admit, fail, hand_over, requeue, End, Live};
 
 pub(crate) fn serve_one_at_a_time(
     shared: &Shared,
@@ -138,18 +138,7 @@ fn run(
     waited: bool,
 ) -> Option<(End, Option<Request>)> {
     let counters = &shared.counters;
-    if !request.caller.is_alive() {
-        request.ticket.cancel();
-        counters.dropped.fetch_add(1, Ordering::Relaxed);
-        return None;
-    }
-    if Instant::now() >= request.deadline {
-        // The caller's own deadline fired, or is about to: it reports the timeout.
-        request.ticket.cancel();
-        return None;
-    }
-    if !request.ticket.start() {
-        counters.dropped.fetch_add(1, Ordering::Relaxed);
+    if !admit(shared, &request, || {}) {
         return None;
     }
     let replies = live

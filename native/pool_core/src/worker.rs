@@ -131,6 +131,29 @@ fn reroute_anonymous(shared: &Shared, index: usize) {
     }
 }
 
+/// Whether a request taken from a queue may run: its caller still waits and its deadline has
+/// not passed (else it is cancelled, and a dead caller's counted as dropped), and nobody
+/// cancelled it first. `before_start` runs just before it is marked running.
+pub(crate) fn admit(shared: &Shared, request: &Request, before_start: impl FnOnce()) -> bool {
+    let dropped = &shared.counters.dropped;
+    if !request.caller.is_alive() {
+        request.ticket.cancel();
+        dropped.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    if Instant::now() >= request.deadline {
+        // The caller's own deadline fired, or is about to: it reports the timeout.
+        request.ticket.cancel();
+        return false;
+    }
+    before_start();
+    if !request.ticket.start() {
+        dropped.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
 /// Sends a reply to the caller whose request finished (`ticket.finish()` won), and records
 /// the session state it created. `Some(why)` if the reply shows the worker's stream can no
 /// longer be trusted; a result too deep to decode is the caller's failure only.
