@@ -1,11 +1,18 @@
 defmodule Mix.Tasks.Compile.Cargo do
   @moduledoc """
-  Builds the Rust crate in `native/` with cargo and installs it as `priv/native/*.so`.
+  Builds the Rust crate in `native/` with cargo and installs it, with the Python bridge, in the
+  application's build directory (`_build/ENV/lib/dspex_native_pool/priv`).
 
   The project has no hex dependencies (rustler_mix included), so this small compiler stands in
   for it. Cargo decides what to rebuild and says where it put the library (so
   `CARGO_TARGET_DIR` and the like are honoured); its progress and errors are shown as they
   come, and a failed build fails the compile: a stale library is never installed.
+
+  Nothing is written into the library's own checkout but cargo's target directory: Mix links a
+  dependency's build `priv` to its source `priv`, so that link is replaced by a real directory
+  first. The build `priv` also gets `python_env`, a link to the Python environment made by
+  `mix dspex_native_pool.setup` (when there is one), which `mix release` copies into the
+  release.
   """
   use Mix.Task.Compiler
 
@@ -23,7 +30,7 @@ defmodule Mix.Tasks.Compile.Cargo do
         :stderr_to_stdout,
         {:line, 1_048_576},
         args: args,
-        cd: Path.dirname(__ENV__.file)
+        cd: source_root()
       ])
 
     {messages, status} = relay(port, [], false)
@@ -31,8 +38,58 @@ defmodule Mix.Tasks.Compile.Cargo do
     if status != 0,
       do: Mix.raise("cargo build failed (exit status #{status}); cargo's own error is above")
 
-    install(artifact(Enum.join(messages, "\n")))
+    priv = build_priv()
+    install_bridge(priv)
+    install_library(artifact(Enum.join(messages, "\n")), priv)
+    link_python_env(priv)
     {:ok, []}
+  end
+
+  @doc """
+  Points `priv/python_env` of a build directory at the Python environment `venv` (or removes
+  the link when `venv` is nil or has no interpreter). Shared with `mix dspex_native_pool.setup`.
+  """
+  def link_python_env(priv, venv \\ default_venv()) do
+    link = Path.join(priv, "python_env")
+    if match?({:ok, _}, File.read_link(link)), do: File.rm!(link)
+
+    if venv && File.exists?(Path.join([venv, "bin", "python"])) &&
+         Application.get_env(:dspex_native_pool, :bundle_venv, true) do
+      File.ln_s!(venv, link)
+    end
+
+    :ok
+  end
+
+  # Where `mix dspex_native_pool.setup` puts the environment when not told otherwise:
+  # `config :dspex_native_pool, venv: DIR`, else `.venv` in the root of the project being
+  # built (the host application's, when this library is a dependency of it).
+  def default_venv do
+    Path.expand(Application.get_env(:dspex_native_pool, :venv, ".venv"), host_root())
+  end
+
+  # A dependency is built with its parent's lock file, so its directory is the host's root.
+  defp host_root, do: Path.dirname(Path.expand(Mix.Project.config()[:lockfile]))
+
+  defp source_root, do: Path.dirname(__ENV__.file)
+
+  defp build_priv do
+    priv = Path.join(Mix.Project.app_path(), "priv")
+
+    case File.read_link(priv) do
+      {:ok, _} -> File.rm!(priv)
+      {:error, _} -> :ok
+    end
+
+    File.mkdir_p!(priv)
+    priv
+  end
+
+  # The bridge is copied afresh, so a file deleted from the source does not linger.
+  defp install_bridge(priv) do
+    target = Path.join(priv, "python")
+    File.rm_rf!(target)
+    File.cp_r!(Path.join([source_root(), "priv", "python"]), target)
   end
 
   # Cargo's JSON messages are kept; its own lines (progress, warnings, errors) are shown as they
@@ -69,8 +126,8 @@ defmodule Mix.Tasks.Compile.Cargo do
       Mix.raise("cargo built #{@crate} but did not say where the library is")
   end
 
-  defp install(built) do
-    dest = Path.join([Path.dirname(__ENV__.file), "priv", "native", "#{@crate}.so"])
+  defp install_library(built, priv) do
+    dest = Path.join([priv, "native", "#{@crate}.so"])
     File.mkdir_p!(Path.dirname(dest))
 
     unless File.exists?(dest) and File.read!(built) == File.read!(dest) do

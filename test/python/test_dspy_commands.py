@@ -3,7 +3,7 @@
 Workers are spawned exactly as the Rust NIF spawns them (worker_harness.py).
 The DSPy tests need dspy in the interpreter running the tests:
 
-    .venv/bin/python -m unittest discover -s priv/python/tests -v
+    .venv/bin/python -m unittest discover -s test/python -v
 
 Under a python without dspy they are skipped, and the "no DSPy" tests still run.
 """

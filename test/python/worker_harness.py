@@ -16,7 +16,8 @@ import threading
 import time
 import unittest
 
-PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The bridge itself, in the source tree: <repo>/priv/python.
+PYTHON_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "priv", "python")
 WORKER = os.path.join(PYTHON_DIR, "dspex_worker.py")
 
 

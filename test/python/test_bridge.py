@@ -1,6 +1,6 @@
 """Tests of the Python worker, spawned exactly as the Rust NIF spawns it.
 
-Run: python3 -m unittest discover -s priv/python/tests -v
+Run: python3 -m unittest discover -s test/python -v
 """
 
 import json

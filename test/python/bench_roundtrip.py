@@ -1,6 +1,6 @@
 """Round-trip benchmark of the worker: N sequential echo requests of ~100 bytes.
 
-    python3 priv/python/tests/bench_roundtrip.py [-n 10000] [--json json]
+    python3 test/python/bench_roundtrip.py [-n 10000] [--json json]
 
 Spawns the worker exactly as Rust does (see worker_harness.py) and measures
 send-request -> receive-complete-reply, one request in flight at a time.  The
