@@ -74,7 +74,7 @@ defmodule LMBound do
 
   defp start_server do
     # LMServer is written for tests (it registers on_exit); start it the same way by hand.
-    python = DSPex.NativePool.Options.default_python() |> System.find_executable()
+    python = DSPex.NativePool.PythonEnv.python() |> System.find_executable()
     script = Path.expand("../test/support/lm_server.py", __DIR__)
     port = Port.open({:spawn_executable, python}, [:binary, {:line, 1024}, args: ["-u", script]])
 

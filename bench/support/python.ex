@@ -20,7 +20,7 @@ defmodule Bench.Python do
 
   @doc "The interpreter the pool itself would use (DSPEX_PYTHON, bin/setup's venv, python3)."
   def executable do
-    python = DSPex.NativePool.Options.default_python()
+    python = DSPex.NativePool.PythonEnv.python()
     System.find_executable(python) || python
   end
 

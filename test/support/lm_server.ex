@@ -7,7 +7,7 @@ defmodule DSPex.NativePool.LMServer do
 
   @doc "Starts a server; returns `%{port: port, api_base: url}`."
   def start!(opts \\ []) do
-    python = DSPex.NativePool.Options.default_python() |> System.find_executable()
+    python = DSPex.NativePool.PythonEnv.python() |> System.find_executable()
     args = ["-u", @script, "--latency-ms", to_string(Keyword.get(opts, :latency_ms, 0))]
     args = args ++ ["--answer", Keyword.get(opts, :answer, "42")]
 

@@ -5,6 +5,8 @@ defmodule DSPex.NativePool.Options do
   # through a test, the README's copy of that table. Nothing here ever quotes an option's
   # value in an error: `:env` may carry secrets.
 
+  alias DSPex.NativePool.PythonEnv
+
   @mib 1024 * 1024
   # The longest wait `receive ... after` accepts (about 49.7 days), and so every ms option's
   # bound.
@@ -30,7 +32,13 @@ defmodule DSPex.NativePool.Options do
       default: nil,
       shown: "see meaning",
       doc:
-        "the Python executable; without it, `config :dspex_native_pool, python: ...`, else `DSPEX_PYTHON`, else `.venv/bin/python` in the project's root (made by `mix dspex_native_pool.setup`), else `python3`, decided when the pool starts"
+        "the Python executable; without it, `config :dspex_native_pool, python: ...`, else `DSPEX_PYTHON`, else the environment made by `mix dspex_native_pool.setup` (bundled in releases), else `python3`, decided when the pool starts and logged (see [Install in your application](#install-in-your-application))"
+    ],
+    require_dspy: [
+      type: :require_dspy,
+      default: :auto,
+      doc:
+        "`true`: the pool does not start (`:dspy_missing`) unless its Python has the `dspy` package; `:auto` means `true` when that Python runs in an environment made by `mix dspex_native_pool.setup`"
     ],
     handlers: [
       type: :python_module,
@@ -40,7 +48,14 @@ defmodule DSPex.NativePool.Options do
     python_path: [
       type: :paths,
       default: [],
-      doc: "directories put on the workers' import path"
+      doc:
+        "directories put on the workers' import path; relative ones are taken from the application's root (the Mix project's directory, or the release's root)"
+    ],
+    cwd: [
+      type: :dir,
+      default: nil,
+      shown: "the VM's",
+      doc: "the workers' working directory; a relative one is taken from the application's root"
     ],
     env: [
       type: :env,
@@ -252,7 +267,7 @@ defmodule DSPex.NativePool.Options do
   defp check(:name, name) when is_atom(name) and name not in [nil, true, false], do: {:ok, name}
   defp check(:name, other), do: {:error, "expected an atom, got #{describe(other)}"}
 
-  defp check(:python, nil), do: find_python(default_python())
+  defp check(:python, nil), do: find_python(elem(PythonEnv.default(), 0))
   defp check(:python, python) when is_binary(python) and python != "", do: find_python(python)
   defp check(:python, other), do: {:error, "expected a path, got #{describe(other)}"}
 
@@ -265,12 +280,29 @@ defmodule DSPex.NativePool.Options do
 
   defp check(:paths, paths) when is_list(paths) do
     if Enum.all?(paths, &(is_binary(&1) and String.valid?(&1))),
-      do: {:ok, Enum.map(paths, &Path.expand/1)},
+      do: {:ok, Enum.map(paths, &Path.expand(&1, PythonEnv.app_root()))},
       else: {:error, "expected a list of directory paths (strings)"}
   end
 
   defp check(:paths, other),
     do: {:error, "expected a list of directories, got #{describe(other)}"}
+
+  defp check(:dir, nil), do: {:ok, nil}
+
+  defp check(:dir, dir) when is_binary(dir) and dir != "" do
+    path = Path.expand(dir, PythonEnv.app_root())
+
+    if File.dir?(path),
+      do: {:ok, path},
+      else: {:error, "#{inspect(path)} is not a directory"}
+  end
+
+  defp check(:dir, other), do: {:error, "expected a directory path, got #{describe(other)}"}
+
+  defp check(:require_dspy, value) when value in [:auto, true, false], do: {:ok, value}
+
+  defp check(:require_dspy, other),
+    do: {:error, "expected :auto, true or false, got #{describe(other)}"}
 
   defp check(:env, env) when is_map(env), do: check(:env, Map.to_list(env))
 
@@ -344,38 +376,11 @@ defmodule DSPex.NativePool.Options do
   end
 
   @doc false
-  # The interpreter a pool runs without a :python option, decided when the pool starts.
-  def default_python, do: elem(default_python_and_source(), 0)
-
-  @doc false
-  # `{python, why}`: `config :dspex_native_pool, python: ...`, else DSPEX_PYTHON, else the
-  # virtualenv `mix dspex_native_pool.setup` (or bin/setup) made in the project's root (the
-  # working directory), else python3 on PATH. Never a path fixed when the library compiled.
-  def default_python_and_source do
-    venv = Path.join(File.cwd!(), ".venv/bin/python")
-
-    cond do
-      python = Application.get_env(:dspex_native_pool, :python) ->
-        {python, "config :dspex_native_pool, :python"}
-
-      python = System.get_env("DSPEX_PYTHON") ->
-        {python, "DSPEX_PYTHON"}
-
-      File.exists?(venv) ->
-        {venv, "the .venv in #{File.cwd!()} (made by mix dspex_native_pool.setup)"}
-
-      true ->
-        {"python3",
-         "python3 on PATH: no .venv in #{File.cwd!()}; run mix dspex_native_pool.setup"}
-    end
-  end
-
-  @doc false
   # Why the pool runs the interpreter it runs, for its start-up log line.
   def python_source(opts) do
     if is_list(opts) and Keyword.keyword?(opts) and opts[:python],
       do: "the :python option",
-      else: elem(default_python_and_source(), 1)
+      else: elem(PythonEnv.default(), 1)
   end
 
   @doc false
@@ -407,7 +412,7 @@ defmodule DSPex.NativePool.Options do
       python: opts[:python],
       args: args,
       env: worker_env(opts),
-      cwd: nil,
+      cwd: opts[:cwd],
       max_frame: opts[:max_frame],
       max_queue: opts[:max_queue],
       startup_timeout: opts[:startup_timeout],

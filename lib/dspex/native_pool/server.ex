@@ -7,22 +7,47 @@ defmodule DSPex.NativePool.Server do
   use GenServer
   require Logger
 
-  alias DSPex.NativePool.{Nif, Options, Telemetry}
+  alias DSPex.NativePool.{Nif, Options, PythonEnv, Telemetry}
 
   @doc false
   def start_link(config), do: GenServer.start_link(__MODULE__, config, name: config[:name])
 
   @impl true
   def init(config) do
-    # Terminate runs on shutdown, so workers are stopped gracefully.
-    Process.flag(:trap_exit, true)
-    # The VM ignores SIGCHLD by default, which makes the kernel discard exit statuses; the pool
-    # reaps its own children, and ports reap theirs through erl_child_setup.
-    :os.set_signal(:sigchld, :default)
-    Telemetry.refresh()
     name = config[:name]
     Logger.info("Python workers run #{config[:python]} (#{config[:python_source]})", pool: name)
 
+    # Before exits are trapped: the check's port would otherwise leave an :EXIT message.
+    with :ok <- check_dspy(config) do
+      # Terminate runs on shutdown, so workers are stopped gracefully.
+      Process.flag(:trap_exit, true)
+      # The VM ignores SIGCHLD by default, which makes the kernel discard exit statuses; the
+      # pool reaps its own children, and ports reap theirs through erl_child_setup.
+      :os.set_signal(:sigchld, :default)
+      Telemetry.refresh()
+      start_pool(name, config)
+    end
+  end
+
+  # `:require_dspy`, `:auto` resolved: only an environment made by the setup task is expected
+  # to have DSPy.
+  defp check_dspy(config) do
+    required? =
+      case config[:require_dspy] do
+        :auto -> PythonEnv.made_by_setup?(config[:python])
+        required? -> required?
+      end
+
+    with true <- required?,
+         {:error, message} <- PythonEnv.check_dspy(config[:python], config[:python_source]) do
+      {:stop,
+       {:resource_error, :dspy_missing, message, %{pool: config[:name], python: config[:python]}}}
+    else
+      _ -> :ok
+    end
+  end
+
+  defp start_pool(name, config) do
     case Nif.start_pool(Options.nif_config(config), self()) do
       {:ok, resource} ->
         deadline = System.monotonic_time(:millisecond) + config[:startup_timeout] + 5_000

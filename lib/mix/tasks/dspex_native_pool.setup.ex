@@ -19,13 +19,16 @@ defmodule Mix.Tasks.DspexNativePool.Setup do
     * `--python EXE` - the interpreter the virtualenv is made from (default `python3`).
 
   Running it again is fast: requirements whose contents did not change since the last run are
-  not reinstalled. Pools find a `.venv` in the application's root by themselves (see the
-  `:python` option of `DSPex.NativePool` for the order in which an interpreter is chosen).
+  not reinstalled. Pools find the environment by themselves, and `mix release` copies it into
+  the release (see "Install in your application" in `DSPex.NativePool`'s docs for the order in
+  which an interpreter is chosen, and for releases). Use `config :dspex_native_pool, venv: DIR`
+  rather than `--path` for a place of your own: the library's builds link to the configured
+  place, `--path` links only the builds that exist when the task runs.
   """
 
   use Mix.Task
 
-  @marker ".dspex_native_pool_requirements"
+  @marker DSPex.NativePool.PythonEnv.marker()
 
   @impl true
   def run(argv) do
@@ -44,7 +47,32 @@ defmodule Mix.Tasks.DspexNativePool.Setup do
     install(path, requirements)
     step("Checking that DSPy imports")
     check_dspy(path)
+    step("Linking the library's builds to it (priv/python_env)")
+    link_builds(path)
     Mix.shell().info("\nReady: workers will run #{venv_python(path)}")
+  end
+
+  # Every build of the library made so far (one per MIX_ENV) gets `priv/python_env`, the link
+  # pools resolve and `mix release` copies; builds made later get it from the library's
+  # compiler, which looks in the same default place (`config :dspex_native_pool, venv: DIR`,
+  # else `.venv`). A build whose `priv` is still Mix's link into the library's checkout is left
+  # alone: nothing is written into the checkout.
+  defp link_builds(path) do
+    builds =
+      Mix.Project.build_path()
+      |> Path.dirname()
+      |> Path.join("*/lib/dspex_native_pool/priv")
+      |> Path.wildcard()
+      |> Enum.filter(&match?({:error, _}, File.read_link(&1)))
+
+    for priv <- builds do
+      link = Path.join(priv, "python_env")
+      if match?({:ok, _}, File.read_link(link)), do: File.rm!(link)
+      File.ln_s!(path, link)
+      Mix.shell().info("    #{link}")
+    end
+
+    if builds == [], do: Mix.shell().info("    no build yet: mix compile will link it")
   end
 
   defp config(key), do: Application.get_env(:dspex_native_pool, key)
@@ -69,6 +97,18 @@ defmodule Mix.Tasks.DspexNativePool.Setup do
 
       run!(exe, ["-m", "venv", path], "creating the virtualenv")
     end
+
+    drop_lib64_link(path)
+  end
+
+  # `lib64` is a link to `lib` where the interpreter does not use it; `mix release` copies what
+  # links point to, so it would carry site-packages twice.
+  defp drop_lib64_link(path) do
+    lib64 = Path.join(path, "lib64")
+    platlib = run!(venv_python(path), ["-c", "import sys; print(sys.platlibdir)"], "probing")
+
+    if String.trim(platlib) == "lib" and File.read_link(lib64) == {:ok, "lib"},
+      do: File.rm!(lib64)
   end
 
   defp install(path, requirements) do
