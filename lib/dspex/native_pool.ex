@@ -115,7 +115,10 @@ defmodule DSPex.NativePool do
   @doc """
   Starts a pool linked to the caller. See the options table in the module doc.
 
-      {:ok, pid} = DSPex.NativePool.start_link(name: MyPool, pool_size: 2)
+      iex> {:ok, pid} = DSPex.NativePool.start_link(name: ExamplePool, pool_size: 1)
+      iex> {:ok, %{"status" => "ok"}} = DSPex.NativePool.execute("ping", %{}, pool: ExamplePool)
+      iex> GenServer.stop(pid)
+      :ok
   """
   @spec start_link(keyword) :: GenServer.on_start()
   def start_link(opts \\ []) do
@@ -132,7 +135,8 @@ defmodule DSPex.NativePool do
   @doc """
   A child spec; the supervisor waits `:shutdown_timeout` plus a margin for the pool to stop.
 
-      children = [{DSPex.NativePool, name: MyPool}]
+      iex> DSPex.NativePool.child_spec(name: MyPool).start
+      {DSPex.NativePool, :start_link, [[name: MyPool]]}
   """
   @spec child_spec(keyword) :: Supervisor.child_spec()
   def child_spec(opts) do
@@ -160,7 +164,15 @@ defmodule DSPex.NativePool do
   every worker, as with `broadcast/3`, and are replayed on workers that replace them if they
   succeeded; the first worker's result is returned.
 
-      {:ok, %{"text" => "hi"}} = DSPex.NativePool.execute("echo", %{text: "hi"}, pool: MyPool)
+      iex> DSPex.NativePool.execute("echo", %{text: "hi"}, pool: MyPool)
+      {:ok, %{"text" => "hi"}}
+      iex> {:error, {:validation_error, :unknown_command, message, _}} =
+      ...>   DSPex.NativePool.execute("no_such_command", %{}, pool: MyPool)
+      iex> message =~ "no_such_command"
+      true
+
+  A command still running at its deadline fails with `:request_timeout`:
+
       {:error, {:timeout_error, :request_timeout, _, _}} =
         DSPex.NativePool.execute("slow", %{}, pool: MyPool, timeout: 100)
   """
@@ -180,7 +192,8 @@ defmodule DSPex.NativePool do
   @doc """
   Like `execute/3`, but returns the result or raises `DSPex.NativePool.Error`.
 
-      %{"text" => "hi"} = DSPex.NativePool.execute!("echo", %{text: "hi"}, pool: MyPool)
+      iex> DSPex.NativePool.execute!("echo", %{text: "hi"}, pool: MyPool)
+      %{"text" => "hi"}
   """
   @spec execute!(String.t() | atom, map | keyword, [call_option]) :: term
   def execute!(command, args \\ %{}, opts \\ []) do
@@ -228,7 +241,8 @@ defmodule DSPex.NativePool do
   Ends a session: its state is freed on its worker (`cleanup_session`) and it is forgotten.
   Returns `:ok` whether or not the session existed.
 
-      :ok = DSPex.NativePool.end_session("user-42", pool: MyPool)
+      iex> DSPex.NativePool.end_session("no-such-session", pool: MyPool)
+      :ok
   """
   @spec end_session(String.t(), [call_option]) :: :ok | error
   def end_session(session_id, opts \\ []) do
@@ -262,8 +276,8 @@ defmodule DSPex.NativePool do
   @doc """
   Runs `command` on every worker and returns each worker's result, keyed by worker index.
 
-      {:ok, %{0 => {:ok, %{"status" => "ok"}}, 1 => {:ok, _}}} =
-        DSPex.NativePool.broadcast("ping", %{}, pool: MyPool)
+      iex> DSPex.NativePool.broadcast("echo", %{n: 1}, pool: MyPool)
+      {:ok, %{0 => {:ok, %{"n" => 1}}, 1 => {:ok, %{"n" => 1}}}}
   """
   @spec broadcast(String.t() | atom, map | keyword, [call_option]) ::
           {:ok, %{non_neg_integer => {:ok, term} | error}} | error
@@ -295,8 +309,9 @@ defmodule DSPex.NativePool do
   Starts a request and returns at once with a handle; `await/2` collects the result. Only the
   calling process may await it, once. The deadline (`:timeout`) starts now.
 
-      handles = for i <- 1..100, do: DSPex.NativePool.execute_async("echo", %{i: i}, pool: MyPool)
-      results = Enum.map(handles, &DSPex.NativePool.await/1)
+      iex> handles = for i <- 1..3, do: DSPex.NativePool.execute_async("echo", %{i: i}, pool: MyPool)
+      iex> Enum.map(handles, &DSPex.NativePool.await/1)
+      [{:ok, %{"i" => 1}}, {:ok, %{"i" => 2}}, {:ok, %{"i" => 3}}]
   """
   @spec execute_async(String.t() | atom, map | keyword, [call_option]) :: Handle.t() | error
   def execute_async(command, args \\ %{}, opts \\ []) do
@@ -322,8 +337,12 @@ defmodule DSPex.NativePool do
   passed through, so results can be piped. A handle is awaited once: a second `await/2`
   returns `:already_awaited` at once.
 
-      handle = DSPex.NativePool.execute_async("echo", %{a: 1}, pool: MyPool)
-      {:ok, %{"a" => 1}} = DSPex.NativePool.await(handle)
+      iex> handle = DSPex.NativePool.execute_async("echo", %{a: 1}, pool: MyPool)
+      iex> DSPex.NativePool.await(handle)
+      {:ok, %{"a" => 1}}
+      iex> DSPex.NativePool.await(handle)
+      {:error, {:validation_error, :already_awaited, "this handle was already awaited",
+                %{command: "echo", pool: MyPool, worker_id: nil}}}
   """
   @spec await(Handle.t() | error, timeout) :: {:ok, term} | error
   def await(handle, timeout \\ :infinity)
@@ -381,7 +400,7 @@ defmodule DSPex.NativePool do
   `:restarts`, `:last_exit`, `:backoff_ms` (the wait before its latest restart), `:queue_length`
   and `:cpu` (the CPU it is pinned to, or `nil`; see "CPU pinning").
 
-      %{pool_size: 4, workers: [%{id: 0, state: :idle} | _]} = DSPex.NativePool.stats(MyPool)
+      iex> %{pool_size: 2, workers: [%{id: 0} | _]} = DSPex.NativePool.stats(MyPool)
   """
   @spec stats(pool) :: map | error
   def stats(pool \\ __MODULE__) do

@@ -1,4 +1,65 @@
 defmodule DSPex.NativePool.Error do
+  # Every error type, once: the moduledoc's table and the README's come from this list (a test
+  # checks the README's copy).
+  @types [
+    {:validation_error, :invalid_args,
+     "an argument cannot be encoded as JSON (pid, ref, fun, tuple, struct, non-UTF-8 binary, integer beyond 64 bits, nesting deeper than 128); nothing was sent"},
+    {:validation_error, :invalid_command, "the command is not a UTF-8 string or an atom"},
+    {:validation_error, :invalid_options, "a start or call option is not valid"},
+    {:validation_error, :invalid_session, "a session id is not a non-empty UTF-8 string"},
+    {:validation_error, :request_too_large,
+     "the encoded request is over the pool's `:max_frame`"},
+    {:validation_error, :unknown_command, "the worker has no such command"},
+    {:validation_error, :already_awaited,
+     "`await/2` on a handle that was already awaited (answered at once)"},
+    {:timeout_error, :queue_timeout,
+     "the deadline passed while the request waited for a worker; it never ran"},
+    {:timeout_error, :request_timeout,
+     "the deadline passed while a worker ran the request; its reply, if any, is dropped"},
+    {:timeout_error, :startup_timeout,
+     "workers did not become ready in time (from `start_link/1`)"},
+    {:resource_error, :pool_not_found, "no pool of that name is running"},
+    {:resource_error, :pool_saturated, "the queue is full (`:max_queue`); fails at once"},
+    {:resource_error, :pool_unavailable,
+     "every worker keeps failing to start; fails at once until one starts"},
+    {:resource_error, :pool_closed, "the pool stopped before (or while) the request ran"},
+    {:resource_error, :reply_too_large,
+     "the command's result encodes to more than `:max_frame`; the worker stays"},
+    {:resource_error, :worker_start_failed,
+     "a worker could not start (from `start_link/1`; the message quotes its stderr)"},
+    {:resource_error, :dspy_missing,
+     "the pool's Python has no `dspy` package and `:require_dspy` asks for it (from `start_link/1`; the message names the interpreter, why it was chosen, and the fixes)"},
+    {:communication_error, :worker_exited,
+     "the worker died while running the request; the message names the exit status or signal and quotes its last stderr lines"},
+    {:communication_error, :invalid_reply,
+     "the worker wrote bytes that are not a valid reply frame or JSON; it is replaced"},
+    {:communication_error, :wrong_reply_id,
+     "the worker answered another request's id; it is replaced"},
+    {:communication_error, :oversized_reply,
+     "a reply frame announced more than `:max_frame` bytes; the worker is replaced"},
+    {:communication_error, :protocol_error, "the worker could not read the request"},
+    {:system_error, :python_exception,
+     "the command raised; `context` has `:python_type` and `:traceback`"},
+    {:system_error, :unserializable_result,
+     "the command returned something JSON cannot carry (including integers beyond 64 bits, or nesting deeper than 512 levels)"}
+  ]
+
+  @table Enum.join(
+           ["| category | type | when |", "|---|---|---|"] ++
+             Enum.map(@types, fn {category, type, text} ->
+               "| `#{inspect(category)}` | `#{inspect(type)}` | #{text} |"
+             end),
+           "\n"
+         )
+
+  @doc false
+  @spec table() :: String.t()
+  def table, do: @table
+
+  @doc false
+  @spec types() :: [{atom, atom, String.t()}]
+  def types, do: @types
+
   @moduledoc """
   The error shape of `DSPex.NativePool`, and the exception `DSPex.NativePool.execute!/3` raises.
 
@@ -12,31 +73,7 @@ defmodule DSPex.NativePool.Error do
     * `context` — a map with `:pool`, `:command` and `:worker_id` where known, and for
       Python exceptions `:python_type` and `:traceback`.
 
-  | category | type | when |
-  |---|---|---|
-  | `:validation_error` | `:invalid_args` | an argument cannot be encoded as JSON (pid, ref, fun, tuple, struct, non-UTF-8 binary, integer beyond 64 bits, nesting deeper than 128); nothing was sent |
-  | `:validation_error` | `:invalid_command` | the command is not a string or atom |
-  | `:validation_error` | `:invalid_options` | a start or call option is not valid |
-  | `:validation_error` | `:invalid_session` | a session id is not a string |
-  | `:validation_error` | `:request_too_large` | the encoded request is over the pool's `:max_frame` |
-  | `:validation_error` | `:unknown_command` | the worker has no such command |
-  | `:validation_error` | `:already_awaited` | `await/2` on a handle whose reply was already taken |
-  | `:timeout_error` | `:queue_timeout` | the deadline passed while the request waited for a worker; it never ran |
-  | `:timeout_error` | `:request_timeout` | the deadline passed while a worker ran the request; its reply, if any, is dropped |
-  | `:timeout_error` | `:startup_timeout` | workers did not become ready in time (from `start_link/1`) |
-  | `:resource_error` | `:pool_not_found` | no pool of that name is running |
-  | `:resource_error` | `:pool_saturated` | the queue is full (`:max_queue`); fails at once |
-  | `:resource_error` | `:pool_unavailable` | every worker keeps failing to start; fails at once until one starts |
-  | `:resource_error` | `:pool_closed` | the pool stopped before (or while) the request ran |
-  | `:resource_error` | `:reply_too_large` | the command's result encodes to more than `:max_frame`; the worker stays |
-  | `:resource_error` | `:worker_start_failed` | a worker could not start (from `start_link/1`; the message quotes its stderr) |
-  | `:communication_error` | `:worker_exited` | the worker process died while running the request (exit status or signal, and its last stderr lines, in the message) |
-  | `:communication_error` | `:invalid_reply` | the worker wrote bytes that are not a valid reply frame or JSON; it is replaced |
-  | `:communication_error` | `:wrong_reply_id` | the worker answered another request's id; it is replaced |
-  | `:communication_error` | `:oversized_reply` | a reply frame announced more than `:max_frame` bytes; the worker is replaced |
-  | `:communication_error` | `:protocol_error` | the worker could not read the request |
-  | `:system_error` | `:python_exception` | the command raised; `context` has `:python_type` and `:traceback` |
-  | `:system_error` | `:unserializable_result` | the command returned something JSON cannot carry (including integers beyond 64 bits, or nesting deeper than 512 levels) |
+  #{@table}
   """
 
   @type category ::

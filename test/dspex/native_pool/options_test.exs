@@ -106,9 +106,4 @@ defmodule DSPex.NativePool.OptionsTest do
       assert message =~ bound, message
     end
   end
-
-  test "the README's options table is the one the schema generates" do
-    readme = File.read!(Path.expand("../../../README.md", __DIR__))
-    assert readme =~ DSPex.NativePool.Options.table()
-  end
 end
