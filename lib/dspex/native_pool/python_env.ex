@@ -60,14 +60,14 @@ defmodule DSPex.NativePool.PythonEnv do
 
   @doc false
   # The host application's root: the Mix project's directory while Mix runs the application,
-  # else the release's root. Relative `:python_path` entries and `:cwd` are resolved against it.
+  # else the release's root, else (a plain `elixir` script) the working directory. Relative
+  # `:python_path` entries and `:cwd` are resolved against it.
   @spec app_root() :: String.t()
-  def app_root do
-    mix_root() || System.get_env("RELEASE_ROOT") || List.to_string(:code.root_dir())
-  end
+  def app_root, do: mix_root() || System.get_env("RELEASE_ROOT") || File.cwd!()
 
+  # Mix's modules may be on the code path of a VM where Mix is not running (a child VM).
   defp mix_root do
-    if Code.ensure_loaded?(Mix.Project) and function_exported?(Mix.Project, :get, 0) and
+    if Code.ensure_loaded?(Mix.Project) and Process.whereis(Mix.ProjectStack) != nil and
          Mix.Project.get() != nil do
       Path.dirname(Mix.Project.project_file())
     end

@@ -4,8 +4,13 @@ defmodule DSPex.NativePool.DocsTest do
   use DSPex.NativePool.PoolCase, async: false
 
   setup_all do
-    {:ok, pid} = NativePool.start_link(name: MyPool, pool_size: 2, pin_cpus: false)
-    Process.unlink(pid)
+    ExUnit.CaptureLog.capture_log(fn ->
+      {:ok, pid} = NativePool.start_link(name: MyPool, pool_size: 2, pin_cpus: false)
+      Process.unlink(pid)
+      send(self(), {:pool, pid})
+    end)
+
+    assert_received {:pool, pid}
     on_exit(fn -> GenServer.stop(pid) end)
   end
 
