@@ -127,7 +127,7 @@ defmodule DSPex.NativePool.Call do
   end
 
   @doc false
-  # One request, from submit to reply. `target`: nil, {:worker, i} or {:session, id}; `record`:
+  # One request, from submit to reply. `target`: nil (any worker), {:worker, i} or {:session, id}; `record`:
   # what the pool remembers for the session if the command succeeds. With `checkout: ms`, a
   # request no worker has taken within `ms` gives up with `:checkout_timeout` (DSPex V2's
   # `:pool_timeout`); the call's own deadline still covers the whole call.
@@ -198,10 +198,14 @@ defmodule DSPex.NativePool.Call do
 
   # Small arguments are encoded inline; large ones on a dirty scheduler (the NIF says which).
   defp submit(resource, ref, command, args, timeout, target, record) do
-    timeout_ms = if timeout == :infinity, do: @infinity_ms, else: timeout
+    routing = {
+      if(timeout == :infinity, do: @infinity_ms, else: timeout),
+      target || :any,
+      record || :none
+    }
 
-    case Nif.submit(resource, ref, command, args, timeout_ms, target, record) do
-      :dirty -> Nif.submit_dirty(resource, ref, command, args, timeout_ms, target, record)
+    case Nif.submit(resource, ref, command, args, routing) do
+      :dirty -> Nif.submit_dirty(resource, ref, command, args, routing)
       other -> other
     end
   end

@@ -10,8 +10,8 @@ defmodule DSPex.NativePool.Nif do
   end
 
   def start_pool(_config, _owner), do: err()
-  def submit(_pool, _tag, _command, _args, _timeout_ms, _target, _record), do: err()
-  def submit_dirty(_pool, _tag, _command, _args, _timeout_ms, _target, _record), do: err()
+  def submit(_pool, _tag, _command, _args, _routing), do: err()
+  def submit_dirty(_pool, _tag, _command, _args, _routing), do: err()
   def cancel(_ticket), do: err()
   def claim_await(_ticket), do: err()
   def cancel_queued(_ticket), do: err()

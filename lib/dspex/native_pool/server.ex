@@ -149,9 +149,7 @@ defmodule DSPex.NativePool.Server do
         make_ref(),
         "cleanup_session",
         args,
-        30_000,
-        {:worker, worker},
-        nil
+        {30_000, {:worker, worker}, :none}
       )
     end
 

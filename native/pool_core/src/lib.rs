@@ -15,6 +15,7 @@ pub mod queue;
 pub mod request;
 pub(crate) mod serial;
 pub mod sessions;
+pub mod shared;
 pub mod spares;
 pub(crate) mod start;
 pub mod worker;

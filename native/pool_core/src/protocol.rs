@@ -8,6 +8,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::frame;
+use crate::request::{Failure, FailureKind};
 
 /// Starts a request frame whose arguments the caller appends, then closes with [`finish_request`].
 pub fn begin_request(id: u64, command: &str, capacity: usize) -> Vec<u8> {
@@ -168,6 +169,56 @@ pub fn reply_value(
     ))
 }
 
+/// Deepest nesting a reply's result may have when it becomes a term: deep enough for anything
+/// sent (requests stop at 128 levels), shallow enough that decoding cannot overflow the
+/// worker thread's stack.
+pub const MAX_DECODE_DEPTH: usize = 512;
+
+/// Why a reply whose body did not decode failed its request. The id first: a frame that is not
+/// this request's reply means the stream is out of step, whatever else is wrong with it, and
+/// the worker must be replaced; a sound reply nested too deep leaves the worker in place.
+pub fn undecodable_reply(
+    body: &[u8],
+    expected: u64,
+    worker: usize,
+    error: &serde_json::Error,
+    too_deep: bool,
+) -> Failure {
+    match peek_id(body) {
+        Some(got) if got != expected => wrong_reply_id(worker, got, expected),
+        Some(_) if too_deep => Failure {
+            kind: FailureKind::ResultTooDeep,
+            message: format!("the result is nested deeper than {MAX_DECODE_DEPTH} levels"),
+            worker: Some(worker),
+        },
+        _ => Failure {
+            kind: FailureKind::InvalidReply,
+            message: format!(
+                "worker {worker} sent an invalid reply: {}",
+                describe_json_error(error, body)
+            ),
+            worker: Some(worker),
+        },
+    }
+}
+
+/// A decoded reply must answer the request it was read for.
+pub fn check_reply_id(got: u64, expected: u64, worker: usize) -> Result<(), Failure> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(wrong_reply_id(worker, got, expected))
+    }
+}
+
+fn wrong_reply_id(worker: usize, got: u64, expected: u64) -> Failure {
+    Failure {
+        kind: FailureKind::WrongReplyId,
+        message: format!("worker {worker} answered request {got} while running request {expected}"),
+        worker: Some(worker),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +302,22 @@ mod tests {
         let (id, res) = reply_value(br#"{"id":9,"success":false,"error":{"type":"X"}}"#).unwrap();
         assert_eq!(id, 9);
         assert_eq!(res.unwrap_err()["type"], "X");
+    }
+
+    #[test]
+    fn an_undecodable_reply_is_judged_by_its_id_first() {
+        let error = serde_json::from_slice::<serde_json::Value>(b"{").unwrap_err();
+        let other = undecodable_reply(br#"{"id":7,"success":tru"#, 8, 1, &error, true);
+        assert_eq!(other.kind, FailureKind::WrongReplyId);
+        let deep = undecodable_reply(br#"{"id":8,"success":true}"#, 8, 1, &error, true);
+        assert_eq!(deep.kind, FailureKind::ResultTooDeep);
+        let bad = undecodable_reply(b"garbage", 8, 1, &error, false);
+        assert_eq!(bad.kind, FailureKind::InvalidReply);
+        assert!(bad.message.contains("garbage"), "{}", bad.message);
+        assert!(check_reply_id(8, 8, 1).is_ok());
+        assert_eq!(
+            check_reply_id(9, 8, 1).unwrap_err().kind,
+            FailureKind::WrongReplyId
+        );
     }
 }

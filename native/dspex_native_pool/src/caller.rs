@@ -1,0 +1,94 @@
+//! The process waiting for a request: how its reply or failure reaches its mailbox as
+//! `{tag, outcome}`.
+
+use rustler::env::SavedTerm;
+use rustler::{Encoder, Env, LocalPid, Term};
+
+use dspex_pool_core::protocol;
+use dspex_pool_core::request::{Caller, Failure, FailureKind};
+
+use crate::atoms;
+use crate::spare_envs::SpareEnv;
+use crate::term_from_json;
+
+pub struct ProcessCaller {
+    pub pid: LocalPid,
+    pub env: SpareEnv,
+    pub tag: SavedTerm,
+}
+
+impl Caller for ProcessCaller {
+    fn is_alive(&self) -> bool {
+        self.env.run(|env| env.is_process_alive(self.pid))
+    }
+
+    fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<bool, Failure> {
+        let tag = &self.tag;
+        let mut answer = Ok(false);
+        // Decoded straight into the message's environment: nothing is copied before it is sent.
+        let _ = self
+            .env
+            .send_and_clear(&self.pid, |env| match outcome(env, body, id, worker) {
+                Ok((outcome, success)) => {
+                    answer = Ok(success);
+                    (tag.load(env), outcome).encode(env)
+                }
+                Err(failure) => {
+                    let message = failure_message(env, tag, &failure);
+                    answer = Err(failure);
+                    message
+                }
+            });
+        answer
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        let tag = &self.tag;
+        let _ = self
+            .env
+            .send_and_clear(&self.pid, |env| failure_message(env, tag, &failure));
+    }
+}
+
+/// A reply as the caller receives it (`{:ok, result}` or `{:python_error, error, worker}`), and
+/// whether the command succeeded. What a bad reply means is pool_core's to judge.
+fn outcome<'a>(
+    env: Env<'a>,
+    body: &[u8],
+    id: u64,
+    worker: usize,
+) -> Result<(Term<'a>, bool), Failure> {
+    let reply = term_from_json::decode_reply(env, body).map_err(|e| {
+        protocol::undecodable_reply(body, id, worker, &e, term_from_json::is_too_deep(&e))
+    })?;
+    protocol::check_reply_id(reply.id, id, worker)?;
+    let outcome = if reply.success {
+        (atoms::ok(), reply.payload).encode(env)
+    } else {
+        (atoms::python_error(), reply.payload, worker).encode(env)
+    };
+    Ok((outcome, reply.success))
+}
+
+/// `{tag, {:pool_error, kind, message, worker}}`.
+fn failure_message<'a>(env: Env<'a>, tag: &SavedTerm, failure: &Failure) -> Term<'a> {
+    let kind = match failure.kind {
+        FailureKind::WorkerExited => atoms::worker_exited(),
+        FailureKind::InvalidReply => atoms::invalid_reply(),
+        FailureKind::ReplyTooLarge => atoms::reply_too_large(),
+        FailureKind::ResultTooDeep => atoms::result_too_deep(),
+        FailureKind::WrongReplyId => atoms::wrong_reply_id(),
+        FailureKind::PoolClosed => atoms::pool_closed(),
+        FailureKind::PoolUnavailable => atoms::pool_unavailable(),
+    };
+    (
+        tag.load(env),
+        (
+            atoms::pool_error(),
+            kind,
+            failure.message.as_str(),
+            failure.worker,
+        ),
+    )
+        .encode(env)
+}

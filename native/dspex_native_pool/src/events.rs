@@ -1,0 +1,55 @@
+//! Worker lifecycle and output, sent to the GenServer that owns the pool as
+//! `{:dspex_native_pool, event, ...}`.
+
+use rustler::{Encoder, LocalPid, OwnedEnv};
+
+use dspex_pool_core::pool::{Event, EventSink, Stream};
+
+use crate::atoms;
+
+pub struct OwnerEvents {
+    pub owner: LocalPid,
+}
+
+impl EventSink for OwnerEvents {
+    fn event(&self, event: Event) {
+        let mut env = OwnedEnv::new();
+        let _ = env.send_and_clear(&self.owner, |env| {
+            let tag = atoms::dspex_native_pool();
+            match &event {
+                Event::WorkerReady {
+                    slot,
+                    os_pid,
+                    restart,
+                } => (tag, atoms::worker_ready(), *slot, *os_pid, *restart).encode(env),
+                Event::WorkerStartFailed {
+                    slot,
+                    reason,
+                    failures,
+                } => (
+                    tag,
+                    atoms::worker_start_failed(),
+                    *slot,
+                    reason.as_str(),
+                    *failures,
+                )
+                    .encode(env),
+                Event::WorkerExited {
+                    slot,
+                    os_pid,
+                    reason,
+                } => (tag, atoms::worker_exited(), *slot, *os_pid, reason.as_str()).encode(env),
+                Event::Warning { slot, message } => {
+                    (tag, atoms::warning(), *slot, message.as_str()).encode(env)
+                }
+                Event::Log { slot, stream, line } => {
+                    let stream = match stream {
+                        Stream::Stdout => atoms::stdout(),
+                        Stream::Stderr => atoms::stderr(),
+                    };
+                    (tag, atoms::log(), *slot, stream, line.as_str()).encode(env)
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,125 @@
+//! A request from a calling process: its arguments encoded to JSON in the caller's NIF call,
+//! its frame built, and the request handed to the pool.
+
+use std::time::{Duration, Instant};
+
+use rustler::{Encoder, Env, ResourceArc, Term};
+
+use dspex_pool_core::pool::{self, Placement, Pool, Route, SubmitError};
+use dspex_pool_core::request::{Request, Ticket};
+use dspex_pool_core::{frame, protocol, sessions};
+
+use crate::atoms;
+use crate::caller::ProcessCaller;
+use crate::spare_envs::SpareEnv;
+use crate::term_json::{self, EncodeError};
+use crate::terms::{Record, Routing, Target};
+use crate::TicketResource;
+
+/// Encodes in place on a normal scheduler up to this many bytes; larger arguments are encoded
+/// on a dirty scheduler so that no call holds a normal scheduler for long.
+pub const INLINE_ENCODE_BUDGET: usize = 64 * 1024;
+/// What a frame encoded on a dirty scheduler starts with: over the inline budget, so large.
+const DIRTY_FRAME_CAPACITY: usize = 2 * INLINE_ENCODE_BUDGET;
+
+/// `{:ok, ticket, idle_worker?}`, `:dirty` (over `budget`: encode on a dirty scheduler), or
+/// `{:error, reason}`.
+pub fn submit<'a>(
+    env: Env<'a>,
+    pool: &Pool,
+    tag: Term<'a>,
+    command: String,
+    args: Term<'a>,
+    routing: Routing,
+    budget: Option<usize>,
+) -> Term<'a> {
+    let deadline = Instant::now() + Duration::from_millis(routing.timeout_ms);
+    let id = pool::next_request_id();
+    // Inline, most arguments are small; on the dirty path they are known to be large, so the
+    // frame starts in a spare large buffer rather than growing into freshly mapped memory.
+    let capacity = if budget.is_some() {
+        256
+    } else {
+        DIRTY_FRAME_CAPACITY
+    };
+    let mut buf = protocol::begin_request(id, &command, capacity);
+    let args_start = buf.len();
+    match term_json::encode(args, &mut buf, budget) {
+        Ok(()) => {}
+        Err(EncodeError::OverBudget) => return atoms::dirty().encode(env),
+        Err(e) => {
+            let reason = (atoms::validation_error(), e.describe("args"));
+            return (atoms::error(), reason).encode(env);
+        }
+    }
+    let record = remembered(routing.record, &command, &buf[args_start..]);
+    let frame = match protocol::finish_request(buf, pool.config().max_frame) {
+        Ok(frame) => frame,
+        Err(frame::FrameError::TooLarge { len, max }) => {
+            return (atoms::error(), (atoms::frame_too_large(), len, max)).encode(env)
+        }
+        Err(e) => return (atoms::error(), (atoms::validation_error(), e.to_string())).encode(env),
+    };
+    let owned = SpareEnv::take();
+    let saved_tag = owned.save(tag);
+    let ticket = Ticket::new();
+    let request = Request {
+        id,
+        command,
+        frame,
+        deadline,
+        ticket: ticket.clone(),
+        caller: Box::new(ProcessCaller {
+            pid: env.pid(),
+            env: owned,
+            tag: saved_tag,
+        }),
+        record,
+        route_slot: None,
+    };
+    let route = match &routing.target {
+        Target::Any => Route::AnyWorker,
+        Target::Worker(i) => Route::Worker(*i),
+        Target::Session(s) => Route::Session(s),
+    };
+    match pool.submit(request, route) {
+        Ok(placement) => (
+            atoms::ok(),
+            ResourceArc::new(TicketResource(ticket)),
+            placement == Placement::IdleWorker,
+        )
+            .encode(env),
+        Err(e) => {
+            let reason = match e {
+                SubmitError::Saturated => atoms::saturated(),
+                SubmitError::Closed => atoms::closed(),
+                SubmitError::Unavailable => atoms::unavailable(),
+                SubmitError::NoSuchWorker => atoms::no_such_worker(),
+            };
+            (atoms::error(), reason).encode(env)
+        }
+    }
+}
+
+/// What the session remembers if the command succeeds: the command with its encoded arguments,
+/// to replay on a replacement worker, or that a key is deleted.
+fn remembered(
+    record: Record,
+    command: &str,
+    args_json: &[u8],
+) -> Option<(String, sessions::Record)> {
+    match record {
+        Record::None => None,
+        Record::Put(session, key) => Some((
+            session,
+            sessions::Record::Put {
+                key,
+                replay: sessions::Replay {
+                    command: command.to_string(),
+                    args_json: args_json.to_vec(),
+                },
+            },
+        )),
+        Record::Delete(session, key) => Some((session, sessions::Record::Delete { key })),
+    }
+}
