@@ -26,7 +26,7 @@ defmodule Bench.Python do
 
   @doc "The environment the pool gives its workers."
   def worker_env(python_path \\ []),
-    do: DSPex.NativePool.Options.worker_env_defaults(python_path)
+    do: DSPex.NativePool.WorkerSpec.worker_env_defaults(python_path)
 
   @doc """
   A V2 worker's bridge, `%{python:, args:, env:}`; `handlers` is nil, `:dspy` or `:sleep`.

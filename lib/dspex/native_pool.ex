@@ -80,7 +80,7 @@ defmodule DSPex.NativePool do
   native code, subprocesses) wants `pin_cpus: false`.
   """
 
-  alias DSPex.NativePool.{Call, Error, Nif, Options, Replay, Server}
+  alias DSPex.NativePool.{Call, Error, Handle, Nif, Options, Replay, Server, WorkerSpec}
 
   @typedoc "A pool name, as given in `:name`."
   @type pool :: atom
@@ -94,21 +94,6 @@ defmodule DSPex.NativePool do
   `:invalid_options`.
   """
   @type call_option :: {:pool, pool} | {:timeout, timeout}
-
-  defmodule Handle do
-    @moduledoc "A request started with `DSPex.NativePool.execute_async/3`, for `DSPex.NativePool.await/2`."
-    @enforce_keys [:ref, :ticket, :deadline, :timeout, :owner, :context]
-    defstruct [:ref, :ticket, :deadline, :timeout, :owner, :context]
-
-    @type t :: %__MODULE__{
-            ref: reference,
-            ticket: reference,
-            deadline: integer | :infinity,
-            timeout: timeout,
-            owner: pid,
-            context: map
-          }
-  end
 
   ## Starting
 
@@ -124,7 +109,7 @@ defmodule DSPex.NativePool do
   def start_link(opts \\ []) do
     case Options.validate(opts) do
       {:ok, config} ->
-        Server.start_link(Keyword.put(config, :python_source, Options.python_source(opts)))
+        Server.start_link(Keyword.put(config, :python_source, WorkerSpec.python_source(opts)))
 
       {:error, message} ->
         name = if Keyword.keyword?(List.wrap(opts)), do: Keyword.get(List.wrap(opts), :name)
@@ -354,14 +339,7 @@ defmodule DSPex.NativePool do
       raise ArgumentError, "a handle can only be awaited by the process that started it"
     end
 
-    %Handle{ref: ref, ticket: ticket, context: context} = handle
-
-    with {:ok, timeout} <- await_timeout(timeout, context),
-         :ok <- claim(ticket, context) do
-      wait = min_timeout(Call.remaining(handle.deadline), timeout)
-      shown = min_timeout(handle.timeout, timeout)
-      Call.await_reply(ref, ticket, wait, shown, context)
-    end
+    Call.await_handle(handle, timeout)
   end
 
   def await(other, _timeout) do
@@ -371,23 +349,6 @@ defmodule DSPex.NativePool do
       %{pool: nil, command: nil, worker_id: nil}
     )
   end
-
-  defp await_timeout(timeout, context) do
-    case Options.check_timeout(timeout) do
-      {:ok, timeout} -> {:ok, timeout}
-      {:error, message} -> Call.invalid(:invalid_options, message, context)
-    end
-  end
-
-  defp claim(ticket, context) do
-    if Nif.claim_await(ticket),
-      do: :ok,
-      else: Call.invalid(:already_awaited, "this handle was already awaited", context)
-  end
-
-  defp min_timeout(:infinity, b), do: b
-  defp min_timeout(a, :infinity), do: a
-  defp min_timeout(a, b), do: min(a, b)
 
   ## Introspection
 

@@ -4,7 +4,7 @@ defmodule DSPex.NativePool.Call do
   # to the NIF, the wait for the reply, and giving up at the deadline. No process sits between
   # the caller and the worker's native thread, which sends the reply straight here.
 
-  alias DSPex.NativePool.{Error, Nif, Options, Telemetry}
+  alias DSPex.NativePool.{Error, Handle, Nif, Options, Telemetry}
 
   @default_timeout 60_000
   # Deadlines are tracked in Rust too; :infinity there is this long.
@@ -313,4 +313,31 @@ defmodule DSPex.NativePool.Call do
   @doc false
   def remaining(:infinity), do: :infinity
   def remaining(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
+
+  @doc false
+  # Waits for an `execute_async/3` handle's reply: until its deadline, or `timeout` ms if that
+  # comes first; a handle is claimed once.
+  def await_handle(%Handle{} = handle, timeout) do
+    %Handle{ref: ref, ticket: ticket, context: context} = handle
+
+    with {:ok, timeout} <- await_timeout(timeout, context),
+         :ok <- claim(ticket, context) do
+      wait = min_timeout(remaining(handle.deadline), timeout)
+      shown = min_timeout(handle.timeout, timeout)
+      await_reply(ref, ticket, wait, shown, context)
+    end
+  end
+
+  defp await_timeout(timeout, context) do
+    case Options.check_timeout(timeout) do
+      {:ok, timeout} -> {:ok, timeout}
+      {:error, message} -> invalid(:invalid_options, message, context)
+    end
+  end
+
+  defp claim(ticket, context) do
+    if Nif.claim_await(ticket),
+      do: :ok,
+      else: invalid(:already_awaited, "this handle was already awaited", context)
+  end
 end

@@ -7,7 +7,7 @@ defmodule DSPex.NativePool.Server do
   use GenServer
   require Logger
 
-  alias DSPex.NativePool.{Nif, Options, PythonEnv, Telemetry}
+  alias DSPex.NativePool.{Nif, PythonEnv, Telemetry, WorkerSpec}
 
   @doc false
   def start_link(config), do: GenServer.start_link(__MODULE__, config, name: config[:name])
@@ -48,7 +48,7 @@ defmodule DSPex.NativePool.Server do
   end
 
   defp start_pool(name, config) do
-    case Nif.start_pool(Options.nif_config(config), self()) do
+    case Nif.start_pool(WorkerSpec.nif_config(config), self()) do
       {:ok, resource} ->
         deadline = System.monotonic_time(:millisecond) + config[:startup_timeout] + 5_000
 

@@ -1,0 +1,75 @@
+defmodule DSPex.NativePool.WorkerSpec do
+  @moduledoc false
+  # How a pool's workers are started, from its validated options: the NIF's configuration,
+  # the worker's command line and the environment it gets.
+
+  alias DSPex.NativePool.PythonEnv
+
+  @doc false
+  # Why the pool runs the interpreter it runs, for its start-up log line.
+  def python_source(opts) do
+    if is_list(opts) and Keyword.keyword?(opts) and opts[:python],
+      do: "the :python option",
+      else: elem(PythonEnv.default(), 1)
+  end
+
+  @doc false
+  # What every worker gets unless :env says otherwise (the benchmarks' V2 peer uses it too).
+  def worker_env_defaults(python_path) do
+    [
+      {"PYTHONUNBUFFERED", "1"},
+      {"PYTHONDONTWRITEBYTECODE", "1"},
+      {"OMP_NUM_THREADS", "1"},
+      {"OPENBLAS_NUM_THREADS", "1"},
+      {"MKL_NUM_THREADS", "1"},
+      {"TOKENIZERS_PARALLELISM", "false"},
+      {"PYTHONPATH", Enum.join(python_path, ":")}
+    ]
+  end
+
+  @doc false
+  # The NIF's view: how to run the worker and how the pool behaves.
+  @spec nif_config(keyword) :: map
+  def nif_config(opts) do
+    script = Path.join(:code.priv_dir(:dspex_native_pool), "python/dspex_worker.py")
+
+    args =
+      [script, "--pool", inspect(opts[:name]), "--max-frame", to_string(opts[:max_frame])] ++
+        if(opts[:handlers], do: ["--handlers", opts[:handlers]], else: [])
+
+    %{
+      size: opts[:pool_size],
+      python: opts[:python],
+      args: args,
+      env: worker_env(opts),
+      cwd: opts[:cwd],
+      max_frame: opts[:max_frame],
+      max_queue: opts[:max_queue],
+      startup_timeout: opts[:startup_timeout],
+      health_interval: opts[:health_interval],
+      health_timeout: opts[:health_timeout],
+      max_backoff: opts[:max_backoff],
+      max_requests: opts[:max_requests],
+      kill_on_timeout: opts[:kill_on_timeout],
+      pin_cpus: opts[:pin_cpus],
+      concurrency: opts[:concurrency],
+      cancel_grace: opts[:cancel_grace]
+    }
+  end
+
+  # The whole environment a worker starts with: the VM's as of now (erts keeps its own copy,
+  # which `System.put_env/2` changes and a spawned process would not otherwise see), then the
+  # pool's defaults, then the user's `:env`, each winning over the one before.
+  defp worker_env(opts) do
+    inherited = if opts[:inherit_env], do: System.get_env(), else: %{}
+
+    python_path =
+      (opts[:python_path] ++ List.wrap(inherited["PYTHONPATH"]))
+      |> Enum.reject(&(&1 == ""))
+
+    inherited
+    |> Map.merge(Map.new(worker_env_defaults(python_path)))
+    |> Map.merge(Map.new(opts[:env]))
+    |> Enum.to_list()
+  end
+end
