@@ -488,7 +488,7 @@ class StdlibStreamHandling(StreamHandling):
 
 
 class Registry(unittest.TestCase):
-    """How a built-in command file (e.g. dspex_bridge/dspy_commands.py) plugs in."""
+    """How a built-in command file (e.g. dspex_bridge/dspy_commands/) plugs in."""
 
     def setUp(self):
         sys.path.insert(0, PYTHON_DIR)

@@ -1,4 +1,4 @@
-"""Tests of the DSPy commands (dspex_bridge/dspy_commands.py), offline with a DummyLM.
+"""Tests of the DSPy commands (dspex_bridge/dspy_commands/), offline with a DummyLM.
 
 Workers are spawned exactly as the Rust NIF spawns them (worker_harness.py).
 The DSPy tests need dspy in the interpreter running the tests:

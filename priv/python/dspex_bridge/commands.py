@@ -16,33 +16,40 @@ Built-in commands register themselves with the ``command`` decorator::
     def configure(args):
         ...
 
-Modules listed in ``EXTENSION_MODULES`` are imported at start-up if they
-exist, so a new file of built-ins (such as ``dspex_bridge/dspy_commands.py``)
-only has to exist and use the decorator; nothing else needs editing.  Such a
-module is imported in *every* worker before the first request, so it should
-import heavy dependencies (``dspy``) inside its functions, not at the top.
+Every module (or package) of the bridge whose name ends in ``_commands`` is an
+extension, imported at start-up (``EXTENSION_MODULES``): a new file of
+built-ins only has to exist and use the decorator; nothing else needs editing.
+Such a module is imported in *every* worker before the first request, so it
+should import heavy dependencies inside its functions, not at the top.
 
 User handler commands (``--handlers``) are added to the same table by
 ``handlers.py`` after the built-ins, and may not reuse a built-in's name.
 
 An extension module can add keys to ``get_stats`` with ``@stats_extension``
-(a function ``fn() -> dict``, cheap and never raising); it cannot replace
-the built-in keys.
+and to ``ping`` with ``@ping_extension`` (a function ``fn() -> dict``, cheap
+and never raising); it cannot replace the built-in keys.
 """
 
 import importlib.util
 import os
+import pkgutil
 import sys
 
 from . import codec
 from .state import STATE
 
-#: Extra modules of built-in commands, imported at start-up when present.
-EXTENSION_MODULES = ("dspex_bridge.dspy_commands",)
+#: Extra modules of built-in commands, imported at start-up when present: the bridge's own
+#: ``*_commands`` modules.
+EXTENSION_MODULES = tuple(
+    f"{__package__}.{module.name}"
+    for module in pkgutil.iter_modules([os.path.dirname(__file__)])
+    if module.name.endswith("_commands")
+)
 
 _REGISTRY = {}
 _ASYNC_VARIANTS = {}
 _STATS_EXTENSIONS = []
+_PING_EXTENSIONS = []
 
 
 class CommandClash(Exception):
@@ -85,6 +92,22 @@ def stats_extension(fn):
     return fn
 
 
+def ping_extension(fn):
+    """Decorator: ``fn() -> dict`` adds keys to every ``ping`` result."""
+    if not callable(fn):
+        raise TypeError(f"ping extension must be callable, got {fn!r}")
+    if fn not in _PING_EXTENSIONS:
+        _PING_EXTENSIONS.append(fn)
+    return fn
+
+
+def _extended(result, extensions):
+    for extend in extensions:
+        for key, value in extend().items():
+            result.setdefault(key, value)
+    return result
+
+
 def async_variant(name):
     """Decorator: an ``async def`` implementation of built-in command ``name``, used in
     place of the plain one when a worker runs requests concurrently (so that it can be
@@ -120,42 +143,20 @@ def load_extensions():
 # -- built-ins ------------------------------------------------------------------
 
 _PYTHON_VERSION = "%d.%d.%d" % sys.version_info[:3]
-_dspy_available = None
-
-
-def dspy_disabled():
-    """True when ``DSPEX_DISABLE_DSPY`` is set (to anything but ``""``/``0``/``false``/``no``):
-    the worker then behaves as if DSPy were not installed (tests, DSPy-free pools)."""
-    return os.environ.get("DSPEX_DISABLE_DSPY", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _has_dspy():
-    # find_spec locates the package without importing it (importing dspy takes
-    # seconds and pulls in half of PyPI); cached, because ping is a health check.
-    global _dspy_available
-    if _dspy_available is None:
-        if dspy_disabled():
-            _dspy_available = False
-            return False
-        try:
-            _dspy_available = importlib.util.find_spec("dspy") is not None
-        except (ImportError, ValueError):
-            _dspy_available = False
-    return _dspy_available
 
 
 @command
 def ping(args):
     """Liveness and identity of this worker."""
-    return {
+    result = {
         "status": "ok",
         "worker_id": STATE.worker_id,
         "pid": os.getpid(),
         "uptime": STATE.uptime(),
         "python": _PYTHON_VERSION,
         "json": codec.BACKEND,
-        "dspy_available": _has_dspy(),
     }
+    return _extended(result, _PING_EXTENSIONS)
 
 
 @command
@@ -178,7 +179,4 @@ def get_stats(args):
         "errors": STATE.errors,
         "commands": dict(STATE.commands),
     }
-    for extend in _STATS_EXTENSIONS:
-        for key, value in extend().items():
-            stats.setdefault(key, value)
-    return stats
+    return _extended(stats, _STATS_EXTENSIONS)

@@ -32,7 +32,7 @@ def message(exc):
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # Only the dispatch loop and the handler loader: frames of built-in command
-# modules (commands.py, dspy_commands.py) are real code worth showing.
+# modules (commands.py, dspy_commands/) are real code worth showing.
 _DISPATCH_FILES = {
     os.path.join(_PACKAGE_DIR, "worker.py"),
     os.path.join(_PACKAGE_DIR, "handlers.py"),

@@ -1,0 +1,95 @@
+"""``execute_program``: a stored program run with the LM that applies to the call, plain or
+(in a concurrent worker) as a cancellable task."""
+
+import time
+
+from ..commands import async_variant
+from . import LMNotConfigured
+from .lm import CONFIGURED, EXPECTED_OUTPUTS, request_lm
+from .loader import dspy_command, load_dspy
+from .redaction import raise_redacted_if_secret
+from .values import entry as find_entry, jsonable
+
+@dspy_command
+def execute_program(dspy, args):
+    """Run a stored program: ``{"program_id", "inputs": {...}}``.
+
+    ``inputs`` must name exactly the signature's input fields.  Result:
+    ``{"program_id", "outputs", "execution_time"}``: ``outputs`` holds every
+    field of the prediction (ChainOfThought's ``reasoning`` first), and
+    ``execution_time`` is the program's run time in seconds (DSPex V2 sent a
+    timestamp under this name).
+    """
+    entry, inputs, lm = _prepare_execution(dspy, args)
+    token = EXPECTED_OUTPUTS.set(entry.output_types)
+    started = time.perf_counter()
+    try:
+        with dspy.context(lm=lm, **CONFIGURED.settings):
+            prediction = entry.module(**inputs)
+    finally:
+        elapsed = time.perf_counter() - started
+        EXPECTED_OUTPUTS.reset(token)
+    return _execution_result(entry, prediction, elapsed)
+
+
+@async_variant("execute_program")
+async def aexecute_program(args):
+    """``execute_program`` for a worker serving requests concurrently: the program runs as
+    a task (``acall``), so a cancelled request abandons its LM call and closes its
+    connection."""
+    try:
+        dspy = load_dspy()
+        entry, inputs, lm = _prepare_execution(dspy, args)
+        token = EXPECTED_OUTPUTS.set(entry.output_types)
+        started = time.perf_counter()
+        try:
+            with dspy.context(lm=lm, **CONFIGURED.settings):
+                prediction = await entry.module.acall(**inputs)
+        finally:
+            elapsed = time.perf_counter() - started
+            EXPECTED_OUTPUTS.reset(token)
+    except Exception as exc:
+        raise_redacted_if_secret(exc)
+        raise
+    return _execution_result(entry, prediction, elapsed)
+
+
+def _prepare_execution(dspy, args):
+    """The program, its checked inputs, and the LM this call runs with: its own ``lm``
+    (a configure_lm map), else its session's, else the worker's."""
+    entry = find_entry(args)
+    inputs = args.get("inputs", {})
+    if not isinstance(inputs, dict):
+        raise ValueError(f'"inputs" must be an object of input fields, got {jsonable(inputs)!r}')
+    missing = [name for name in entry.input_names if name not in inputs]
+    unknown = sorted(name for name in inputs if name not in entry.input_names)
+    if missing or unknown:
+        problems = []
+        if missing:
+            problems.append("missing " + ", ".join(missing))
+        if unknown:
+            problems.append("unknown " + ", ".join(str(n) for n in unknown))
+        raise ValueError(
+            f"program {entry.program_id!r} takes inputs {', '.join(entry.input_names)}: "
+            + "; ".join(problems)
+        )
+    lm = request_lm(dspy, args.get("lm"))
+    if lm is None:
+        lm = CONFIGURED.sessions.get(entry.session_id) or CONFIGURED.pool_lm
+    if lm is None:
+        raise LMNotConfigured(
+            "no language model is configured in this worker: call configure_lm first, e.g. "
+            '{"model": "openai/gpt-4o-mini"} (key from OPENAI_API_KEY) or '
+            '{"model": "dummy", "answers": [{"answer": "..."}]}, or pass "lm" with the call'
+        )
+    return entry, inputs, lm
+
+
+def _execution_result(entry, prediction, elapsed):
+    entry.execution_count += 1
+    entry.last_executed = time.time()
+    return {
+        "program_id": entry.program_id,
+        "outputs": {str(k): jsonable(v) for k, v in prediction.items()},
+        "execution_time": elapsed,
+    }
