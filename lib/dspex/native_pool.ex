@@ -145,7 +145,7 @@ defmodule DSPex.NativePool do
   `:timeout`, in ms or `:infinity` (default 60 000): one deadline that covers waiting in the
   queue and running.
 
-  Commands that define pool-wide state (#{Enum.map_join(Replay.pool_wide(), ", ", &"`#{&1}`")}) run on
+  Commands that define pool-wide state (#{Enum.map_join(DSPex.NativePool.DSPy.pool_wide(), ", ", &"`#{&1}`")}) run on
   every worker, as with `broadcast/3`, and are replayed on workers that replace them if they
   succeeded; the first worker's result is returned.
 

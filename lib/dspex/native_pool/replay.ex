@@ -1,33 +1,26 @@
 defmodule DSPex.NativePool.Replay do
   @moduledoc false
-  # State that must outlive a worker: the bridge's DSPy commands that define it, and how the
-  # pool remembers them so that a replacement worker is given the same state.
+  # State that must outlive a worker, for any command `DSPex.NativePool.DSPy` (the one module
+  # that knows which commands define state) says defines some:
   #
-  # * Pool-wide (`configure_lm`, `create_program`, `delete_program`, `reset_state` outside a
-  #   session): run on every worker; what succeeded is remembered and replayed on every worker
-  #   started later.
-  # * A session's (`configure_lm`, `create_program`, `delete_program` in a session): run on the
-  #   session's worker; remembered for the session when they succeed, replayed on that worker's
-  #   replacement before the session's next request.
+  # * pool-wide: run on every worker; what succeeded is remembered and replayed on every
+  #   worker started later;
+  # * a session's: run on the session's worker; remembered for the session when it succeeds,
+  #   replayed on that worker's replacement before the session's next request.
   #
   # Only calls that succeeded are remembered: replaying a failing one would give a new worker
   # a state none of the others has.
 
-  alias DSPex.NativePool.{Call, Nif, Options}
-
-  @pool_wide ["configure_lm", "create_program", "delete_program", "reset_state"]
+  alias DSPex.NativePool.{Call, DSPy, Nif}
 
   @doc false
-  def pool_wide, do: @pool_wide
-
-  @doc false
-  def pool_wide?(command), do: command in @pool_wide
+  defdelegate pool_wide?(command), to: DSPy
 
   @doc false
   # Runs a pool-wide command on every worker; returns the first worker's result, or the first
   # error.
   def run_pool_wide(%Call{} = call) do
-    with {:ok, call} <- with_program_id(call) do
+    with {:ok, call} <- prepared(call) do
       forget_before(call)
       results = Call.run_everywhere(call)
       results = if applied?(results), do: remember(call, results), else: results
@@ -39,14 +32,13 @@ defmodule DSPex.NativePool.Replay do
     end
   end
 
-  # Deleting is forgotten first: a worker started meanwhile must not get it back.
-  defp forget_before(%Call{context: %{command: "delete_program"}} = call),
-    do: Nif.forget(call.resource, program_key(call.args))
-
-  defp forget_before(%Call{context: %{command: "reset_state"}} = call),
-    do: Nif.forget(call.resource, "program:")
-
-  defp forget_before(_call), do: :ok
+  # Forgotten first: a worker started meanwhile must not get it back.
+  defp forget_before(%Call{context: %{command: command}} = call) do
+    case DSPy.forgets(command, call.args) do
+      nil -> :ok
+      prefix -> Nif.forget(call.resource, prefix)
+    end
+  end
 
   # Succeeded where it ran: no worker refused it. Workers that died or timed out say nothing
   # about the command itself.
@@ -62,18 +54,20 @@ defmodule DSPex.NativePool.Replay do
 
   # Remembered, then sent again to each worker that did not get it (its process was replaced
   # during the call, and its replacement started before it was remembered).
-  defp remember(%Call{context: %{command: command}} = call, results)
-       when command in ["configure_lm", "create_program"] do
-    key = if command == "configure_lm", do: "configure_lm", else: program_key(call.args)
-    _ = Nif.record_global(call.resource, key, command, call.args)
+  defp remember(%Call{context: %{command: command}} = call, results) do
+    case DSPy.remembers(command, call.args) do
+      nil ->
+        results
 
-    Map.new(results, fn
-      {worker, {:ok, _} = ok} -> {worker, ok}
-      {worker, {:error, _}} -> {worker, retry_on(call, worker)}
-    end)
+      key ->
+        _ = Nif.record_global(call.resource, key, command, call.args)
+
+        Map.new(results, fn
+          {worker, {:ok, _} = ok} -> {worker, ok}
+          {worker, {:error, _}} -> {worker, retry_on(call, worker)}
+        end)
+    end
   end
-
-  defp remember(_call, results), do: results
 
   defp retry_on(call, worker) do
     ref = make_ref()
@@ -90,61 +84,22 @@ defmodule DSPex.NativePool.Replay do
   # `nil`, `{:put, session, key}` or `{:delete, session, key}`.
   def session_call(%Call{} = call, session_id) do
     args = call.args |> Map.delete(:session_id) |> Map.put("session_id", session_id)
-    call = %{call | args: args}
 
-    case call.context.command do
-      "configure_lm" ->
-        {:ok, call, {:put, session_id, "configure_lm"}}
+    with {:ok, call} <- prepared(%{call | args: args}) do
+      record =
+        case DSPy.session_record(call.context.command, call.args) do
+          nil -> nil
+          {kind, key} -> {kind, session_id, key}
+        end
 
-      "create_program" ->
-        with {:ok, call} <- with_program_id(call),
-             do: {:ok, call, {:put, session_id, program_key(call.args)}}
-
-      "delete_program" ->
-        with {:ok, key} <- checked_program_key(call),
-             do: {:ok, call, {:delete, session_id, key}}
-
-      _ ->
-        {:ok, call, nil}
+      {:ok, call, record}
     end
   end
 
-  # A create_program without an id gets one here, so that its replay keeps it.
-  defp with_program_id(%Call{context: %{command: "create_program"}} = call) do
-    case program_id(call.args) do
-      nil ->
-        id = "prog_" <> Integer.to_string(System.unique_integer([:positive]), 36)
-        {:ok, %{call | args: Map.put(call.args, "program_id", id)}}
-
-      _id ->
-        with {:ok, _key} <- checked_program_key(call), do: {:ok, call}
+  defp prepared(%Call{context: %{command: command}} = call) do
+    case DSPy.prepare(command, call.args) do
+      {:ok, args} -> {:ok, %{call | args: args}}
+      {:error, message} -> Call.invalid(:invalid_args, message, call.context)
     end
-  end
-
-  defp with_program_id(%Call{context: %{command: "delete_program"}} = call) do
-    with {:ok, _key} <- checked_program_key(call), do: {:ok, call}
-  end
-
-  defp with_program_id(call), do: {:ok, call}
-
-  defp checked_program_key(call) do
-    id = program_id(call.args)
-
-    if is_nil(id) or (is_binary(id) and String.valid?(id)) or is_atom(id) or is_integer(id) do
-      {:ok, program_key(call.args)}
-    else
-      Call.invalid(
-        :invalid_args,
-        "program_id must be a string, got #{Options.describe(id)}",
-        call.context
-      )
-    end
-  end
-
-  defp program_key(args), do: "program:" <> to_string(program_id(args))
-
-  # V2 callers name it "id".
-  defp program_id(args) do
-    Enum.find_value(["program_id", :program_id, "id", :id], &Map.get(args, &1))
   end
 end
