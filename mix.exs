@@ -85,11 +85,33 @@ defmodule Mix.Tasks.Compile.Cargo do
     priv
   end
 
-  # The bridge is copied afresh, so a file deleted from the source does not linger.
+  # The bridge is kept equal to the source: changed files replaced by a rename (a VM running
+  # from this build never sees a file missing or half written), files gone from the source
+  # removed.
   defp install_bridge(priv) do
+    source = Path.join([source_root(), "priv", "python"])
     target = Path.join(priv, "python")
-    File.rm_rf!(target)
-    File.cp_r!(Path.join([source_root(), "priv", "python"]), target)
+
+    files =
+      source |> Path.join("**") |> Path.wildcard(match_dot: true) |> Enum.filter(&File.regular?/1)
+
+    wanted = MapSet.new(files, &Path.relative_to(&1, source))
+
+    for relative <- wanted do
+      from = Path.join(source, relative)
+      to = Path.join(target, relative)
+
+      unless File.exists?(to) and File.read!(from) == File.read!(to) do
+        File.mkdir_p!(Path.dirname(to))
+        File.cp!(from, to <> ".new")
+        File.rename!(to <> ".new", to)
+      end
+    end
+
+    for file <- Path.wildcard(Path.join(target, "**"), match_dot: true),
+        File.regular?(file),
+        not MapSet.member?(wanted, Path.relative_to(file, target)),
+        do: File.rm!(file)
   end
 
   # Cargo's JSON messages are kept; its own lines (progress, warnings, errors) are shown as they

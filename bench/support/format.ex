@@ -6,15 +6,7 @@ defmodule Bench.Format do
 
   def int(n) when is_integer(n) and n < 0, do: "-" <> int(-n)
 
-  def int(n) when is_integer(n) do
-    n
-    |> Integer.to_string()
-    |> String.reverse()
-    |> String.graphemes()
-    |> Enum.chunk_every(3)
-    |> Enum.map_join(",", &Enum.join/1)
-    |> String.reverse()
-  end
+  def int(n) when is_integer(n), do: DSPex.NativePool.Options.group_digits(n, ",")
 
   @doc "A latency given in microseconds, in the unit that keeps it short."
   def latency(nil), do: "–"

@@ -83,22 +83,20 @@ def command(name_or_fn=None):
     return decorate
 
 
-def stats_extension(fn):
-    """Decorator: ``fn() -> dict`` adds keys to every ``get_stats`` result."""
-    if not callable(fn):
-        raise TypeError(f"stats extension must be callable, got {fn!r}")
-    if fn not in _STATS_EXTENSIONS:
-        _STATS_EXTENSIONS.append(fn)
-    return fn
+def _extension_decorator(extensions, what):
+    def decorate(fn):
+        if not callable(fn):
+            raise TypeError(f"{what} extension must be callable, got {fn!r}")
+        if fn not in extensions:
+            extensions.append(fn)
+        return fn
+
+    decorate.__doc__ = f"Decorator: ``fn() -> dict`` adds keys to every ``{what}`` result."
+    return decorate
 
 
-def ping_extension(fn):
-    """Decorator: ``fn() -> dict`` adds keys to every ``ping`` result."""
-    if not callable(fn):
-        raise TypeError(f"ping extension must be callable, got {fn!r}")
-    if fn not in _PING_EXTENSIONS:
-        _PING_EXTENSIONS.append(fn)
-    return fn
+stats_extension = _extension_decorator(_STATS_EXTENSIONS, "get_stats")
+ping_extension = _extension_decorator(_PING_EXTENSIONS, "ping")
 
 
 def _extended(result, extensions):

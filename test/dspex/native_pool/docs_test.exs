@@ -25,4 +25,25 @@ defmodule DSPex.NativePool.DocsTest do
   test "the README's error table is the one DSPex.NativePool.Error documents" do
     assert @readme =~ DSPex.NativePool.Error.table()
   end
+
+  test "the README's Layout table names every library file, and only paths that exist" do
+    [_, layout] = String.split(@readme, "## Layout", parts: 2)
+    root = Path.expand("../../..", __DIR__)
+
+    # The paths in the first column of each row.
+    named =
+      for "| " <> row <- String.split(layout, "\n"),
+          [path_cell | _] = String.split(row, " | "),
+          [path] <- Regex.scan(~r/`([^`]+)`/, path_cell, capture: :all_but_first),
+          do: String.trim_trailing(path, "/")
+
+    for path <- named, do: assert(File.exists?(Path.join(root, path)), "#{path} does not exist")
+
+    for file <- Path.wildcard(Path.join(root, "lib/**/*.ex")) do
+      relative = Path.relative_to(file, root)
+
+      assert Enum.any?(named, &(relative == &1 or String.starts_with?(relative, &1 <> "/"))),
+             "#{relative} is not in the README's Layout table"
+    end
+  end
 end

@@ -36,39 +36,9 @@ defmodule DSPex.NativePool.WorkerProcessTest do
     end
   end
 
-  describe "a worker that dies while running a request" do
+  describe "a command that raises SystemExit" do
     setup do
       start_pool!(handlers_source: :standard, pool_size: 2)
-    end
-
-    test "os._exit(3) fails the call with :worker_exited quoting the status and stderr", %{
-      pool: pool
-    } do
-      old_os_pids = worker_os_pids(pool)
-
-      assert {:error, {:communication_error, :worker_exited, message, context}} =
-               NativePool.execute("crash_exit", %{status: 3}, pool: pool)
-
-      assert message =~ "exited with status 3"
-      assert message =~ "last words before exit"
-      assert message =~ ~s(died while running "crash_exit")
-      assert %{pool: ^pool, command: "crash_exit", worker_id: worker_id} = context
-      assert worker_id in [0, 1]
-
-      dead_os_pid = Enum.at(old_os_pids, worker_id)
-      assert message =~ "os pid #{dead_os_pid}"
-      assert_replaced(pool, old_os_pids, worker_id)
-      assert NativePool.stats(pool).counters.worker_exited == 1
-    end
-
-    test "SIGKILL fails the call with :worker_exited naming the signal", %{pool: pool} do
-      old_os_pids = worker_os_pids(pool)
-
-      assert {:error, {:communication_error, :worker_exited, message, %{worker_id: worker_id}}} =
-               NativePool.execute("crash_kill", %{}, pool: pool)
-
-      assert message =~ "SIGKILL"
-      assert_replaced(pool, old_os_pids, worker_id)
     end
 
     test "SystemExit raised by a command really exits the worker", %{pool: pool} do
@@ -79,62 +49,6 @@ defmodule DSPex.NativePool.WorkerProcessTest do
 
       assert message =~ "exited with status 4"
       assert_replaced(pool, old_os_pids, worker_id)
-    end
-  end
-
-  describe "failing workers" do
-    # Importable unless `fail_import` exists in its dir.
-    @fragile ~S'''
-    import os
-
-    if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fail_import")):
-        raise RuntimeError("cannot start right now")
-
-
-    def crash(args):
-        os._exit(3)
-    '''
-
-    test "a pool whose workers keep failing to start is :pool_unavailable until one starts" do
-      {opts, dir} = handler_opts(@fragile)
-      %{pool: pool} = start_pool!([max_backoff: 100] ++ opts)
-      attach_logs(pool)
-      File.write!(Path.join(dir, "fail_import"), "")
-
-      assert {:error, {:communication_error, :worker_exited, _, _}} =
-               NativePool.execute("crash", %{}, pool: pool)
-
-      # The crash and two failed starts in a row: the pool gives up on new calls, but retries.
-      assert_receive {:pool_log, ^pool, :error, "worker 0 failed to start (attempt 3)" <> why, _},
-                     5_000
-
-      assert why =~ "RuntimeError: cannot start right now"
-
-      assert {:error, {:resource_error, :pool_unavailable, message, _}} =
-               NativePool.execute("ping", %{}, pool: pool)
-
-      assert message =~ "no worker could be started"
-      refute NativePool.stats(pool).available
-
-      File.rm!(Path.join(dir, "fail_import"))
-      assert_receive {:pool_log, ^pool, :info, "worker 0 replaced (os pid " <> _, _}, 5_000
-      assert {:ok, %{"status" => "ok"}} = NativePool.execute("ping", %{}, pool: pool)
-      assert NativePool.stats(pool).available
-    end
-
-    test "a worker that stops answering is replaced by the health check" do
-      %{pool: pool} = start_pool!(health_interval: 200, health_timeout: 500)
-      attach_logs(pool)
-      [frozen] = worker_os_pids(pool)
-
-      # Freeze the idle worker: alive, but it will answer nothing more.
-      assert {_, 0} = System.cmd("kill", ["-STOP", Integer.to_string(frozen)])
-
-      assert_receive {:pool_log, ^pool, :warning, "worker 0 (os pid " <> reason, _}, 10_000
-      assert reason =~ "#{frozen}) replaced: no answer to a health check within 500 ms"
-      assert {:ok, %{"pid" => new_os_pid}} = NativePool.execute("ping", %{}, pool: pool)
-      assert new_os_pid != frozen
-      refute os_process_exists?(frozen)
     end
   end
 
