@@ -532,6 +532,34 @@ class Registry(unittest.TestCase):
             c.register("ping", lambda args: None)
 
 
+class ErrorDetails(unittest.TestCase):
+    """What a command may say of its error beyond its type is checked before it is sent."""
+
+    def setUp(self):
+        sys.path.insert(0, PYTHON_DIR)
+        self.addCleanup(sys.path.remove, PYTHON_DIR)
+        from dspex_bridge import errors
+        self.errors = errors
+
+    def error(self, details):
+        exc = RuntimeError("x")
+        exc.dspex_details = details
+        return exc
+
+    def test_kind_retryable_and_retry_after_pass(self):
+        got = self.errors.details(self.error({"kind": "lm_rate_limited", "retryable": True,
+                                              "retry_after": 2.5, "other": "dropped"}))
+        self.assertEqual(got, {"kind": "lm_rate_limited", "retryable": True, "retry_after": 2.5})
+
+    def test_anything_else_is_dropped(self):
+        for bad in (None, "lm_timeout", {"kind": "Not A Kind"}, {"kind": "x" * 65}, {}):
+            self.assertIsNone(self.errors.details(self.error(bad)), bad)
+        got = self.errors.details(self.error({"kind": "lm_timeout", "retryable": "yes",
+                                              "retry_after": True}))
+        self.assertEqual(got, {"kind": "lm_timeout"})
+        self.assertIsNone(self.errors.details(RuntimeError("plain")))
+
+
 class JsonBackends(unittest.TestCase):
     """The codec gives the stdlib's answers whichever backend is active."""
 

@@ -72,7 +72,9 @@ class DSPyCommands(Base):
         self.assertEqual(r["signature"]["outputs"],
                          [{"name": "answer", "description": None, "type": "str"}])
         x = self.ok(w, "execute_program", {"program_id": "qa", "inputs": {"question": "France?"}})
-        self.assertEqual(set(x), {"program_id", "outputs", "execution_time"})
+        self.assertEqual(set(x), {"program_id", "outputs", "execution_time", "usage", "cached"})
+        self.assertIsInstance(x["usage"], dict)
+        self.assertIsInstance(x["cached"], bool)
         self.assertEqual(x["program_id"], "qa")
         self.assertEqual(x["outputs"], {"answer": "Paris"})
         self.assertIsInstance(x["execution_time"], float)

@@ -78,6 +78,8 @@ defmodule DSPex.NativePool.LMServer do
 
   defp encode_value(v) when is_integer(v), do: Integer.to_string(v)
   defp encode_value(v) when is_binary(v), do: inspect(v)
+  defp encode_value(nil), do: "null"
+  defp encode_value(v) when is_boolean(v), do: to_string(v)
 
   # The server's replies are flat objects of integers and booleans.
   defp decode(json) do

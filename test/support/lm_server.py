@@ -6,7 +6,10 @@ hang up meanwhile), can answer with another status code, and counts connections:
 
     GET  /stats   {"requests", "active", "max_active", "aborted", "completed"}
     POST /reset   zeroes the counts
-    POST /config  {"latency_ms", "status", "answer"} changes them
+    POST /config  {"latency_ms", "status", "answer", "error_code", "retry_after", "raw"}
+                  changes them: a non-200 status answers an OpenAI-style error (with
+                  "error_code" as its code, and a Retry-After header if "retry_after" is set);
+                  "raw" is sent as the reply's whole content instead of the fields
 
 It prints ``LISTENING <port>`` once ready and exits when its stdin closes, so it never
 outlives the test run that started it. Standard library only.
@@ -32,6 +35,9 @@ class State:
         self.latency_ms = latency_ms
         self.status = status
         self.answer = answer
+        self.error_code = None
+        self.retry_after = None
+        self.raw = None
         self.reset()
 
     def reset(self):
@@ -75,9 +81,11 @@ def make_handler(state):
             # the client's delayed ACK hold every reply back about 40 ms.
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        def _json(self, code, obj):
+        def _json(self, code, obj, headers=()):
             body = json.dumps(obj).encode()
             self.send_response(code)
+            for name, value in headers:
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -105,6 +113,9 @@ def make_handler(state):
                     state.latency_ms = config.get("latency_ms", state.latency_ms)
                     state.status = config.get("status", state.status)
                     state.answer = config.get("answer", state.answer)
+                    for key in ("error_code", "retry_after", "raw"):
+                        if key in config:
+                            setattr(state, key, config[key])
                 return self._json(200, {"ok": True})
             if not path.endswith("/chat/completions"):
                 return self._json(404, {"error": {"message": "not found"}})
@@ -116,16 +127,21 @@ def make_handler(state):
                 state.active += 1
                 state.max_active = max(state.max_active, state.active)
                 latency, status, answer = state.latency_ms, state.status, state.answer
+                code, retry_after, raw = state.error_code, state.retry_after, state.raw
             try:
                 if self._client_left_within(latency / 1000.0):
                     with state.lock:
                         state.aborted += 1
                     return
                 if status != 200:
-                    return self._json(status, {"error": {"message": f"status {status}", "type": "test"}})
+                    error = {"message": f"status {status}", "type": "test", "code": code}
+                    headers = [] if retry_after is None else [("Retry-After", str(retry_after))]
+                    return self._json(status, {"error": error}, headers)
                 fields = _output_fields(request.get("messages", []))
                 content = "".join(f"[[ ## {f} ## ]]\n{answer}\n\n" for f in fields)
                 content += "[[ ## completed ## ]]"
+                if raw is not None:
+                    content = raw
                 self._json(200, {
                     "id": "chatcmpl-test",
                     "object": "chat.completion",

@@ -38,11 +38,35 @@ defmodule DSPex.NativePool.Error do
     {:communication_error, :oversized_reply,
      "a reply frame announced more than `:max_frame` bytes; the worker is replaced"},
     {:communication_error, :protocol_error, "the worker could not read the request"},
+    {:resource_error, :lm_rate_limited,
+     "the LM refused the call for its rate limit (HTTP 429); `context` has `:retry_after` (seconds the provider asked to wait, or `nil`) and `:retryable`"},
+    {:timeout_error, :lm_timeout, "the LM did not answer in time"},
+    {:system_error, :lm_auth_failed,
+     "the LM refused the credentials or the account (HTTP 401/403, billing)"},
+    {:communication_error, :lm_unreachable,
+     "the LM could not be reached (connection refused, DNS, TLS)"},
+    {:system_error, :lm_server_error, "the LM failed (HTTP 5xx)"},
+    {:validation_error, :lm_context_window_exceeded,
+     "the prompt is longer than the model's context window"},
+    {:system_error, :lm_output_unparseable,
+     "the LM's answer does not fit the signature's output fields"},
     {:system_error, :python_exception,
      "the command raised; `context` has `:python_type` and `:traceback`"},
     {:system_error, :unserializable_result,
      "the command returned something JSON cannot carry (including integers beyond 64 bits, or nesting deeper than 512 levels)"}
   ]
+
+  # The kinds the bridge gives an error it classified (a fixed table: no atom is made from
+  # worker data), and their types.
+  @kinds %{
+    "lm_rate_limited" => {:resource_error, :lm_rate_limited},
+    "lm_timeout" => {:timeout_error, :lm_timeout},
+    "lm_auth_failed" => {:system_error, :lm_auth_failed},
+    "lm_unreachable" => {:communication_error, :lm_unreachable},
+    "lm_server_error" => {:system_error, :lm_server_error},
+    "lm_context_window_exceeded" => {:validation_error, :lm_context_window_exceeded},
+    "lm_output_unparseable" => {:system_error, :lm_output_unparseable}
+  }
 
   @table Enum.join(
            ["| category | type | when |", "|---|---|---|"] ++
@@ -121,11 +145,20 @@ defmodule DSPex.NativePool.Error do
     message = Map.get(error, "message", "")
 
     case python_type do
-      "UnknownCommand" -> {:validation_error, :unknown_command, message, context}
-      "FrameTooLarge" -> {:resource_error, :reply_too_large, message, context}
-      "SerializationError" -> {:system_error, :unserializable_result, message, context}
-      "ProtocolError" -> {:communication_error, :protocol_error, message, context}
-      _ -> python_exception(python_type, message, error, context)
+      "UnknownCommand" ->
+        {:validation_error, :unknown_command, message, context}
+
+      "FrameTooLarge" ->
+        {:resource_error, :reply_too_large, message, context}
+
+      "SerializationError" ->
+        {:system_error, :unserializable_result, message, context}
+
+      "ProtocolError" ->
+        {:communication_error, :protocol_error, message, context}
+
+      _ ->
+        classified(Map.get(@kinds, Map.get(error, "kind")), python_type, message, error, context)
     end
   end
 
@@ -145,6 +178,30 @@ defmodule DSPex.NativePool.Error do
       other -> {:communication_error, other, message, context}
     end
   end
+
+  # An error the bridge classified (a DSPy LM failure): its own type, with DSPy's judgement
+  # of whether a retry may help.
+  defp classified(nil, python_type, message, error, context),
+    do: python_exception(python_type, message, error, context)
+
+  defp classified({category, type}, python_type, message, error, context) do
+    context =
+      Map.merge(context, %{
+        python_type: python_type,
+        traceback: Map.get(error, "traceback"),
+        retryable: Map.get(error, "retryable") == true
+      })
+
+    context =
+      if type == :lm_rate_limited,
+        do: Map.put(context, :retry_after, retry_after(Map.get(error, "retry_after"))),
+        else: context
+
+    {category, type, message, context}
+  end
+
+  defp retry_after(seconds) when is_number(seconds) and seconds >= 0, do: seconds
+  defp retry_after(_other), do: nil
 
   defp python_exception(python_type, message, error, context) do
     context =

@@ -40,6 +40,13 @@ defmodule DSPex.NativePool.Options do
       doc:
         "`true`: the pool does not start (`:dspy_missing`) unless its Python has the `dspy` package; `:auto` means `true` when that Python runs in an environment made by `mix dspex_native_pool.setup`"
     ],
+    dspy_cache_dir: [
+      type: :path,
+      default: nil,
+      shown: "DSPy's",
+      doc:
+        "the directory of DSPy's disk cache for this pool's workers (`DSPY_CACHEDIR`; a relative one is taken from the application's root); DSPy's default, `~/.dspy_cache`, is shared by every worker on the host, so a repeated question never reaches the LM unless `configure_lm` gets `cache: false`"
+    ],
     handlers: [
       type: :python_module,
       default: nil,
@@ -303,6 +310,16 @@ defmodule DSPex.NativePool.Options do
   end
 
   defp check(:dir, other), do: {:error, "expected a directory path, got #{describe(other)}"}
+
+  defp check(:path, nil), do: {:ok, nil}
+
+  defp check(:path, path) when is_binary(path) and path != "" do
+    if String.valid?(path) and not String.contains?(path, <<0>>),
+      do: {:ok, Path.expand(path, PythonEnv.app_root())},
+      else: {:error, "expected a path (a UTF-8 string without NUL bytes)"}
+  end
+
+  defp check(:path, other), do: {:error, "expected a path, got #{describe(other)}"}
 
   defp check(:require_dspy, value) when value in [:auto, true, false], do: {:ok, value}
 

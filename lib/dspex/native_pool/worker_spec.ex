@@ -67,8 +67,11 @@ defmodule DSPex.NativePool.WorkerSpec do
       (opts[:python_path] ++ List.wrap(inherited["PYTHONPATH"]))
       |> Enum.reject(&(&1 == ""))
 
+    cache = if opts[:dspy_cache_dir], do: %{"DSPY_CACHEDIR" => opts[:dspy_cache_dir]}, else: %{}
+
     inherited
     |> Map.merge(Map.new(worker_env_defaults(python_path)))
+    |> Map.merge(cache)
     |> Map.merge(Map.new(opts[:env]))
     |> Enum.to_list()
   end

@@ -133,7 +133,7 @@ def serve(table, async_table, max_frame, prefix, concurrency):
         if isinstance(exc, (asyncio.CancelledError, concurrent.futures.CancelledError)):
             return error_frame(rid, "Cancelled", "the pool cancelled the request", "", max_frame)
         etype, emsg, etb = describe(exc)
-        return error_frame(rid, etype, emsg, etb, max_frame)
+        return error_frame(rid, etype, emsg, etb, max_frame, errors.details(exc))
 
     def run_sync(rid, name, fn, args, event):
         _current.set((rid, event))

@@ -10,6 +10,7 @@ take the worker down.
 
 import importlib
 import os
+import re
 import traceback as _traceback
 
 
@@ -69,3 +70,26 @@ def format_traceback(exc):
 def describe(exc):
     """``(type, message, traceback)`` for an error reply."""
     return type_name(exc), message(exc), format_traceback(exc)
+
+
+_KIND = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def details(exc):
+    """What a command said of its error beyond its type, for the pool to classify it: the
+    ``dspex_details`` attribute an extension may set on an exception (``{"kind": "lm_...",
+    "retryable": bool, "retry_after": seconds}``), checked; ``None`` if there is none."""
+    try:
+        given = getattr(exc, "dspex_details", None)
+        if not isinstance(given, dict) or not _KIND.match(str(given.get("kind", ""))):
+            return None
+        out = {"kind": given["kind"]}
+        if isinstance(given.get("retryable"), bool):
+            out["retryable"] = given["retryable"]
+        retry_after = given.get("retry_after")
+        if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool) \
+                and 0 <= retry_after < 1e9:
+            out["retry_after"] = retry_after
+        return out
+    except BaseException:
+        return None

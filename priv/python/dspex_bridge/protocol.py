@@ -228,20 +228,18 @@ def _clean(text, limit):
     return text
 
 
-def error_frame(rid, type_name, message, traceback_text, max_frame):
-    """Complete frame for an error reply; texts are truncated if it would not fit."""
+def error_frame(rid, type_name, message, traceback_text, max_frame, details=None):
+    """Complete frame for an error reply; texts are truncated if it would not fit.
+    ``details`` (from ``errors.details``) are added to the error object."""
     for limit in (None, 16384, 1024, 64):
-        payload = std_dumps(
-            {
-                "id": rid,
-                "success": False,
-                "error": {
-                    "type": _clean(type_name, 256 if limit else None),
-                    "message": _clean(message, limit),
-                    "traceback": _clean(traceback_text, limit),
-                },
-            }
-        )
+        error = {
+            "type": _clean(type_name, 256 if limit else None),
+            "message": _clean(message, limit),
+            "traceback": _clean(traceback_text, limit),
+        }
+        if details:
+            error.update(details)
+        payload = std_dumps({"id": rid, "success": False, "error": error})
         if len(payload) <= max_frame:
             break
     return len(payload).to_bytes(HEADER_SIZE, "big") + payload

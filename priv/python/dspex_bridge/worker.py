@@ -136,6 +136,7 @@ def _serve(table, max_frame, prefix):
     counts = state.commands
     counts_get = counts.get
     describe = errors.describe
+    details = errors.details
 
     while True:
         payload = next_payload(read_frame, prefix)
@@ -157,7 +158,7 @@ def _serve(table, max_frame, prefix):
                 except BaseException as exc:
                     state.errors += 1
                     etype, emsg, etb = describe(exc)
-                    frame = error_frame(rid, etype, emsg, etb, max_frame)
+                    frame = error_frame(rid, etype, emsg, etb, max_frame, details(exc))
                 else:
                     frame = result_frame(rid, name, result, max_frame)
             else:

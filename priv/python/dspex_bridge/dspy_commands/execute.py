@@ -4,8 +4,10 @@
 import time
 
 from ..commands import async_variant
+from . import accounting
 from . import LMNotConfigured
 from .lm import CONFIGURED, EXPECTED_OUTPUTS, request_lm
+from .lm_errors import classify
 from .loader import dspy_command, load_dspy
 from .redaction import raise_redacted_if_secret
 from .values import entry as find_entry, jsonable
@@ -15,21 +17,24 @@ def execute_program(dspy, args):
     """Run a stored program: ``{"program_id", "inputs": {...}}``.
 
     ``inputs`` must name exactly the signature's input fields.  Result:
-    ``{"program_id", "outputs", "execution_time"}``: ``outputs`` holds every
-    field of the prediction (ChainOfThought's ``reasoning`` first), and
+    ``{"program_id", "outputs", "execution_time", "usage", "cached"}``: ``outputs``
+    holds every field of the prediction (ChainOfThought's ``reasoning`` first),
     ``execution_time`` is the program's run time in seconds (DSPex V2 sent a
-    timestamp under this name).
+    timestamp under this name), ``usage`` maps each model that reported tokens to
+    ``{"prompt_tokens", "completion_tokens", "total_tokens"}``, and ``cached`` is
+    true when every LM call was answered from DSPy's cache.
     """
     entry, inputs, lm = _prepare_execution(dspy, args)
+    tracker, counter = accounting.start(dspy)
     token = EXPECTED_OUTPUTS.set(entry.output_types)
     started = time.perf_counter()
     try:
-        with dspy.context(lm=lm, **CONFIGURED.settings):
+        with dspy.context(lm=lm, **_settings(dspy, tracker, counter)):
             prediction = entry.module(**inputs)
     finally:
         elapsed = time.perf_counter() - started
         EXPECTED_OUTPUTS.reset(token)
-    return _execution_result(entry, prediction, elapsed)
+    return _execution_result(entry, prediction, elapsed, accounting.report(tracker, counter))
 
 
 @async_variant("execute_program")
@@ -40,18 +45,24 @@ async def aexecute_program(args):
     try:
         dspy = load_dspy()
         entry, inputs, lm = _prepare_execution(dspy, args)
+        tracker, counter = accounting.start(dspy)
         token = EXPECTED_OUTPUTS.set(entry.output_types)
         started = time.perf_counter()
         try:
-            with dspy.context(lm=lm, **CONFIGURED.settings):
+            with dspy.context(lm=lm, **_settings(dspy, tracker, counter)):
                 prediction = await entry.module.acall(**inputs)
         finally:
             elapsed = time.perf_counter() - started
             EXPECTED_OUTPUTS.reset(token)
     except Exception as exc:
+        classify(exc)
         raise_redacted_if_secret(exc)
         raise
-    return _execution_result(entry, prediction, elapsed)
+    return _execution_result(entry, prediction, elapsed, accounting.report(tracker, counter))
+
+
+def _settings(dspy, tracker, counter):
+    return {**CONFIGURED.settings, **accounting.context_settings(dspy, tracker, counter)}
 
 
 def _prepare_execution(dspy, args):
@@ -85,11 +96,12 @@ def _prepare_execution(dspy, args):
     return entry, inputs, lm
 
 
-def _execution_result(entry, prediction, elapsed):
+def _execution_result(entry, prediction, elapsed, cost):
     entry.execution_count += 1
     entry.last_executed = time.time()
     return {
         "program_id": entry.program_id,
         "outputs": {str(k): jsonable(v) for k, v in prediction.items()},
         "execution_time": elapsed,
+        **cost,
     }

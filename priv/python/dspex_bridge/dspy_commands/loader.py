@@ -9,6 +9,7 @@ import sys
 from .. import errors
 from ..commands import command, ping_extension
 from . import DSPyUnavailable
+from .lm_errors import classify
 from .redaction import raise_redacted_if_secret
 
 PINNED_DSPY = "3.4.1"
@@ -64,6 +65,7 @@ def dspy_command(fn):
         try:
             return fn(load_dspy(), args)
         except Exception as exc:
+            classify(exc)
             raise_redacted_if_secret(exc)
             raise
 

@@ -58,10 +58,13 @@ def raise_redacted_if_secret(exc):
     text = message + errors.format_traceback(exc)
     if not any(secret in text for secret in secrets):
         return
-    raise RedactedError(
+    redacted = RedactedError(
         f"{errors.type_name(exc)}: {redact_text(message, secrets)} "
         f"(traceback withheld: it contained a secret)"
-    ) from None
+    )
+    # What the error was stays known (an LM's rate limit, say); only its text changed.
+    redacted.dspex_details = getattr(exc, "dspex_details", None)
+    raise redacted from None
 
 
 def redacted_options(options):
