@@ -168,9 +168,12 @@ defmodule DSPex.NativePool do
   # `execute/3` with an optional checkout deadline (see `DSPex.NativePool.SessionPoolV2`).
   def run_anonymous(command, args, opts, checkout) do
     with {:ok, call} <- Call.prepare(command, args, opts) do
-      if Replay.pool_wide?(call.context.command),
-        do: Replay.run_pool_wide(call),
-        else: Call.run(call, nil, nil, checkout)
+      outcome =
+        if Replay.pool_wide?(call.context.command),
+          do: Replay.run_pool_wide(call),
+          else: Call.run(call, nil, nil, checkout)
+
+      Replay.follow_up(call, outcome, nil)
     end
   end
 
@@ -218,7 +221,8 @@ defmodule DSPex.NativePool do
          context = Map.put(call.context, :session_id, session_id),
          :ok <- Call.check_session(session_id, context),
          {:ok, call, record} <- Replay.session_call(%{call | context: context}, session_id) do
-      Call.run(call, {:session, session_id}, record, checkout)
+      outcome = Call.run(call, {:session, session_id}, record, checkout)
+      Replay.follow_up(call, outcome, session_id)
     end
   end
 

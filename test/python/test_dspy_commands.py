@@ -323,8 +323,12 @@ class DSPyCommands(Base):
         self.fail(w, "create_program", {"program_id": "bad", "program_type": "ChainOfThought",
                                         "signature": "question -> reasoning, answer"},
                   ERR + "InvalidSignature", "reasoning")
-        self.fail(w, "create_program", {"signature": "q -> a", "program_type": "ReAct"},
+        self.fail(w, "create_program", {"signature": "q -> a", "program_type": "ProgramOfThought"},
                   "ValueError", "unsupported program_type")
+        self.fail(w, "create_program", {"signature": "q -> a", "program_type": "ReAct"},
+                  "ValueError", 'ReAct needs "tools"')
+        self.fail(w, "create_program", {"signature": "q -> a", "program_type": "BestOfN"},
+                  "ValueError", '"reward"')
         self.fail(w, "create_program", {"signature": "q -> a", "session_id": 7},
                   "ValueError", "session_id")
         self.fail(w, "configure_lm", {}, "ValueError", '"model"')

@@ -34,6 +34,9 @@ defmodule DSPex.NativePool.LMServer do
   @doc "Changes the server's latency, status or answer."
   def configure(%{port: port}, config), do: request(port, :post, "/config", config)
 
+  @doc "The user messages of the server's last 50 requests, as the raw JSON text it sent."
+  def prompts(%{port: port}), do: raw_request(port, :get, "/prompts")
+
   @doc "Zeroes the counts."
   def reset(%{port: port}), do: request(port, :post, "/reset", %{})
 
@@ -46,7 +49,10 @@ defmodule DSPex.NativePool.LMServer do
   end
 
   # A tiny HTTP/1.0 client on :gen_tcp, so the tests need no HTTP library.
-  defp request(port, method, path, body \\ nil) do
+  defp request(port, method, path, body \\ nil),
+    do: decode(raw_request(port, method, path, body))
+
+  defp raw_request(port, method, path, body \\ nil) do
     {:ok, socket} = :gen_tcp.connect(~c"127.0.0.1", port, [:binary, active: false], 5_000)
     payload = if body, do: json_encode(body), else: ""
     verb = method |> Atom.to_string() |> String.upcase()
@@ -61,7 +67,7 @@ defmodule DSPex.NativePool.LMServer do
     response = read_all(socket, "")
     :gen_tcp.close(socket)
     [_head, json] = String.split(response, "\r\n\r\n", parts: 2)
-    decode(json)
+    json
   end
 
   defp read_all(socket, acc) do
@@ -80,6 +86,9 @@ defmodule DSPex.NativePool.LMServer do
   defp encode_value(v) when is_binary(v), do: inspect(v)
   defp encode_value(nil), do: "null"
   defp encode_value(v) when is_boolean(v), do: to_string(v)
+  defp encode_value(v) when is_atom(v), do: inspect(Atom.to_string(v))
+  defp encode_value(v) when is_map(v), do: json_encode(v)
+  defp encode_value(v) when is_list(v), do: "[" <> Enum.map_join(v, ",", &encode_value/1) <> "]"
 
   # The server's replies are flat objects of integers and booleans.
   defp decode(json) do

@@ -5,11 +5,15 @@ configured answer. It waits ``--latency-ms`` before answering (watching for the 
 hang up meanwhile), can answer with another status code, and counts connections:
 
     GET  /stats   {"requests", "active", "max_active", "aborted", "completed"}
+    GET  /prompts the user messages of the last 50 requests, oldest first
     POST /reset   zeroes the counts
-    POST /config  {"latency_ms", "status", "answer", "error_code", "retry_after", "raw"}
+    POST /config  {"latency_ms", "status", "answer", "error_code", "retry_after", "raw",
+                   "script"}
                   changes them: a non-200 status answers an OpenAI-style error (with
                   "error_code" as its code, and a Retry-After header if "retry_after" is set);
-                  "raw" is sent as the reply's whole content instead of the fields
+                  "raw" is sent as the reply's whole content instead of the fields;
+                  "script" is a list of {field: value} objects, one used per request in turn
+                  (for the fields it names; the others get "answer")
 
 It prints ``LISTENING <port>`` once ready and exits when its stdin closes, so it never
 outlives the test run that started it. Standard library only.
@@ -29,6 +33,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 _FIELD = re.compile(r"\[\[ ## (\w+) ## \]\]")
 
 
+def _text(value):
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 class State:
     def __init__(self, latency_ms, status, answer):
         self.lock = threading.Lock()
@@ -38,10 +46,12 @@ class State:
         self.error_code = None
         self.retry_after = None
         self.raw = None
+        self.script = []
         self.reset()
 
     def reset(self):
         self.requests = self.active = self.max_active = self.aborted = self.completed = 0
+        self.prompts = []
 
     def stats(self):
         return {
@@ -54,18 +64,13 @@ class State:
 
 
 def _output_fields(messages):
-    system = " ".join(m.get("content", "") for m in messages if m.get("role") == "system")
-    user = " ".join(
-        m.get("content", "") if isinstance(m.get("content"), str) else ""
-        for m in messages
-        if m.get("role") == "user"
-    )
-    given = set(_FIELD.findall(user))
-    fields = []
-    for name in _FIELD.findall(system):
-        if name not in given and name != "completed" and name not in fields:
-            fields.append(name)
-    return fields or ["answer"]
+    """The fields DSPy's chat adapter asks for: named in the last user message's closing
+    "Respond with the corresponding output fields, ..." sentence."""
+    user = [m.get("content") for m in messages if m.get("role") == "user"]
+    last = user[-1] if user and isinstance(user[-1], str) else ""
+    _, _, tail = last.rpartition("Respond with the corresponding output fields")
+    fields = [name for name in _FIELD.findall(tail) if name != "completed"]
+    return list(dict.fromkeys(fields)) or ["answer"]
 
 
 def make_handler(state):
@@ -99,6 +104,9 @@ def make_handler(state):
             if self.path.rstrip("/") == "/stats":
                 with state.lock:
                     return self._json(200, state.stats())
+            if self.path.rstrip("/") == "/prompts":
+                with state.lock:
+                    return self._json(200, {"prompts": list(state.prompts)})
             self._json(404, {"error": "not found"})
 
         def do_POST(self):
@@ -113,7 +121,7 @@ def make_handler(state):
                     state.latency_ms = config.get("latency_ms", state.latency_ms)
                     state.status = config.get("status", state.status)
                     state.answer = config.get("answer", state.answer)
-                    for key in ("error_code", "retry_after", "raw"):
+                    for key in ("error_code", "retry_after", "raw", "script"):
                         if key in config:
                             setattr(state, key, config[key])
                 return self._json(200, {"ok": True})
@@ -122,12 +130,18 @@ def make_handler(state):
             self._complete(self._body())
 
         def _complete(self, request):
+            user = " ".join(
+                m["content"] for m in request.get("messages", [])
+                if m.get("role") == "user" and isinstance(m.get("content"), str)
+            )
             with state.lock:
+                state.prompts = (state.prompts + [user])[-50:]
                 state.requests += 1
                 state.active += 1
                 state.max_active = max(state.max_active, state.active)
                 latency, status, answer = state.latency_ms, state.status, state.answer
                 code, retry_after, raw = state.error_code, state.retry_after, state.raw
+                scripted = state.script.pop(0) if state.script else {}
             try:
                 if self._client_left_within(latency / 1000.0):
                     with state.lock:
@@ -138,7 +152,9 @@ def make_handler(state):
                     headers = [] if retry_after is None else [("Retry-After", str(retry_after))]
                     return self._json(status, {"error": error}, headers)
                 fields = _output_fields(request.get("messages", []))
-                content = "".join(f"[[ ## {f} ## ]]\n{answer}\n\n" for f in fields)
+                content = "".join(
+                    f"[[ ## {f} ## ]]\n{_text(scripted.get(f, answer))}\n\n" for f in fields
+                )
                 content += "[[ ## completed ## ]]"
                 if raw is not None:
                     content = raw

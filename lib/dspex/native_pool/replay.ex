@@ -102,4 +102,26 @@ defmodule DSPex.NativePool.Replay do
       {:error, message} -> Call.invalid(:invalid_args, message, call.context)
     end
   end
+
+  @doc false
+  # Runs what must follow a successful call (`DSPy.follow_up/2`) the way the call ran:
+  # pool-wide, or in the same session. The call's result stands unless the follow-up fails.
+  def follow_up(%Call{context: context} = call, {:ok, result} = ok, session_id) do
+    case DSPy.follow_up(context.command, result) do
+      nil ->
+        ok
+
+      {command, args} ->
+        opts = [pool: context.pool, timeout: call.timeout]
+
+        followed =
+          if session_id,
+            do: DSPex.NativePool.execute_in_session(session_id, command, args, opts),
+            else: DSPex.NativePool.execute(command, args, opts)
+
+        with {:ok, _} <- followed, do: ok
+    end
+  end
+
+  def follow_up(_call, outcome, _session_id), do: outcome
 end

@@ -12,7 +12,7 @@ Built-in commands register themselves with the ``command`` decorator::
     def predict(args):               # command name "predict"
         ...
 
-    @command("dspy.configure")       # explicit name
+    @command("text.upper")           # explicit name
     def configure(args):
         ...
 
@@ -126,6 +126,25 @@ def async_variants():
 def builtins():
     """A copy of the built-in command table (name -> function)."""
     return dict(_REGISTRY)
+
+
+_HANDLERS = {}
+
+
+def set_handlers(table):
+    """Record the user handler module's commands (name -> function), for ``handler``."""
+    _HANDLERS.clear()
+    _HANDLERS.update(table)
+
+
+def handler(name):
+    """The user handler function named ``name``, for extensions that call back into user code
+    (an agent's tool, a reward, a metric); ``LookupError`` naming the known ones if none."""
+    fn = _HANDLERS.get(name) if isinstance(name, str) else None
+    if fn is None:
+        known = ", ".join(sorted(_HANDLERS)) or "none: the pool has no :handlers module"
+        raise LookupError(f"no handler function named {name!r} (known: {known})")
+    return fn
 
 
 def load_extensions():

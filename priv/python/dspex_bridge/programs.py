@@ -29,13 +29,15 @@ class ProgramEntry:
         "created_at",
         "execution_count",
         "last_executed",
+        "definition",
+        "replaced",
     )
 
     def __init__(self, session_id, program_id, program_type, module, signature,
-                 signature_string, input_names, output_types):
+                 signature_string, input_names, output_types, definition=None):
         self.session_id = session_id
         self.program_id = program_id
-        self.program_type = program_type      # "Predict" | "ChainOfThought"
+        self.program_type = program_type      # "Predict", "ChainOfThought", "ReAct", ...
         self.module = module                  # the dspy.Module instance
         self.signature = signature            # JSON-able {"inputs", "outputs", "instructions"}
         self.signature_string = signature_string
@@ -44,6 +46,20 @@ class ProgramEntry:
         self.created_at = time.time()
         self.execution_count = 0
         self.last_executed = None
+        self.definition = definition          # the create_program arguments, for save_program
+        self.replaced = False                 # whether storing it replaced a program
+
+    def created(self):
+        """``create_program``'s result."""
+        return {
+            "program_id": self.program_id,
+            "status": "created",
+            "replaced": self.replaced,
+            "session_id": self.session_id,
+            "program_type": self.program_type,
+            "signature": self.signature,
+            "signature_string": self.signature_string,
+        }
 
     def describe(self):
         """JSON-able summary (``list_programs`` items, ``get_program_info``)."""

@@ -125,6 +125,7 @@ def _load_commands(prefix, handler_module):
                 f"public functions, so it adds no commands"
             )
         table.update(user)
+        commands.set_handlers(user)
     return table
 
 

@@ -57,4 +57,4 @@ class RedactedError(RuntimeError):
 
 
 # The commands register themselves when imported; the errors above must exist first.
-from . import bookkeeping, create, execute, lm  # noqa: E402,F401
+from . import bookkeeping, create, execute, lm, optimize, persist  # noqa: E402,F401

@@ -7,13 +7,9 @@ from .. import errors
 from ..programs import STORE, ProgramEntry
 from . import InvalidSignature
 from .loader import dspy_command
+from . import modules
 from .values import jsonable, program_id, session_id
 
-_PROGRAM_TYPES = {
-    "predict": "Predict",
-    "chainofthought": "ChainOfThought",
-    "cot": "ChainOfThought",
-}
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # Keyword arguments dspy.Predict takes for itself: an input so named would vanish.
 _RESERVED_INPUTS = frozenset({"signature", "demos", "config", "lm"})
@@ -27,22 +23,6 @@ _TYPE_ALIASES = {
     "list": list, "array": list,
     "dict": dict, "map": dict, "object": dict,
 }
-
-
-def _program_type(args):
-    value = args.get("program_type", args.get("type"))
-    if value is None:
-        return "Predict"
-    if isinstance(value, str):
-        key = re.sub(r"[\s_\-.]", "", value).lower()
-        if key.startswith("dspy"):
-            key = key[4:]
-        if key in _PROGRAM_TYPES:
-            return _PROGRAM_TYPES[key]
-    raise ValueError(
-        f"unsupported program_type {value!r}: use \"Predict\" (or \"predict\") or "
-        f"\"ChainOfThought\" (or \"chain_of_thought\")"
-    )
 
 
 def _instructions(args, spec):
@@ -172,16 +152,25 @@ def create_program(dspy, args):
     "type"?}], "outputs": [...], "description"?, "name"?}``, plain names allowed
     in the lists); ``program_id`` (V2: ``id``; generated ``"prog_..."`` if
     absent; an existing one is replaced); ``program_type`` or ``type``:
-    ``"Predict"`` (default) or ``"ChainOfThought"`` (also ``"predict"``,
-    ``"chain_of_thought"``, ``"cot"``); ``instructions`` (or ``description``).
+    ``"Predict"`` (default), ``"ChainOfThought"`` (also ``"chain_of_thought"``,
+    ``"cot"``), ``"ReAct"`` (with ``tools``: handler function names, or
+    ``{"name", "description"?, "args"?}``; ``max_iters``), ``"BestOfN"`` or
+    ``"Refine"`` (with ``module``: Predict or ChainOfThought, ``n``, ``reward``: a
+    handler function called with ``{"inputs", "outputs"}`` returning a number,
+    ``threshold``); ``instructions`` (or ``description``).
 
     Result: ``{"program_id", "status": "created", "replaced", "session_id",
     "program_type", "signature": {"inputs", "outputs", "instructions"},
     "signature_string"}``; the fields are ``{"name", "description", "type"}``.
     """
+    return build_entry(dspy, args).created()
+
+
+def build_entry(dspy, args):
+    """Builds the program ``args`` describe and stores it (replacing one of the same id)."""
     sid = session_id(args)
     pid = program_id(args, generate=True)
-    program_type = _program_type(args)
+    program_type = modules.program_type(args.get("program_type", args.get("type")))
     spec = args.get("signature")
     sig = _build_signature(dspy, spec, _instructions(args, spec))
     if program_type == "ChainOfThought" and "reasoning" in (*sig.input_fields, *sig.output_fields):
@@ -189,7 +178,7 @@ def create_program(dspy, args):
             "ChainOfThought adds its own `reasoning` output field; rename the signature's "
             "`reasoning` field"
         )
-    module = getattr(dspy, program_type)(sig)
+    module = modules.build(dspy, program_type, sig, args)
     entry = ProgramEntry(
         session_id=sid,
         program_id=pid,
@@ -203,14 +192,7 @@ def create_program(dspy, args):
         output_types={name: field.annotation
                       for predictor in module.predictors()
                       for name, field in predictor.signature.output_fields.items()},
+        definition={k: v for k, v in args.items() if k not in ("session_id", "program_id", "id")},
     )
-    replaced = STORE.put(entry)
-    return {
-        "program_id": pid,
-        "status": "created",
-        "replaced": replaced,
-        "session_id": sid,
-        "program_type": program_type,
-        "signature": entry.signature,
-        "signature_string": entry.signature_string,
-    }
+    entry.replaced = STORE.put(entry)
+    return entry

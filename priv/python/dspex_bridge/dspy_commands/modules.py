@@ -1,0 +1,107 @@
+"""The DSPy module a ``program_type`` names, built from the request: ReAct's tools and
+BestOfN's and Refine's reward are functions of the pool's handler module (``:handlers``),
+called with JSON-able arguments as any command is."""
+
+import re
+
+from .. import commands
+from .values import jsonable
+
+PROGRAM_TYPES = {
+    "predict": "Predict",
+    "chainofthought": "ChainOfThought",
+    "cot": "ChainOfThought",
+    "react": "ReAct",
+    "bestofn": "BestOfN",
+    "refine": "Refine",
+}
+_INNER = ("Predict", "ChainOfThought")
+
+
+def program_type(value, default="Predict"):
+    """The canonical name of a program type as callers spell it (``"chain_of_thought"``...)."""
+    if value is None:
+        return default
+    if isinstance(value, str):
+        key = re.sub(r"[\s_\-.]", "", value).lower()
+        if key.startswith("dspy"):
+            key = key[4:]
+        if key in PROGRAM_TYPES:
+            return PROGRAM_TYPES[key]
+    raise ValueError(
+        f"unsupported program_type {value!r}: use one of Predict, ChainOfThought (or "
+        f"chain_of_thought, cot), ReAct, BestOfN, Refine"
+    )
+
+
+def build(dspy, kind, sig, args):
+    """The module for program type ``kind`` over signature ``sig``."""
+    if kind in _INNER:
+        return getattr(dspy, kind)(sig)
+    if kind == "ReAct":
+        max_iters = _integer(args, "max_iters", 10, 1, 100)
+        return dspy.ReAct(sig, tools=[_tool(dspy, spec) for spec in _tools(args)],
+                          max_iters=max_iters)
+    inner = program_type(args.get("module"))
+    if inner not in _INNER:
+        raise ValueError(f"{kind}'s module must be Predict or ChainOfThought, got {inner}")
+    n = _integer(args, "n", 3, 1, 100)
+    threshold = args.get("threshold", 1.0)
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+        raise ValueError(f"threshold must be a number, got {jsonable(threshold)!r}")
+    reward = _reward(args.get("reward"))
+    return getattr(dspy, kind)(getattr(dspy, inner)(sig), N=n, reward_fn=reward,
+                               threshold=float(threshold))
+
+
+def _integer(args, key, default, low, high):
+    value = args.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{key} must be an integer from {low} to {high}, got {jsonable(value)!r}")
+    return value
+
+
+def _tools(args):
+    tools = args.get("tools")
+    if not isinstance(tools, list) or not tools:
+        raise ValueError(
+            'ReAct needs "tools": a non-empty list of handler function names, or of '
+            '{"name", "description"?, "args"?: {arg: {"type", "desc"?}}} objects'
+        )
+    return tools
+
+
+def _tool(dspy, spec):
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ValueError(f"a tool is a handler function name or an object with a name, got "
+                         f"{jsonable(spec)!r}")
+    name = spec["name"]
+    fn = commands.handler(name)
+    desc = spec.get("description", spec.get("desc")) or (fn.__doc__ or "").strip() or name
+    schema = {}
+    for arg, info in (spec.get("args") or {}).items():
+        info = info if isinstance(info, dict) else {}
+        schema[str(arg)] = {"type": info.get("type", "string"),
+                            "description": info.get("desc", info.get("description", ""))}
+
+    def call(**kwargs):
+        return fn(kwargs)
+
+    return dspy.Tool(call, name=name, desc=str(desc), args=schema)
+
+
+def _reward(name):
+    if not isinstance(name, str):
+        raise ValueError('BestOfN and Refine need "reward": the name of a handler function '
+                         'called with {"inputs", "outputs"} and returning a number')
+    fn = commands.handler(name)
+
+    def reward(inputs, prediction):
+        value = fn({"inputs": jsonable(dict(inputs)), "outputs": jsonable(dict(prediction.items()))})
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"reward function {name!r} returned {jsonable(value)!r}, not a number")
+        return float(value)
+
+    return reward
