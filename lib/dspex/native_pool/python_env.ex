@@ -76,23 +76,37 @@ defmodule DSPex.NativePool.PythonEnv do
   @doc false
   # Checks that `python` can find the `dspy` package, without importing it (that takes about
   # a second). A success is remembered for the life of the VM.
-  @spec check_dspy(String.t(), String.t()) :: :ok | {:error, String.t()}
-  def check_dspy(python, source) do
+  # The check is bounded by `within_ms` (the pool's startup timeout): an interpreter that
+  # hangs fails it.
+  @spec check_dspy(String.t(), String.t(), pos_integer) :: :ok | {:error, String.t()}
+  def check_dspy(python, source, within_ms) do
     key = {__MODULE__, :has_dspy, python}
 
     if :persistent_term.get(key, false) do
       :ok
     else
       code = "import importlib.util, sys; sys.exit(importlib.util.find_spec('dspy') is None)"
+      seconds = Float.to_string(max(within_ms, 1_000) / 1_000)
+      {command, args} = bounded(python, ["-c", code], seconds)
 
-      case System.cmd(python, ["-c", code], stderr_to_stdout: true, env: [{"PYTHONPATH", nil}]) do
+      case System.cmd(command, args, stderr_to_stdout: true, env: [{"PYTHONPATH", nil}]) do
         {_, 0} ->
           :persistent_term.put(key, true)
           :ok
 
+        {_, 124} ->
+          {:error, "#{python} (#{source}) did not answer a DSPy check within #{seconds} s"}
+
         {output, status} ->
           {:error, missing_dspy(python, source, status, output)}
       end
+    end
+  end
+
+  defp bounded(command, args, seconds) do
+    case System.find_executable("timeout") do
+      nil -> {command, args}
+      timeout -> {timeout, ["--kill-after=1", seconds, command | args]}
     end
   end
 

@@ -39,7 +39,8 @@ defmodule DSPex.NativePool.Server do
       end
 
     with true <- required?,
-         {:error, message} <- PythonEnv.check_dspy(config[:python], config[:python_source]) do
+         {:error, message} <-
+           PythonEnv.check_dspy(config[:python], config[:python_source], config[:startup_timeout]) do
       {:stop,
        {:resource_error, :dspy_missing, message, %{pool: config[:name], python: config[:python]}}}
     else

@@ -104,6 +104,24 @@ defmodule DSPex.NativePool.EnvironmentTest do
       assert message =~ "DSPEX_PYTHON"
     end
 
+    test "an interpreter that hangs fails the check within the startup timeout", %{dir: dir} do
+      hangs = Path.join(dir, "bin/hangs")
+      File.write!(hangs, "#!/bin/sh\nexec sleep 30\n")
+      File.chmod!(hangs, 0o755)
+      started = System.monotonic_time(:millisecond)
+
+      assert {:error, {:resource_error, :dspy_missing, message, _}} =
+               NativePool.start_link(
+                 name: unique_name(),
+                 python: hangs,
+                 require_dspy: true,
+                 startup_timeout: 1_000
+               )
+
+      assert message =~ "did not answer a DSPy check within 1.0 s"
+      assert System.monotonic_time(:millisecond) - started < 5_000
+    end
+
     test ":auto requires dspy only in an environment made by the setup task",
          %{dir: dir, python: python} do
       assert {:ok, _} = start_supervised({NativePool, name: unique_name(), python: python})

@@ -80,8 +80,12 @@ def _tool(dspy, spec):
     name = spec["name"]
     fn = commands.handler(name)
     desc = spec.get("description", spec.get("desc")) or (fn.__doc__ or "").strip() or name
+    given = spec.get("args") or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"tool {name!r}: args must be an object of argument name to "
+                         f'{{"type", "desc"?}}, got {jsonable(given)!r}')
     schema = {}
-    for arg, info in (spec.get("args") or {}).items():
+    for arg, info in given.items():
         info = info if isinstance(info, dict) else {}
         schema[str(arg)] = {"type": info.get("type", "string"),
                             "description": info.get("desc", info.get("description", ""))}
