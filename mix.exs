@@ -20,7 +20,13 @@ defmodule Mix.Tasks.Compile.Cargo do
 
   @impl true
   def run(_args) do
-    cargo = System.find_executable("cargo") || Mix.raise("cargo not found on PATH: run bin/setup")
+    cargo =
+      System.find_executable("cargo") ||
+        Mix.raise(
+          "cargo not found on PATH: dspex_native_pool compiles a Rust NIF; install Rust >= 1.91 " <>
+            "(https://rustup.rs) and compile again"
+        )
+
     args = ["build", "--release", "-p", @crate, "--message-format=json-render-diagnostics"]
 
     port =
