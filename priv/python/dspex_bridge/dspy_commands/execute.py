@@ -25,16 +25,9 @@ def execute_program(dspy, args):
     true when every LM call was answered from DSPy's cache.
     """
     entry, inputs, lm = _prepare_execution(dspy, args)
-    tracker, counter = accounting.start(dspy)
-    token = EXPECTED_OUTPUTS.set(entry.output_types)
-    started = time.perf_counter()
-    try:
-        with dspy.context(lm=lm, **_settings(dspy, tracker, counter)):
-            prediction = entry.module(**inputs)
-    finally:
-        elapsed = time.perf_counter() - started
-        EXPECTED_OUTPUTS.reset(token)
-    return _execution_result(entry, prediction, elapsed, accounting.report(tracker, counter))
+    with _Execution(dspy, entry, lm) as run:
+        prediction = entry.module(**inputs)
+    return run.result(prediction)
 
 
 @async_variant("execute_program")
@@ -45,24 +38,41 @@ async def aexecute_program(args):
     try:
         dspy = load_dspy()
         entry, inputs, lm = _prepare_execution(dspy, args)
-        tracker, counter = accounting.start(dspy)
-        token = EXPECTED_OUTPUTS.set(entry.output_types)
-        started = time.perf_counter()
-        try:
-            with dspy.context(lm=lm, **_settings(dspy, tracker, counter)):
-                prediction = await entry.module.acall(**inputs)
-        finally:
-            elapsed = time.perf_counter() - started
-            EXPECTED_OUTPUTS.reset(token)
+        with _Execution(dspy, entry, lm) as run:
+            prediction = await entry.module.acall(**inputs)
     except Exception as exc:
         classify(exc)
         raise_redacted_if_secret(exc)
         raise
-    return _execution_result(entry, prediction, elapsed, accounting.report(tracker, counter))
+    return run.result(prediction)
 
 
-def _settings(dspy, tracker, counter):
-    return {**CONFIGURED.settings, **accounting.context_settings(dspy, tracker, counter)}
+class _Execution:
+    """One run of a program, plain or as a task: inside ``dspy.context`` with its LM and
+    the worker's settings, counting its tokens and cache hits, timed."""
+
+    def __init__(self, dspy, entry, lm):
+        self.dspy, self.entry, self.lm = dspy, entry, lm
+        self.tracker, self.counter = accounting.start(dspy)
+
+    def __enter__(self):
+        self.token = EXPECTED_OUTPUTS.set(self.entry.output_types)
+        settings = accounting.context_settings(self.dspy, self.tracker, self.counter)
+        self.context = self.dspy.context(lm=self.lm, **CONFIGURED.settings, **settings)
+        self.context.__enter__()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.elapsed = time.perf_counter() - self.started
+        try:
+            return self.context.__exit__(*exc_info)
+        finally:
+            EXPECTED_OUTPUTS.reset(self.token)
+
+    def result(self, prediction):
+        cost = accounting.report(self.tracker, self.counter)
+        return _execution_result(self.entry, prediction, self.elapsed, cost)
 
 
 def _prepare_execution(dspy, args):
