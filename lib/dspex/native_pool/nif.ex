@@ -22,6 +22,8 @@ defmodule DSPex.NativePool.Nif do
   def end_session(_pool, _session), do: err()
   def expire_sessions(_pool, _ttl_ms), do: err()
   def list_sessions(_pool), do: err()
+  def tool_result(_pool, _slot, _id, _call, _outcome), do: err()
+  def encode_json(_term), do: err()
 
   defp err, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -47,6 +47,12 @@ defmodule DSPex.NativePool.Options do
       doc:
         "the directory of DSPy's disk cache for this pool's workers (`DSPY_CACHEDIR`; a relative one is taken from the application's root); DSPy's default, `~/.dspy_cache`, is shared by every worker on the host, so a repeated question never reaches the LM unless `configure_lm` gets `cache: false`"
     ],
+    tools: [
+      type: :tools,
+      default: [],
+      doc:
+        "Elixir functions the workers' Python code may call (`dspex_bridge.elixir.call(name, args)`, and ReAct programs): `name: {fun/1, description}` or `name: {fun/1, description, %{arg => %{type:, desc:}}}`; each call runs in a fresh process under the pool, within its request's deadline (see [Elixir tools](#elixir-tools))"
+    ],
     handlers: [
       type: :python_module,
       default: nil,
@@ -320,6 +326,8 @@ defmodule DSPex.NativePool.Options do
   end
 
   defp check(:path, other), do: {:error, "expected a path, got #{describe(other)}"}
+
+  defp check(:tools, tools), do: DSPex.NativePool.Tools.validate(tools)
 
   defp check(:require_dspy, value) when value in [:auto, true, false], do: {:ok, value}
 

@@ -7,7 +7,7 @@ defmodule DSPex.NativePool.Server do
   use GenServer
   require Logger
 
-  alias DSPex.NativePool.{Nif, PythonEnv, Telemetry, WorkerSpec}
+  alias DSPex.NativePool.{Nif, PythonEnv, Telemetry, Tools, WorkerSpec}
 
   @doc false
   def start_link(config), do: GenServer.start_link(__MODULE__, config, name: config[:name])
@@ -25,7 +25,9 @@ defmodule DSPex.NativePool.Server do
       # pool reaps its own children, and ports reap theirs through erl_child_setup.
       :os.set_signal(:sigchld, :default)
       Telemetry.refresh()
-      start_pool(name, config)
+      # Tool calls run under it (see `DSPex.NativePool.Tools`); it stops with the pool.
+      {:ok, tasks} = Task.Supervisor.start_link()
+      start_pool(name, Keyword.put(config, :tasks, tasks))
     end
   end
 
@@ -130,6 +132,23 @@ defmodule DSPex.NativePool.Server do
       pool: state.name,
       worker_id: worker
     )
+
+    {:noreply, state}
+  end
+
+  def handle_info({:dspex_native_pool, :tool_call, worker, id, deadline_ms, call}, state) do
+    %{config: config, resource: resource, name: name} = state
+
+    case call do
+      %{"tool_call" => %{"call" => call_id}} when is_integer(call_id) ->
+        Tools.run(config[:tasks], name, resource, config[:tools], worker, id, deadline_ms, call)
+
+      _ ->
+        Logger.warning("worker #{worker} sent a malformed tool call for request #{id}",
+          pool: name,
+          worker_id: worker
+        )
+    end
 
     {:noreply, state}
   end

@@ -11,8 +11,10 @@ defmodule DSPex.NativePool.Telemetry do
   | `[:dspex, :native_pool, :queue, :rejected]` | `:count` (1) | `:pool`, `:command`, `:reason` (`:pool_saturated`, `:pool_unavailable`, `:pool_closed`) |
   | `[:dspex, :native_pool, :worker, :start]` | `:system_time` | `:pool`, `:worker_id`, `:os_pid`, `:restart` |
   | `[:dspex, :native_pool, :worker, :exit]` | `:system_time` | `:pool`, `:worker_id`, `:os_pid`, `:reason` |
+  | `[:dspex, :native_pool, :tool, :stop]` | `:duration` (native units) | `:pool`, `:worker_id`, `:request_id`, `:tool`, `:ok` |
 
-  Request events are emitted in the calling process; worker events in the pool's process.
+  Request events are emitted in the calling process; worker events in the pool's process;
+  tool events in the process that ran the tool call (under the pool's task supervisor).
   """
 
   # :telemetry is optional and cannot be a dependency here (no hex).
@@ -84,6 +86,9 @@ defmodule DSPex.NativePool.Telemetry do
   def worker(event, metadata) do
     emit([:worker, event], %{system_time: System.system_time()}, metadata)
   end
+
+  @doc false
+  def tool(measurements, metadata), do: emit([:tool, :stop], measurements, metadata)
 
   defp emit(event, measurements, metadata) do
     if enabled?() do

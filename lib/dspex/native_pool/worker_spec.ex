@@ -72,6 +72,7 @@ defmodule DSPex.NativePool.WorkerSpec do
     inherited
     |> Map.merge(Map.new(worker_env_defaults(python_path)))
     |> Map.merge(cache)
+    |> Map.merge(Map.new(DSPex.NativePool.Tools.worker_env(opts[:tools])))
     |> Map.merge(Map.new(opts[:env]))
     |> Enum.to_list()
   end

@@ -8,5 +8,5 @@ rustler::atoms! {
     worker_exited, invalid_reply, reply_too_large, wrong_reply_id, result_too_deep,
     pool_closed, pool_unavailable,
     stdout, stderr,
-    dspex_native_pool, worker_ready, worker_start_failed, log, warning,
+    dspex_native_pool, worker_ready, worker_start_failed, log, warning, tool_call,
 }

@@ -6,6 +6,7 @@ use rustler::{Encoder, LocalPid, OwnedEnv};
 use dspex_pool_core::pool::{Event, EventSink, Stream};
 
 use crate::atoms;
+use crate::term_from_json;
 
 pub struct OwnerEvents {
     pub owner: LocalPid,
@@ -42,6 +43,21 @@ impl EventSink for OwnerEvents {
                 Event::Warning { slot, message } => {
                     (tag, atoms::warning(), *slot, message.as_str()).encode(env)
                 }
+                Event::ToolCall {
+                    slot,
+                    id,
+                    deadline_ms,
+                    body,
+                } => match term_from_json::decode_value(env, body) {
+                    Ok(call) => {
+                        (tag, atoms::tool_call(), *slot, *id, *deadline_ms, call).encode(env)
+                    }
+                    Err(e) => {
+                        let message =
+                            format!("worker {slot} sent a tool call that is not JSON: {e}");
+                        (tag, atoms::warning(), *slot, message).encode(env)
+                    }
+                },
                 Event::Log { slot, stream, line } => {
                     let stream = match stream {
                         Stream::Stdout => atoms::stdout(),

@@ -19,12 +19,12 @@ use rustler::{Encoder, Env, LocalPid, Monitor, Resource, ResourceArc, Term};
 
 use dspex_pool_core::pool::Pool;
 use dspex_pool_core::request::{Cancelled, Ticket};
-use dspex_pool_core::sessions;
+use dspex_pool_core::{sessions, tools};
 
 use config::ConfigMap;
 use events::OwnerEvents;
 use submit::INLINE_ENCODE_BUDGET;
-use terms::{Routing, SessionMap, StatsMap};
+use terms::{Routing, SessionMap, StatsMap, ToolOutcome};
 
 /// The pool, owned by the GenServer that started it (and monitored: if it dies, the pool stops).
 pub struct PoolResource {
@@ -123,6 +123,58 @@ fn record_global<'a>(
         replay: sessions::Replay { command, args_json },
     });
     atoms::ok().encode(env)
+}
+
+/// Answers tool call `call` of request `id` on worker `slot`: `{:ok, result}` (encoded to
+/// JSON here) or `{:error, message}`. Returns `:ok`, or `{:error, {:validation_error, why}}`
+/// when the result cannot be encoded (the worker is then told that instead).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn tool_result<'a>(
+    env: Env<'a>,
+    pool: ResourceArc<PoolResource>,
+    slot: usize,
+    id: u64,
+    call: u64,
+    outcome: ToolOutcome<'a>,
+) -> Term<'a> {
+    let max_frame = pool.pool.config().max_frame;
+    let mut json = Vec::new();
+    let (frame, answer) = match outcome {
+        ToolOutcome::Ok(value) => match term_json::encode(value, &mut json, None) {
+            Ok(()) => (
+                tools::tool_result_frame(id, call, Ok(&json), max_frame),
+                atoms::ok().encode(env),
+            ),
+            Err(e) => {
+                let why = e.describe("the tool's result");
+                let frame = tools::tool_result_frame(id, call, Err(&why), max_frame);
+                (
+                    frame,
+                    (atoms::error(), (atoms::validation_error(), why)).encode(env),
+                )
+            }
+        },
+        ToolOutcome::Error(message) => (
+            tools::tool_result_frame(id, call, Err(&message), max_frame),
+            atoms::ok().encode(env),
+        ),
+    };
+    pool.pool.send_to_worker(slot, id, frame);
+    answer
+}
+
+/// A term as JSON text (`{:ok, binary}` or `{:error, why}`), with the pool's own encoder.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn encode_json<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    let mut json = Vec::new();
+    match term_json::encode(term, &mut json, None) {
+        Ok(()) => {
+            let mut binary = rustler::OwnedBinary::new(json.len());
+            binary.as_mut_slice().copy_from_slice(&json);
+            (atoms::ok(), binary.release(env)).encode(env)
+        }
+        Err(e) => (atoms::error(), e.describe("term")).encode(env),
+    }
 }
 
 /// Forgets the state, pool-wide and of every session, recorded under keys starting with `prefix`.

@@ -164,3 +164,12 @@ pub fn decode_reply<'a>(env: Env<'a>, body: &[u8]) -> Result<DecodedReply<'a>, s
     de.end()?;
     Ok(reply)
 }
+
+/// Any JSON text as a term (a tool call's frame, say), with the same depth limit.
+pub fn decode_value<'a>(env: Env<'a>, body: &[u8]) -> Result<Term<'a>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.disable_recursion_limit();
+    let term = TermSeed { env, depth: 0 }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(term)
+}

@@ -1,7 +1,7 @@
 //! The shapes of the terms the NIF takes and gives, as rustler derives: what Elixir sends with
 //! a request, and the stats and session maps it reads back.
 
-use rustler::{NifMap, NifTaggedEnum, NifTuple, NifUnitEnum};
+use rustler::{NifMap, NifTaggedEnum, NifTuple, NifUnitEnum, Term};
 
 use dspex_pool_core::pool::{PoolStats, SlotState, WorkerStats};
 use dspex_pool_core::sessions::SessionInfo;
@@ -21,6 +21,13 @@ pub enum Record {
     None,
     Put(String, String),
     Delete(String, String),
+}
+
+/// What a tool returned: `{:ok, result}` or `{:error, message}`.
+#[derive(NifTaggedEnum)]
+pub enum ToolOutcome<'a> {
+    Ok(Term<'a>),
+    Error(String),
 }
 
 /// How a request is sent: `{timeout_ms, target, record}`.

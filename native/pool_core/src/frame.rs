@@ -27,6 +27,8 @@ pub enum FrameError {
     },
     /// The deadline passed before the frame was complete.
     Timeout,
+    /// The reader's waker was nudged (see [`crate::tools::Waker`]); the read can resume.
+    Woken,
     Io(io::Error),
 }
 
@@ -44,6 +46,7 @@ impl std::fmt::Display for FrameError {
                 write!(f, "frame of {len} bytes exceeds the {max}-byte cap")
             }
             FrameError::Timeout => write!(f, "deadline passed"),
+            FrameError::Woken => write!(f, "woken"),
             FrameError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -81,7 +84,7 @@ pub fn write_frame(
             Ok(0) => return Err(FrameError::Io(io::ErrorKind::WriteZero.into())),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_for(out, libc::POLLOUT, deadline, None)?
+                wait_for(out, libc::POLLOUT, deadline, None, None)?
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(FrameError::Io(e)),
@@ -126,6 +129,8 @@ pub struct FrameReader {
     eager: bool,
     /// The writer's pidfd (see [`FrameReader::watch_exit`]).
     exit_watch: Option<OwnedFd>,
+    /// A waker's fd (see [`FrameReader::watch_waker`]).
+    waker: Option<RawFd>,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -144,7 +149,15 @@ impl FrameReader {
             large: None,
             eager: false,
             exit_watch: None,
+            waker: None,
         }
+    }
+
+    /// Ends a wait for data with [`FrameError::Woken`] when `fd` (a [`crate::tools::Waker`]'s,
+    /// which outlives this reader) becomes readable; the waker is drained. A frame being read
+    /// is kept, and the next read resumes it.
+    pub fn watch_waker(&mut self, fd: RawFd) {
+        self.waker = Some(fd);
     }
 
     /// Ends a wait for data at once when the process behind `pidfd` exits, as if the pipe had
@@ -168,7 +181,7 @@ impl FrameReader {
 
     fn wait(&self, deadline: Option<Instant>) -> Result<(), FrameError> {
         let watch = self.exit_watch.as_ref().map(|fd| fd.as_raw_fd());
-        wait_for(&self.file, libc::POLLIN, deadline, watch)
+        wait_for(&self.file, libc::POLLIN, deadline, watch, self.waker)
     }
 
     /// Makes the pipe non-blocking and tries each read before waiting for data. That saves a
@@ -314,7 +327,9 @@ fn wait_for(
     events: i16,
     deadline: Option<Instant>,
     exit_watch: Option<RawFd>,
+    waker: Option<RawFd>,
 ) -> Result<(), FrameError> {
+    // Unused entries have fd -1, which poll ignores.
     let mut pfds = [
         libc::pollfd {
             fd: file.as_raw_fd(),
@@ -326,8 +341,13 @@ fn wait_for(
             events: libc::POLLIN,
             revents: 0,
         },
+        libc::pollfd {
+            fd: waker.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
-    let count = if exit_watch.is_some() { 2 } else { 1 };
+    let count = 3;
     loop {
         let timeout_ms = match deadline {
             None => -1,
@@ -344,6 +364,10 @@ fn wait_for(
         if n > 0 {
             if pfds[0].revents != 0 {
                 return Ok(());
+            }
+            if pfds[2].revents != 0 {
+                crate::tools::Waker::drain(pfds[2].fd);
+                return Err(FrameError::Woken);
             }
             return Err(FrameError::Eof);
         }

@@ -18,6 +18,7 @@ pub mod sessions;
 pub mod shared;
 pub mod spares;
 pub(crate) mod start;
+pub mod tools;
 pub mod worker;
 
 /// Held by tests that fork, and by tests that need a dropped lock file released at once: from

@@ -20,6 +20,7 @@ use crate::lifecycle::{self, Change};
 use crate::pool::Shared;
 use crate::protocol;
 use crate::request::Request;
+use crate::tools;
 use crate::worker::{self, End, Live};
 
 /// The command that tells a worker to cancel the request with the frame's id.
@@ -135,8 +136,10 @@ impl Serving<'_> {
                 shared.shutdown_rx.clone()
             };
             let cancels = self.cancels.1.clone();
+            let outbox = slot.outbox.rx.clone();
             let step = select! {
                 recv(news) -> n => self.news(n.unwrap_or(News::Died)),
+                recv(outbox) -> m => m.map_or(Ok(()), |(id, frame)| self.write_tool_result(id, &frame)),
                 recv(cancels) -> id => id.map_or(Ok(()), |id| self.cancel_in_worker(id)),
                 recv(shutdown) -> _ => {
                     self.closing = true;
@@ -219,6 +222,16 @@ impl Serving<'_> {
             FrameError::Timeout => End::Replace("it stopped reading its requests".into()),
             _ => End::Died,
         })
+    }
+
+    /// Writes a tool's result for request `id`, if it still runs.
+    fn write_tool_result(&mut self, id: u64, frame: &[u8]) -> Result<(), End> {
+        if !self.table.lock().contains_key(&id) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.shared.config.health_timeout;
+        frame::write_frame(&mut self.live.requests, frame, Some(deadline))
+            .map_err(|e| End::Replace(format!("cannot write a tool's result: {e}")))
     }
 
     /// Tells the worker to cancel request `id`, once.
@@ -323,6 +336,10 @@ fn read_replies(
 ) {
     loop {
         let told = match reader.read_frame(None) {
+            Ok(body) if tools::is_tool_call(body) => {
+                tool_call(&shared, index, &table, body);
+                continue;
+            }
             Ok(body) => match protocol::peek_id(body) {
                 Some(id) => answer(&shared, index, &table, id, body),
                 None => News::Broken(format!(
@@ -334,13 +351,25 @@ fn read_replies(
             Err(FrameError::TooLarge { len, max }) => News::Broken(format!(
                 "worker {index} sent a reply of {len} bytes, over the {max}-byte frame cap (max_frame)"
             )),
-            Err(FrameError::Timeout) => continue,
+            Err(FrameError::Timeout) | Err(FrameError::Woken) => continue,
             Err(FrameError::Io(e)) => News::Broken(format!("reading from worker {index} failed: {e}")),
         };
         let last = matches!(told, News::Died | News::Broken(_));
         if news.send(told).is_err() || last {
             return;
         }
+    }
+}
+
+/// A running request's tool call, handed to the application; one for a request that is no
+/// longer running is dropped.
+fn tool_call(shared: &Shared, index: usize, table: &Table, body: &[u8]) {
+    let Some(id) = protocol::peek_id(body) else {
+        return;
+    };
+    let table = table.lock();
+    if let Some(running) = table.get(&id) {
+        crate::serial::tool_call(shared, index, &running.request, body);
     }
 }
 

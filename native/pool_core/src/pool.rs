@@ -220,6 +220,19 @@ impl Pool {
     }
 
     /// Remembers pool-wide state to replay on every new worker.
+    /// Hands a frame (a tool's result) to the worker of `slot`, for request `id`: written by
+    /// the worker's thread if that request still runs there, dropped otherwise. `false` if
+    /// there is no such slot.
+    pub fn send_to_worker(&self, slot: usize, id: u64, frame: Vec<u8>) -> bool {
+        match self.shared.slots.get(slot) {
+            Some(slot) => {
+                slot.outbox.push(id, frame);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn record_global(&self, record: Record) {
         self.shared.sessions.lock().record_global(record);
     }

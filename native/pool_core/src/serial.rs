@@ -13,6 +13,7 @@ use crate::pool::{Shared, Slot};
 use crate::protocol;
 use crate::request::{FailureKind, Request};
 use crate::start::call_internal;
+use crate::tools;
 use crate::worker::{admit, fail, hand_over, requeue, End, Live};
 
 pub(crate) fn serve_one_at_a_time(
@@ -145,6 +146,11 @@ fn run(
         .replies
         .as_mut()
         .expect("a worker serving one request at a time");
+    let outbox = &shared.slots[index].outbox;
+    if let Some(waker) = &outbox.waker {
+        replies.watch_waker(waker.raw_fd());
+    }
+    outbox.clear();
     // Asking the pipe costs a system call: only after a wait, not between requests that follow
     // each other within microseconds.
     if replies.has_buffered() || (waited && replies.has_unread()) {
@@ -181,7 +187,16 @@ fn run(
     let mut deadline = Some(request.deadline);
     loop {
         match replies.read_frame(deadline) {
+            Ok(body) if tools::is_tool_call(body) => {
+                tool_call(shared, index, &request, body);
+            }
             Ok(body) => return deliver(shared, index, request, body),
+            Err(FrameError::Woken) => {
+                if let Some(end) = write_tool_results(shared, index, &mut live.requests, request.id)
+                {
+                    return Some((end, Some(request)));
+                }
+            }
             Err(FrameError::Timeout) => {
                 request.ticket.cancel();
                 counters.timed_out.fetch_add(1, Ordering::Relaxed);
@@ -259,4 +274,36 @@ fn deliver(
     // (warm) instead of to a worker that has been asleep.
     shared.idle.push(index);
     hand_over(shared, index, request, body).map(|why| (End::Replace(why), None))
+}
+
+/// Hands a request's tool call to the application.
+pub(crate) fn tool_call(shared: &Shared, index: usize, request: &Request, body: &[u8]) {
+    let left = request.deadline.saturating_duration_since(Instant::now());
+    shared.events.event(crate::pool::Event::ToolCall {
+        slot: index,
+        id: request.id,
+        deadline_ms: left.as_millis() as u64,
+        body: body.to_vec(),
+    });
+}
+
+/// Writes the tool results waiting for request `id` (others are for requests that ended);
+/// a worker that no longer reads its requests must go.
+fn write_tool_results(
+    shared: &Shared,
+    index: usize,
+    requests: &mut std::fs::File,
+    id: u64,
+) -> Option<End> {
+    let outbox = &shared.slots[index].outbox;
+    while let Ok((for_id, frame)) = outbox.rx.try_recv() {
+        if for_id != id {
+            continue;
+        }
+        let deadline = Instant::now() + shared.config.health_timeout;
+        if let Err(e) = frame::write_frame(requests, &frame, Some(deadline)) {
+            return Some(End::Replace(format!("cannot write a tool's result: {e}")));
+        }
+    }
+    None
 }

@@ -115,6 +115,16 @@ pub enum Event {
         stream: Stream,
         line: String,
     },
+    /// A running request's worker asks the application to run a tool: `body` is the frame,
+    /// `{"id":N,"tool_call":{"call":K,"name":...,"args":...}}`; the answer goes back through
+    /// [`crate::pool::Pool::send_to_worker`], within `deadline_ms` (what is left of the
+    /// request's deadline).
+    ToolCall {
+        slot: usize,
+        id: u64,
+        deadline_ms: u64,
+        body: Vec<u8>,
+    },
 }
 
 pub trait EventSink: Send + Sync + 'static {
@@ -140,6 +150,8 @@ pub struct Slot {
     pub(crate) cpu: AtomicI32,
     /// Requests its worker is running now.
     pub(crate) in_flight: AtomicU64,
+    /// Tool results on their way to its worker (see [`crate::tools`]).
+    pub(crate) outbox: crate::tools::Outbox,
 }
 
 impl Slot {
@@ -157,6 +169,7 @@ impl Slot {
             process: Mutex::new(None),
             cpu: AtomicI32::new(-1),
             in_flight: AtomicU64::new(0),
+            outbox: crate::tools::Outbox::new(),
         }
     }
 

@@ -137,6 +137,11 @@ def set_handlers(table):
     _HANDLERS.update(table)
 
 
+def has_handler(name):
+    """Whether the user handler module has a function named ``name``."""
+    return name in _HANDLERS
+
+
 def handler(name):
     """The user handler function named ``name``, for extensions that call back into user code
     (an agent's tool, a reward, a metric); ``LookupError`` naming the known ones if none."""

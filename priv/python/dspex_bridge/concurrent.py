@@ -22,7 +22,7 @@ import inspect
 import sys
 import threading
 
-from . import errors, process
+from . import elixir, errors, process
 from .protocol import REPLY_FD, REQUEST_FD, ProtocolError, decode_request, error_frame
 from .protocol import frame_reader, frame_writer
 from .state import STATE
@@ -186,8 +186,12 @@ def serve(table, async_table, max_frame, prefix, concurrency):
             finish(rid, failed(rid, concurrent.futures.CancelledError()))
 
     read_frame = frame_reader(REQUEST_FD, max_frame)
+    tools = elixir.serve_concurrently(send)
     while True:
         payload = next_payload(read_frame, prefix)
+        if elixir.is_tool_result(payload):
+            tools.resolve(payload)
+            continue
         try:
             rid, name, args = decode_request(payload)
         except ProtocolError as exc:

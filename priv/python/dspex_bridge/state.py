@@ -19,6 +19,7 @@ class WorkerState:
         "errors",
         "commands",
         "concurrency",
+        "current_request",
     )
 
     def __init__(self):
@@ -35,6 +36,8 @@ class WorkerState:
         self.commands = {}
         # Requests run at once (the pool's concurrency option).
         self.concurrency = 1
+        # The id of the request running now, with concurrency 1 (else see concurrent.py).
+        self.current_request = None
 
     def uptime(self):
         return time.monotonic() - self.started

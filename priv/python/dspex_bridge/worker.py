@@ -23,7 +23,7 @@ import gc
 import traceback
 from inspect import iscoroutine
 
-from . import commands, errors, handlers, process
+from . import commands, elixir, errors, handlers, process
 from .protocol import (
     DEFAULT_MAX_FRAME,
     REPLY_FD,
@@ -132,6 +132,7 @@ def _load_commands(prefix, handler_module):
 def _serve(table, max_frame, prefix):
     read_frame = frame_reader(REQUEST_FD, max_frame)
     write_frame = frame_writer(REPLY_FD)
+    elixir.serve_serially(read_frame, write_frame)
     table_get = table.get
     state = STATE
     counts = state.commands
@@ -141,6 +142,8 @@ def _serve(table, max_frame, prefix):
 
     while True:
         payload = next_payload(read_frame, prefix)
+        if elixir.is_tool_result(payload):
+            continue  # for a call that gave up (its request ended)
         state.requests += 1
         try:
             rid, name, args = decode_request(payload)
@@ -150,6 +153,7 @@ def _serve(table, max_frame, prefix):
             fn = table_get(name)
             if fn is not None:
                 counts[name] = counts_get(name, 0) + 1
+                state.current_request = rid
                 try:
                     result = fn(args)
                     if iscoroutine(result):  # an async def command, one at a time

@@ -4,7 +4,8 @@ called with JSON-able arguments as any command is."""
 
 import re
 
-from .. import commands
+from .. import commands, elixir
+from ..state import STATE
 from .values import jsonable
 
 PROGRAM_TYPES = {
@@ -71,6 +72,25 @@ def _tools(args):
     return tools
 
 
+def callable_named(name, what):
+    """A function of the handler module, else an Elixir tool of the pool (see
+    ``dspex_bridge.elixir``), as ``fn(args: dict)``; with its description and argument
+    schema."""
+    try:
+        fn = commands.handler(name)
+        return fn, (fn.__doc__ or "").strip(), {}
+    except LookupError as missing:
+        spec = elixir.registered().get(name) if isinstance(name, str) else None
+        if spec is None:
+            tools = ", ".join(sorted(elixir.registered())) or "none"
+            raise LookupError(f"{what}: {missing}; nor an Elixir tool (registered: {tools})") from None
+
+        def run(args):
+            return elixir.call(name, args)
+
+        return run, spec.get("description") or "", spec.get("args") or {}
+
+
 def _tool(dspy, spec):
     if isinstance(spec, str):
         spec = {"name": spec}
@@ -78,9 +98,9 @@ def _tool(dspy, spec):
         raise ValueError(f"a tool is a handler function name or an object with a name, got "
                          f"{jsonable(spec)!r}")
     name = spec["name"]
-    fn = commands.handler(name)
-    desc = spec.get("description", spec.get("desc")) or (fn.__doc__ or "").strip() or name
-    given = spec.get("args") or {}
+    fn, known_desc, known_args = callable_named(name, f"tool {name!r}")
+    desc = spec.get("description", spec.get("desc")) or known_desc or name
+    given = spec.get("args") or known_args
     if not isinstance(given, dict):
         raise ValueError(f"tool {name!r}: args must be an object of argument name to "
                          f'{{"type", "desc"?}}, got {jsonable(given)!r}')
@@ -90,17 +110,23 @@ def _tool(dspy, spec):
         schema[str(arg)] = {"type": info.get("type", "string"),
                             "description": info.get("desc", info.get("description", ""))}
 
-    def call(**kwargs):
-        return fn(kwargs)
+    if STATE.concurrency > 1 and not commands.has_handler(name):
+        # Run as a task (execute_program's async variant): other requests go on meanwhile.
+        async def call(**kwargs):
+            return await elixir.acall(name, kwargs)
+    else:
+        def call(**kwargs):
+            return fn(kwargs)
 
     return dspy.Tool(call, name=name, desc=str(desc), args=schema)
+
 
 
 def _reward(name):
     if not isinstance(name, str):
         raise ValueError('BestOfN and Refine need "reward": the name of a handler function '
                          'called with {"inputs", "outputs"} and returning a number')
-    fn = commands.handler(name)
+    fn = callable_named(name, "reward")[0]
 
     def reward(inputs, prediction):
         value = fn({"inputs": jsonable(dict(inputs)), "outputs": jsonable(dict(prediction.items()))})

@@ -4,10 +4,10 @@ returning a number or a boolean."""
 
 import time
 
-from .. import commands
 from ..programs import STORE
 from .lm import CONFIGURED
 from .loader import dspy_command
+from .modules import callable_named
 from .values import entry, jsonable
 
 _OPTIMIZERS = ("BootstrapFewShot", "LabeledFewShot")
@@ -79,7 +79,7 @@ def _metric(name):
     if not isinstance(name, str):
         raise ValueError('"metric" must name a handler function called with '
                          '{"example", "prediction"} and returning a number or a boolean')
-    fn = commands.handler(name)
+    fn = callable_named(name, "metric")[0]
 
     def metric(example, prediction, trace=None):
         value = fn({"example": jsonable(example.toDict()),
