@@ -41,6 +41,11 @@ defmodule DSPex.NativePool.ElixirToolsTest do
            send(test_pid, {:slow_started, self()})
            Process.sleep(:infinity)
          end, "Never returns"},
+      reward_42:
+        {fn %{"outputs" => outputs} ->
+           send(test_pid, {:reward_asked, outputs})
+           if outputs["answer"] == "42", do: 1.0, else: 0.0
+         end, "Rewards the answer 42"},
       gather:
         {fn %{"n" => n} ->
            # Returns once n calls are running at the same time.
@@ -186,5 +191,25 @@ defmodule DSPex.NativePool.ElixirToolsTest do
       assert trajectory["tool_name_0"] == "lookup_order"
       assert LMServer.prompts(server) =~ "shipped on Tuesday"
     end
+  end
+
+  test "an Elixir tool can be BestOfN's reward" do
+    server = LMServer.start!(answer: "42")
+    pool = pool!(concurrency: 1)
+    {:ok, _} = NativePool.configure_lm(LMServer.lm_config(server, %{num_retries: 0}), pool: pool)
+
+    {:ok, %{"program_id" => id}} =
+      NativePool.execute(
+        "create_program",
+        %{signature: "question -> answer", program_type: "BestOfN", n: 3, reward: "reward_42"},
+        pool: pool
+      )
+
+    assert {:ok, %{"outputs" => %{"answer" => "42"}}} =
+             NativePool.execute("execute_program", %{program_id: id, inputs: %{question: "?"}},
+               pool: pool
+             )
+
+    assert_received {:reward_asked, %{"answer" => "42"}}
   end
 end
