@@ -156,8 +156,9 @@ impl FrameReader {
     /// Ends a wait for data with [`FrameError::Woken`] when `fd` (a [`crate::tools::Waker`]'s,
     /// which outlives this reader) becomes readable; the waker is drained. A frame being read
     /// is kept, and the next read resumes it.
-    pub fn watch_waker(&mut self, fd: RawFd) {
-        self.waker = Some(fd);
+    /// Returns the waker watched before.
+    pub fn watch_waker(&mut self, fd: Option<RawFd>) -> Option<RawFd> {
+        std::mem::replace(&mut self.waker, fd)
     }
 
     /// Ends a wait for data at once when the process behind `pidfd` exits, as if the pipe had

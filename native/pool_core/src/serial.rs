@@ -148,7 +148,7 @@ fn run(
         .expect("a worker serving one request at a time");
     let outbox = &shared.slots[index].outbox;
     if let Some(waker) = &outbox.waker {
-        replies.watch_waker(waker.raw_fd());
+        replies.watch_waker(Some(waker.raw_fd()));
     }
     outbox.clear();
     // Asking the pipe costs a system call: only after a wait, not between requests that follow

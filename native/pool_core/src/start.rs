@@ -134,12 +134,18 @@ pub(crate) fn call_internal(
         .replies
         .as_mut()
         .expect("a worker's replies before it multiplexes");
-    let body = replies.read_frame(Some(deadline))?;
-    match protocol::reply_value(body) {
-        Ok((got, result)) if got == id => Ok(result),
-        Ok((got, _)) => Err(FrameError::Io(std::io::Error::other(format!(
-            "reply carried id {got}, expected {id}"
-        )))),
-        Err(e) => Err(FrameError::Io(std::io::Error::other(e))),
-    }
+    // No tool result is due to a pool-internal request: a waker's nudge is not its answer.
+    let waker = replies.watch_waker(None);
+    let outcome = match replies.read_frame(Some(deadline)) {
+        Ok(body) => match protocol::reply_value(body) {
+            Ok((got, result)) if got == id => Ok(result),
+            Ok((got, _)) => Err(FrameError::Io(std::io::Error::other(format!(
+                "reply carried id {got}, expected {id}"
+            )))),
+            Err(e) => Err(FrameError::Io(std::io::Error::other(e))),
+        },
+        Err(e) => Err(e),
+    };
+    replies.watch_waker(waker);
+    outcome
 }
