@@ -144,8 +144,9 @@ defmodule DSPex.NativePool.Tools do
         end
       end)
 
-    # A little before the request's own deadline, so that Python still hears why.
-    wait = max(deadline_ms - min(100, div(deadline_ms, 10)), 0)
+    # Before the request's own deadline (by a tenth of what is left, up to a second), so that
+    # Python still hears why and can answer in time.
+    wait = max(deadline_ms - min(1_000, div(deadline_ms, 10)), 0)
 
     case Task.yield(task, wait) || Task.shutdown(task, :brutal_kill) do
       {:ok, {:ok, result}} ->

@@ -101,7 +101,7 @@ defmodule DSPex.NativePool.ElixirToolsTest do
         # The tool gets what is left of its request's deadline, less a margin for the answer;
         # then Python is told, and the tool's process is gone.
         assert {:ok, %{"error" => error}} =
-                 NativePool.execute("tool_error", %{tool: "slow"}, pool: pool, timeout: 1_000)
+                 NativePool.execute("tool_error", %{tool: "slow"}, pool: pool, timeout: 5_000)
 
         assert error =~ "did not return within the request's deadline"
         assert_received {:slow_started, slow}
