@@ -321,6 +321,33 @@ defmodule DSPex.NativePool do
   end
 
   @doc """
+  Runs a streaming command and returns a lazy Enumerable of its chunks, `{:chunk, value}`,
+  then `{:done, result}`. The request starts when the stream is enumerated. A command
+  streams when it is a generator (`def` or `async def` with `yield`): each yielded value is a
+  chunk, its return value the result. Options: those of `execute/3`, whose `:timeout` covers
+  the whole stream, and `:stream_window` (default: the pool's): how many chunks the worker
+  may run ahead of the consumer. Halting early (`Enum.take/2`) cancels the request in
+  Python; no chunk arrives after that. A failure raises `DSPex.NativePool.Error`. With
+  `execute/3` the same command returns its result alone.
+
+      iex> DSPex.NativePool.execute_stream("echo", %{a: 1}, pool: MyPool) |> Enum.to_list()
+      [{:done, %{"a" => 1}}]
+  """
+  @spec execute_stream(String.t() | atom, map | keyword, keyword) :: Enumerable.t()
+  def execute_stream(command, args \\ %{}, opts \\ []),
+    do: DSPex.NativePool.Streaming.stream(command, args, opts)
+
+  @doc """
+  Like `execute_stream/3`, but the chunks go to `pid` as messages: `{ref, {:chunk, value}}`,
+  then `{ref, {:done, result}}` or `{ref, {:error, reason}}`. Returns `{:ok, ref}` at once.
+  A process of the pool's caller relays them, holding back while `pid` has
+  `:stream_window` messages waiting, and cancels the request if `pid` exits.
+  """
+  @spec stream_to(pid, String.t() | atom, map | keyword, keyword) :: {:ok, reference}
+  def stream_to(pid, command, args \\ %{}, opts \\ []) when is_pid(pid),
+    do: DSPex.NativePool.Streaming.stream_to(pid, command, args, opts)
+
+  @doc """
   Waits for a request started by `execute_async/3`: until its deadline, or `timeout` ms if that
   comes first, after which the request is cancelled. An error tuple from `execute_async/3` is
   passed through, so results can be piped. A handle is awaited once: a second `await/2`

@@ -37,6 +37,9 @@ defmodule DSPex.NativePool.LMServer do
   @doc "The user messages of the server's last 50 requests, as the raw JSON text it sent."
   def prompts(%{port: port}), do: raw_request(port, :get, "/prompts")
 
+  @doc "Lets a held streamed reply (`hold: true`) finish."
+  def release(%{port: port}), do: request(port, :post, "/release", %{})
+
   @doc "Zeroes the counts."
   def reset(%{port: port}), do: request(port, :post, "/reset", %{})
 

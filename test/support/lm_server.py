@@ -8,12 +8,13 @@ hang up meanwhile), can answer with another status code, and counts connections:
     GET  /prompts the user messages of the last 50 requests, oldest first
     POST /reset   zeroes the counts
     POST /config  {"latency_ms", "status", "answer", "error_code", "retry_after", "raw",
-                   "script"}
+                   "script", "hold"}
                   changes them: a non-200 status answers an OpenAI-style error (with
                   "error_code" as its code, and a Retry-After header if "retry_after" is set);
                   "raw" is sent as the reply's whole content instead of the fields;
                   "script" is a list of {field: value} objects, one used per request in turn
-                  (for the fields it names; the others get "answer")
+                  (for the fields it names; the others get "answer"); "hold": the next
+                  streamed reply stops before its last 6 pieces until POST /release
 
 It prints ``LISTENING <port>`` once ready and exits when its stdin closes, so it never
 outlives the test run that started it. Standard library only.
@@ -47,6 +48,8 @@ class State:
         self.retry_after = None
         self.raw = None
         self.script = []
+        self.hold = False
+        self.released = threading.Event()
         self.reset()
 
     def reset(self):
@@ -115,13 +118,16 @@ def make_handler(state):
                 with state.lock:
                     state.reset()
                 return self._json(200, {"ok": True})
+            if path == "/release":
+                state.released.set()
+                return self._json(200, {"ok": True})
             if path == "/config":
                 config = self._body()
                 with state.lock:
                     state.latency_ms = config.get("latency_ms", state.latency_ms)
                     state.status = config.get("status", state.status)
                     state.answer = config.get("answer", state.answer)
-                    for key in ("error_code", "retry_after", "raw", "script"):
+                    for key in ("error_code", "retry_after", "raw", "script", "hold"):
                         if key in config:
                             setattr(state, key, config[key])
                 return self._json(200, {"ok": True})
@@ -158,6 +164,11 @@ def make_handler(state):
                 content += "[[ ## completed ## ]]"
                 if raw is not None:
                     content = raw
+                if request.get("stream"):
+                    self._sse(request, content)
+                    with state.lock:
+                        state.completed += 1
+                    return
                 self._json(200, {
                     "id": "chatcmpl-test",
                     "object": "chat.completion",
@@ -178,6 +189,36 @@ def make_handler(state):
             finally:
                 with state.lock:
                     state.active -= 1
+
+        def _sse(self, request, content):
+            """The reply as server-sent events, a few characters a chunk, as OpenAI streams."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            # No length is known ahead: the stream ends when the connection does.
+            self.send_header("Connection", "close")
+            self.close_connection = True
+            self.end_headers()
+            base = {"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                    "created": int(time.time()), "model": request.get("model", "test")}
+            pieces = [content[i:i + 4] for i in range(0, len(content), 4)]
+            with state.lock:
+                hold, state.hold = state.hold, False
+            for n, piece in enumerate(pieces):
+                if hold and n == len(pieces) - 6:
+                    # The tail waits for POST /release: what came before must already
+                    # have reached the client (bounded, so no test can hang on it).
+                    state.released.wait(30)
+                    state.released.clear()
+                event = {**base, "choices": [{"index": 0, "delta": {"content": piece},
+                                              "finish_reason": None}]}
+                self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                self.wfile.flush()
+            final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+            self.wfile.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
 
         def _client_left_within(self, seconds):
             """Waits `seconds`; True as soon as the client closes its connection."""

@@ -161,11 +161,12 @@ defmodule DSPex.NativePool.Call do
   end
 
   @doc false
-  # Starts a request; the reply arrives later as `{ref, outcome}`.
-  def start(%__MODULE__{} = call, ref, target \\ nil) do
+  # Starts a request; the reply arrives later as `{ref, outcome}` (after its chunks,
+  # `{ref, {:chunk, value, worker, id}}`, when `window` is above 0).
+  def start(%__MODULE__{} = call, ref, target \\ nil, window \\ 0) do
     %{resource: resource, args: args, timeout: timeout, context: context} = call
 
-    case submit(resource, ref, context.command, args, timeout, target, nil) do
+    case submit(resource, ref, context.command, args, timeout, target, nil, window) do
       {:ok, ticket, _idle_worker?} -> {:ok, ticket}
       {:error, reason} -> rejected(reason, call)
     end
@@ -197,11 +198,12 @@ defmodule DSPex.NativePool.Call do
   end
 
   # Small arguments are encoded inline; large ones on a dirty scheduler (the NIF says which).
-  defp submit(resource, ref, command, args, timeout, target, record) do
+  defp submit(resource, ref, command, args, timeout, target, record, window \\ 0) do
     routing = {
       if(timeout == :infinity, do: @infinity_ms, else: timeout),
       target || :any,
-      record || :none
+      record || :none,
+      window
     }
 
     case Nif.submit(resource, ref, command, args, routing) do
@@ -216,8 +218,9 @@ defmodule DSPex.NativePool.Call do
     {:error, error}
   end
 
-  defp outcome({:ok, _} = ok, _context), do: ok
-  defp outcome(error, context), do: {:error, Error.from_outcome(error, context)}
+  @doc false
+  def outcome({:ok, _} = ok, _context), do: ok
+  def outcome(error, context), do: {:error, Error.from_outcome(error, context)}
 
   # Waits for the reply until a worker must have taken the request, then for the rest of the
   # call's deadline.
@@ -250,9 +253,10 @@ defmodule DSPex.NativePool.Call do
     end
   end
 
+  @doc false
   # The deadline passed. Once cancel/1 returns, no reply can reach the mailbox, unless one
   # was already sent, in which case it is taken here.
-  defp give_up(ref, ticket, timeout, context) do
+  def give_up(ref, ticket, timeout, context) do
     case Nif.cancel(ticket) do
       :answered ->
         receive do

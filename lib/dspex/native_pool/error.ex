@@ -119,8 +119,14 @@ defmodule DSPex.NativePool.Error do
           context: context
         }
 
+  @doc false
+  # The error tuple an exception was raised from.
+  def to_reason(%__MODULE__{category: category, type: type, message: message, context: context}),
+    do: {category, type, message, context}
+
   @doc "Turns an error reason into an exception."
   @spec exception(reason) :: t
+  @impl true
   def exception({category, type, message, context}) do
     %__MODULE__{category: category, type: type, message: message, context: context}
   end

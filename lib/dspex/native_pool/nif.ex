@@ -24,6 +24,8 @@ defmodule DSPex.NativePool.Nif do
   def list_sessions(_pool), do: err()
   def tool_result(_pool, _slot, _id, _call, _outcome), do: err()
   def encode_json(_term), do: err()
+  def stream_credit(_pool, _slot, _id, _n), do: err()
+  def stream_cancel(_pool, _slot, _id), do: err()
 
   defp err, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -125,6 +125,12 @@ defmodule DSPex.NativePool.Options do
       doc:
         "requests each worker runs at once; above 1 they are multiplexed by id over its pipes, `def` commands on a pool of as many Python threads, `async def` ones on its event loop (see [Concurrency](#concurrency))"
     ],
+    stream_window: [
+      type: {:integer, 1, 65_536},
+      default: 64,
+      doc:
+        "chunks a streaming command may send ahead of its consumer (`execute_stream/3`); its generator waits at `yield` while the window is full; a call may give its own `:stream_window`"
+    ],
     cancel_grace: [
       type: {:integer, 0, @max_ms},
       default: 2_000,

@@ -12,8 +12,9 @@ defmodule DSPex.NativePool.Telemetry do
   | `[:dspex, :native_pool, :worker, :start]` | `:system_time` | `:pool`, `:worker_id`, `:os_pid`, `:restart` |
   | `[:dspex, :native_pool, :worker, :exit]` | `:system_time` | `:pool`, `:worker_id`, `:os_pid`, `:reason` |
   | `[:dspex, :native_pool, :tool, :stop]` | `:duration` (native units) | `:pool`, `:worker_id`, `:request_id`, `:tool`, `:ok` |
+  | `[:dspex, :native_pool, :stream, :stop]` | `:duration` (native units, from the start to the end of the stream), `:chunks` (taken by the consumer) | `:pool`, `:command`, `:outcome` (`:done`, `:error`, `:halted`) |
 
-  Request events are emitted in the calling process; worker events in the pool's process;
+  Request and stream events are emitted in the calling process; worker events in the pool's process;
   tool events in the process that ran the tool call (under the pool's task supervisor).
   """
 
@@ -89,6 +90,9 @@ defmodule DSPex.NativePool.Telemetry do
 
   @doc false
   def tool(measurements, metadata), do: emit([:tool, :stop], measurements, metadata)
+
+  @doc false
+  def stream(measurements, metadata), do: emit([:stream, :stop], measurements, metadata)
 
   defp emit(event, measurements, metadata) do
     if enabled?() do

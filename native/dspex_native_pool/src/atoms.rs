@@ -9,4 +9,11 @@ rustler::atoms! {
     pool_closed, pool_unavailable,
     stdout, stderr,
     dspex_native_pool, worker_ready, worker_start_failed, log, warning, tool_call,
+    chunk, nil,
+}
+
+/// The key of a chunk frame's value, as the decoder makes keys (binaries).
+pub fn chunk_key(env: rustler::Env) -> rustler::Term {
+    use rustler::Encoder;
+    "chunk".encode(env)
 }

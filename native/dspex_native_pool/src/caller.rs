@@ -2,7 +2,7 @@
 //! `{tag, outcome}`.
 
 use rustler::env::SavedTerm;
-use rustler::{Encoder, Env, LocalPid, Term};
+use rustler::{Encoder, Env, LocalPid, OwnedEnv, Term};
 
 use dspex_pool_core::protocol;
 use dspex_pool_core::request::{Caller, Failure, FailureKind};
@@ -15,6 +15,9 @@ pub struct ProcessCaller {
     pub pid: LocalPid,
     pub env: SpareEnv,
     pub tag: SavedTerm,
+    /// The tag, when it is an integer (a streaming call's): chunks are sent with it from an
+    /// environment of their own, never touching the one that holds the reply's tag.
+    pub stream_tag: Option<i64>,
 }
 
 impl Caller for ProcessCaller {
@@ -40,6 +43,20 @@ impl Caller for ProcessCaller {
                 }
             });
         answer
+    }
+
+    /// `{tag, {:chunk, value, worker, id}}`, for a streaming call (integer tag); others drop
+    /// it.
+    fn chunk(&mut self, body: &[u8], id: u64, worker: usize) {
+        let Some(tag) = self.stream_tag else { return };
+        let mut env = OwnedEnv::new();
+        let _ = env.send_and_clear(&self.pid, |env| {
+            let value = term_from_json::decode_value(env, body)
+                .ok()
+                .and_then(|frame| frame.map_get(atoms::chunk_key(env)).ok())
+                .unwrap_or_else(|| atoms::nil().encode(env));
+            (tag, (atoms::chunk(), value, worker, id)).encode(env)
+        });
     }
 
     fn fail(&mut self, failure: Failure) {

@@ -163,6 +163,23 @@ fn tool_result<'a>(
     answer
 }
 
+/// Lets streaming request `id` on worker `slot` send `n` more chunks.
+#[rustler::nif]
+fn stream_credit(pool: ResourceArc<PoolResource>, slot: usize, id: u64, n: u64) -> rustler::Atom {
+    pool.pool
+        .send_to_worker(slot, id, tools::control_frame(id, Some(n)));
+    atoms::ok()
+}
+
+/// Tells worker `slot` to stop request `id` (a stream its consumer left); the caller has
+/// cancelled its ticket already.
+#[rustler::nif]
+fn stream_cancel(pool: ResourceArc<PoolResource>, slot: usize, id: u64) -> rustler::Atom {
+    pool.pool
+        .send_to_worker(slot, id, tools::control_frame(id, None));
+    atoms::ok()
+}
+
 /// A term as JSON text (`{:ok, binary}` or `{:error, why}`), with the pool's own encoder.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn encode_json<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {

@@ -53,7 +53,8 @@ pub fn submit<'a>(
         }
     }
     let record = remembered(routing.record, &command, &buf[args_start..]);
-    let frame = match protocol::finish_request(buf, pool.config().max_frame) {
+    let max_frame = pool.config().max_frame;
+    let frame = match protocol::finish_streaming_request(buf, max_frame, routing.stream_window) {
         Ok(frame) => frame,
         Err(frame::FrameError::TooLarge { len, max }) => {
             return (atoms::error(), (atoms::frame_too_large(), len, max)).encode(env)
@@ -73,6 +74,9 @@ pub fn submit<'a>(
             pid: env.pid(),
             env: owned,
             tag: saved_tag,
+            stream_tag: (routing.stream_window > 0)
+                .then(|| tag.decode::<i64>().ok())
+                .flatten(),
         }),
         record,
         route_slot: None,

@@ -30,12 +30,14 @@ pub enum ToolOutcome<'a> {
     Error(String),
 }
 
-/// How a request is sent: `{timeout_ms, target, record}`.
+/// How a request is sent: `{timeout_ms, target, record, stream_window}` (a window of 0: the
+/// reply does not stream).
 #[derive(NifTuple)]
 pub struct Routing {
     pub timeout_ms: u64,
     pub target: Target,
     pub record: Record,
+    pub stream_window: u32,
 }
 
 #[derive(NifUnitEnum)]

@@ -340,6 +340,10 @@ fn read_replies(
                 tool_call(&shared, index, &table, body);
                 continue;
             }
+            Ok(body) if tools::is_chunk(body) => {
+                chunk(index, &table, body);
+                continue;
+            }
             Ok(body) => match protocol::peek_id(body) {
                 Some(id) => answer(&shared, index, &table, id, body),
                 None => News::Broken(format!(
@@ -370,6 +374,20 @@ fn tool_call(shared: &Shared, index: usize, table: &Table, body: &[u8]) {
     let table = table.lock();
     if let Some(running) = table.get(&id) {
         crate::serial::tool_call(shared, index, &running.request, body);
+    }
+}
+
+/// A chunk of a running request's streaming reply, sent to its caller.
+fn chunk(index: usize, table: &Table, body: &[u8]) {
+    let Some(id) = protocol::peek_id(body) else {
+        return;
+    };
+    if let Some(running) = table.lock().get_mut(&id) {
+        let request = &mut running.request;
+        let caller = &mut request.caller;
+        request
+            .ticket
+            .while_running(|| caller.chunk(body, id, index));
     }
 }
 

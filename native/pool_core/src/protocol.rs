@@ -22,7 +22,21 @@ pub fn begin_request(id: u64, command: &str, capacity: usize) -> Vec<u8> {
 }
 
 /// Closes a request begun with [`begin_request`] and fills in its header.
-pub fn finish_request(mut buf: Vec<u8>, max_frame: usize) -> Result<Vec<u8>, frame::FrameError> {
+pub fn finish_request(buf: Vec<u8>, max_frame: usize) -> Result<Vec<u8>, frame::FrameError> {
+    finish_streaming_request(buf, max_frame, 0)
+}
+
+/// [`finish_request`] for a request whose reply may stream: `window` (above 0) is how many
+/// chunks the worker may send ahead of the caller's credits.
+pub fn finish_streaming_request(
+    mut buf: Vec<u8>,
+    max_frame: usize,
+    window: u32,
+) -> Result<Vec<u8>, frame::FrameError> {
+    if window > 0 {
+        buf.extend_from_slice(b",\"stream\":");
+        buf.extend_from_slice(window.to_string().as_bytes());
+    }
     buf.push(b'}');
     frame::seal(&mut buf, max_frame)?;
     Ok(buf)

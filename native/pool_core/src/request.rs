@@ -25,6 +25,9 @@ pub struct Ticket {
     /// Called when the caller gives up while a worker runs the request, so that the worker
     /// can be told to stop it (workers that run several requests at once).
     on_cancel: parking_lot::Mutex<Option<CancelHook>>,
+    /// Held while a chunk of a streaming reply is sent, and by the move to `Cancelled`: once a
+    /// cancel returns, no chunk can still be on its way to the caller.
+    chunks: parking_lot::Mutex<()>,
 }
 
 type CancelHook = Box<dyn FnOnce() + Send>;
@@ -100,7 +103,11 @@ impl Ticket {
         if self.advance(QUEUED, CANCELLED) {
             return Cancelled::WhileQueued;
         }
-        if self.advance(RUNNING, CANCELLED) {
+        let cancelled = {
+            let _sending = self.chunks.lock();
+            self.advance(RUNNING, CANCELLED)
+        };
+        if cancelled {
             if let Some(hook) = self.on_cancel.lock().take() {
                 hook();
             }
@@ -110,6 +117,17 @@ impl Ticket {
             DONE => Cancelled::AlreadyAnswered,
             SENT => Cancelled::Delivered,
             _ => Cancelled::AlreadyCancelled,
+        }
+    }
+
+    /// Runs `send` (a chunk of a streaming reply) if the request still runs; `false` if not.
+    pub fn while_running(&self, send: impl FnOnce()) -> bool {
+        let _sending = self.chunks.lock();
+        if self.state.load(Ordering::Acquire) == RUNNING {
+            send();
+            true
+        } else {
+            false
         }
     }
 
@@ -161,6 +179,9 @@ pub trait Caller: Send + 'static {
     /// failure, which is also returned, so the pool can count it and replace the worker.
     fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<bool, Failure>;
     fn fail(&mut self, failure: Failure);
+    /// Sends one chunk of a streaming reply (`{"id":N,"chunk":...}`) from worker `worker`;
+    /// called only while the request runs. Callers that do not stream drop it.
+    fn chunk(&mut self, _body: &[u8], _id: u64, _worker: usize) {}
 }
 
 /// A request as it waits in a queue.

@@ -190,6 +190,12 @@ fn run(
             Ok(body) if tools::is_tool_call(body) => {
                 tool_call(shared, index, &request, body);
             }
+            Ok(body) if tools::is_chunk(body) => {
+                let caller = &mut request.caller;
+                request
+                    .ticket
+                    .while_running(|| caller.chunk(body, request.id, index));
+            }
             Ok(body) => return deliver(shared, index, request, body),
             Err(FrameError::Woken) => {
                 if let Some(end) = write_tool_results(shared, index, &mut live.requests, request.id)

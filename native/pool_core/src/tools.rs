@@ -76,11 +76,33 @@ impl Waker {
 /// Whether a frame from a worker is a tool call rather than a reply: the bridge writes
 /// `{"id":N,"tool_call":` and nothing else starts so.
 pub fn is_tool_call(body: &[u8]) -> bool {
+    second_key_is(body, b",\"tool_call\":")
+}
+
+/// Whether a frame from a worker is a chunk of a streaming reply, `{"id":N,"chunk":...}`.
+pub fn is_chunk(body: &[u8]) -> bool {
+    second_key_is(body, b",\"chunk\":")
+}
+
+fn second_key_is(body: &[u8], key: &[u8]) -> bool {
     let Some(rest) = body.strip_prefix(b"{\"id\":") else {
         return false;
     };
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    digits > 0 && rest[digits..].starts_with(b",\"tool_call\":")
+    digits > 0 && rest[digits..].starts_with(key)
+}
+
+/// A small frame for a running request's worker: a streaming request's credit
+/// (`{"id":N,"credit":n}`: n more chunks may be sent) or a cancel.
+pub fn control_frame(id: u64, credit: Option<u64>) -> Vec<u8> {
+    let text = match credit {
+        Some(n) => format!("{{\"id\":{id},\"credit\":{n}}}"),
+        None => format!("{{\"id\":{id},\"command\":\"__cancel__\",\"args\":{{}}}}"),
+    };
+    let mut framed = Vec::with_capacity(text.len() + frame::HEADER_LEN);
+    framed.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    framed.extend_from_slice(text.as_bytes());
+    framed
 }
 
 /// The frame answering tool call `call` of request `id`: `Ok(json)` is the tool's result as

@@ -22,8 +22,8 @@ import inspect
 import sys
 import threading
 
-from . import elixir, errors, process
-from .protocol import REPLY_FD, REQUEST_FD, ProtocolError, decode_request, error_frame
+from . import elixir, errors, process, streaming
+from .protocol import REPLY_FD, REQUEST_FD, ProtocolError, decode_request_full, error_frame
 from .protocol import frame_reader, frame_writer
 from .state import STATE
 
@@ -135,10 +135,16 @@ def serve(table, async_table, max_frame, prefix, concurrency):
         etype, emsg, etb = describe(exc)
         return error_frame(rid, etype, emsg, etb, max_frame, errors.details(exc))
 
-    def run_sync(rid, name, fn, args, event):
+    def run_sync(rid, name, fn, args, event, window=None):
         _current.set((rid, event))
         try:
             result = fn(args)
+            if streaming.is_stream(result):
+                try:
+                    wait_credit = credits.waiter(rid, event)
+                    result = streaming.drive(result, rid, window, send, wait_credit, max_frame)
+                finally:
+                    credits.done(rid)
         except SystemExit as exc:
             process.exit_now(exit_status(exc.code))
         except BaseException as exc:
@@ -187,13 +193,17 @@ def serve(table, async_table, max_frame, prefix, concurrency):
 
     read_frame = frame_reader(REQUEST_FD, max_frame)
     tools = elixir.serve_concurrently(send)
+    credits = streaming.Credits()
     while True:
         payload = next_payload(read_frame, prefix)
         if elixir.is_tool_result(payload):
             tools.resolve(payload)
             continue
+        if streaming.is_credit(payload):
+            credits.grant(payload)
+            continue
         try:
-            rid, name, args = decode_request(payload)
+            rid, name, args, window = decode_request_full(payload)
         except ProtocolError as exc:
             send(protocol_error_frame(exc, prefix, max_frame))
             continue
@@ -219,11 +229,13 @@ def serve(table, async_table, max_frame, prefix, concurrency):
         event = threading.Event()
         # Registered before it starts, so that a cancel can never miss it.
         with inflight_lock:
-            if afn is not None:
+            # A streaming call runs as a thread command: its generator is driven there.
+            if afn is not None and (window is None or fn is None):
                 inflight[rid] = (None, event)
                 loop.call_soon_threadsafe(start_async, rid, name, afn, args, event)
             else:
-                inflight[rid] = (threads.submit(run_sync, rid, name, fn, args, event), event)
+                future = threads.submit(run_sync, rid, name, fn, args, event, window)
+                inflight[rid] = (future, event)
         payload = args = None
 
 

@@ -104,21 +104,19 @@ def is_tool_result(payload):
 
 
 class _Serial:
-    """One request at a time: the call writes its frame, then reads the request pipe until
-    its answer comes (nothing else arrives while a request runs)."""
+    """One request at a time: the call writes its frame, then takes its answer from the
+    request pipe (see ``protocol.FrameInbox``)."""
 
-    def __init__(self, read_frame, write_frame):
-        self.read_frame = read_frame
+    def __init__(self, inbox, write_frame):
+        self.inbox = inbox
         self.write_frame = write_frame
 
     def wait(self, request_id, call_id, frame):
         self.write_frame(frame)
         while True:
-            payload = self.read_frame()
+            payload = self.inbox.next(is_tool_result)
             if payload is None:
                 raise ElixirToolError("the pool closed the worker's request pipe")
-            if not is_tool_result(payload):
-                continue
             message = codec.loads(payload)
             result = message.get("tool_result") or {}
             if message.get("id") == request_id and result.get("call") == call_id:
@@ -183,9 +181,9 @@ class _Concurrent:
             loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(result))
 
 
-def serve_serially(read_frame, write_frame):
+def serve_serially(inbox, write_frame):
     global _transport
-    _transport = _Serial(read_frame, write_frame)
+    _transport = _Serial(inbox, write_frame)
 
 
 def serve_concurrently(send):

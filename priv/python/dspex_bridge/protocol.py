@@ -130,6 +130,32 @@ def frame_reader(fd, max_frame):
     return read_frame
 
 
+class FrameInbox:
+    """The request pipe of a worker serving one request at a time, while a request runs:
+    a tool call waits for its result, a stream for its credits, and each keeps what the other
+    is waiting for (a cancel, a credit) instead of dropping it."""
+
+    def __init__(self, read_frame):
+        self.read_frame = read_frame
+        self.kept = []
+
+    def next(self, wanted):
+        """The first frame for which ``wanted(payload)`` holds, or None at EOF."""
+        for i, payload in enumerate(self.kept):
+            if wanted(payload):
+                del self.kept[i]
+                return payload
+        while True:
+            payload = self.read_frame()
+            if payload is None or wanted(payload):
+                return payload
+            self.kept.append(payload)
+
+    def clear(self):
+        """What the last request left is for nobody."""
+        self.kept.clear()
+
+
 def frame_writer(fd):
     """Return ``write_frame(frame)`` that writes a complete frame (header included).
 
@@ -170,6 +196,12 @@ def _short(value, limit=80):
 
 def decode_request(payload):
     """Return ``(id, command, args)`` or raise ``ProtocolError``."""
+    return decode_request_full(payload)[:3]
+
+
+def decode_request_full(payload):
+    """Return ``(id, command, args, stream_window)`` or raise ``ProtocolError``; the window
+    is None unless the reply may stream (see ``streaming``)."""
     try:
         req = loads(payload)
     except Exception as exc:  # JSONDecodeError, UnicodeDecodeError, RecursionError...
@@ -193,7 +225,8 @@ def decode_request(payload):
         raise ProtocolError(
             f"request 'args' must be a JSON object, got {type(args).__name__}", rid
         )
-    return rid, command, args
+    window = req.get("stream")
+    return rid, command, args, window if type(window) is int and window > 0 else None
 
 
 # -- replies ----------------------------------------------------------------

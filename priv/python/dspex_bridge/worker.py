@@ -23,14 +23,15 @@ import gc
 import traceback
 from inspect import iscoroutine
 
-from . import commands, elixir, errors, handlers, process
+from . import commands, elixir, errors, handlers, process, streaming
 from .protocol import (
     DEFAULT_MAX_FRAME,
+    FrameInbox,
     REPLY_FD,
     REQUEST_FD,
     ProtocolError,
     RequestTooLarge,
-    decode_request,
+    decode_request_full,
     error_frame,
     frame_reader,
     frame_writer,
@@ -132,7 +133,8 @@ def _load_commands(prefix, handler_module):
 def _serve(table, max_frame, prefix):
     read_frame = frame_reader(REQUEST_FD, max_frame)
     write_frame = frame_writer(REPLY_FD)
-    elixir.serve_serially(read_frame, write_frame)
+    inbox = FrameInbox(read_frame)
+    elixir.serve_serially(inbox, write_frame)
     table_get = table.get
     state = STATE
     counts = state.commands
@@ -142,22 +144,29 @@ def _serve(table, max_frame, prefix):
 
     while True:
         payload = next_payload(read_frame, prefix)
-        if elixir.is_tool_result(payload):
-            continue  # for a call that gave up (its request ended)
+        if elixir.is_tool_result(payload) or streaming.is_credit(payload):
+            continue  # for a request that has ended
         state.requests += 1
         try:
-            rid, name, args = decode_request(payload)
+            rid, name, args, window = decode_request_full(payload)
         except ProtocolError as exc:
             frame = protocol_error_frame(exc, prefix, max_frame)
         else:
             fn = table_get(name)
+            if name == streaming.CANCEL:
+                continue  # a stream's cancel that came after its request ended
             if fn is not None:
                 counts[name] = counts_get(name, 0) + 1
                 state.current_request = rid
+                inbox.clear()
                 try:
                     result = fn(args)
                     if iscoroutine(result):  # an async def command, one at a time
                         result = run_coroutine(result)
+                    elif streaming.is_stream(result):
+                        credits = streaming.serial_credits(rid, inbox)
+                        result = streaming.drive(result, rid, window, write_frame, credits,
+                                                 max_frame)
                 except SystemExit:
                     raise
                 except BaseException as exc:

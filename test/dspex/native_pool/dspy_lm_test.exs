@@ -128,4 +128,53 @@ defmodule DSPex.NativePool.DSPyLMTest do
     :gen_tcp.close(socket)
     port
   end
+
+  describe "streaming" do
+    for concurrency <- [1, 4] do
+      test "execute_program with stream: true streams the answer's tokens, then the result (concurrency #{concurrency})" do
+        server = LMServer.start!(answer: "forty two, said the server")
+        {pool, id} = program!(server, concurrency: unquote(concurrency))
+
+        items =
+          NativePool.execute_stream(
+            "execute_program",
+            %{program_id: id, inputs: %{question: "6*7?"}, stream: true},
+            pool: pool
+          )
+          |> Enum.to_list()
+
+        {chunks, [{:done, result}]} = Enum.split(items, -1)
+        texts = for {:chunk, %{"field" => "answer", "text" => text}} <- chunks, do: text
+        assert length(texts) > 1
+        assert Enum.join(texts) =~ "forty two, said the server"
+
+        assert %{"outputs" => %{"answer" => "forty two, said the server"}, "cached" => false} =
+                 result
+
+        # The same call without streaming: the result alone.
+        assert {:ok, %{"outputs" => %{"answer" => "forty two, said the server"}}} =
+                 NativePool.execute(
+                   "execute_program",
+                   %{program_id: id, inputs: %{question: "6*7?"}, stream: true},
+                   pool: pool
+                 )
+      end
+    end
+  end
+
+  test "the first tokens reach Elixir while the LM is still sending" do
+    server = LMServer.start!(answer: "forty two, said the server after some thought")
+    {pool, id} = program!(server, concurrency: 4)
+    LMServer.configure(server, %{hold: true})
+
+    args = %{program_id: id, inputs: %{question: "6*7?"}, stream: true}
+    assert {:ok, ref} = NativePool.stream_to(self(), "execute_program", args, pool: pool)
+
+    # The server holds the end of its reply back; a token of the answer arrives meanwhile.
+    assert_receive {^ref, {:chunk, %{"field" => "answer", "text" => _}}}, 10_000
+    refute_received {^ref, {:done, _}}
+    LMServer.release(server)
+    assert_receive {^ref, {:done, %{"outputs" => %{"answer" => answer}}}}, 10_000
+    assert answer == "forty two, said the server after some thought"
+  end
 end

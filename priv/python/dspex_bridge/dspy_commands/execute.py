@@ -25,10 +25,39 @@ def execute_program(dspy, args):
     true when every LM call was answered from DSPy's cache.
     """
     entry, inputs, lm = _prepare_execution(dspy, args)
+    if args.get("stream") is True:
+        return _streaming(dspy, entry, inputs, lm)
     with _Execution(dspy, entry, lm) as run:
         prediction = entry.module(**inputs)
     return run.result(prediction)
 
+
+def _streaming(dspy, entry, inputs, lm):
+    """``execute_program`` with ``"stream": true``: the output fields' tokens as they come
+    (``{"field", "text"}``) and DSPy's status messages (``{"status"}``), through
+    ``dspy.streamify``; the result is ``execute_program``'s."""
+    from dspy.streaming import StatusMessage, StreamListener, StreamResponse
+
+    listeners = [StreamListener(signature_field_name=name) for name in _streamed_fields(entry)]
+    program = dspy.streamify(entry.module, stream_listeners=listeners, async_streaming=False)
+    prediction = None
+    with _Execution(dspy, entry, lm) as run:
+        for item in program(**inputs):
+            if isinstance(item, StreamResponse):
+                yield {"field": item.signature_field_name, "text": item.chunk}
+            elif isinstance(item, StatusMessage):
+                yield {"status": item.message}
+            elif isinstance(item, dspy.Prediction):
+                prediction = item
+    if prediction is None:
+        raise RuntimeError("the streamed program ended without a prediction")
+    return run.result(prediction)
+
+
+def _streamed_fields(entry):
+    """The output fields of the program's last predictor: what its answer is made of."""
+    predictors = entry.module.predictors()
+    return list(predictors[-1].signature.output_fields) if predictors else []
 
 @async_variant("execute_program")
 async def aexecute_program(args):

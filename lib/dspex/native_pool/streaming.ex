@@ -1,0 +1,163 @@
+defmodule DSPex.NativePool.Streaming do
+  @moduledoc false
+  # Streaming replies: a command that is a generator sends chunks before its result. The
+  # consumer credits each chunk it takes (the worker may run `:stream_window` chunks ahead,
+  # no more), and a consumer that stops early cancels the request in Python; once the
+  # request is cancelled no chunk can reach the mailbox, and those already there are removed.
+
+  alias DSPex.NativePool.{Call, Error, Nif, Options, Telemetry}
+
+  @doc false
+  # The lazy Enumerable of `DSPex.NativePool.execute_stream/3`.
+  def stream(command, args, opts) do
+    Stream.resource(
+      fn -> start(command, args, opts) end,
+      &next/1,
+      &stop/1
+    )
+  end
+
+  defp start(command, args, opts) do
+    {window, opts} =
+      if is_list(opts) and Keyword.keyword?(opts),
+        do: Keyword.pop(opts, :stream_window),
+        else: {nil, opts}
+
+    # The tag is an integer: chunks are built on the worker's side without the reply's
+    # environment (see the NIF's ProcessCaller).
+    with {:ok, call} <- Call.prepare(command, args, opts),
+         {:ok, window} <- window(window, call),
+         ref = System.unique_integer([:positive, :monotonic]),
+         {:ok, ticket} <- Call.start(call, ref, nil, window) do
+      %{
+        ref: ref,
+        ticket: ticket,
+        call: call,
+        deadline: Call.deadline(call.timeout),
+        worker: nil,
+        id: nil,
+        done: false,
+        started: System.monotonic_time(),
+        chunks: 0
+      }
+    else
+      {:error, reason} -> raise Error, reason
+    end
+  end
+
+  defp window(nil, call), do: {:ok, call.config[:stream_window]}
+  defp window(n, _call) when is_integer(n) and n >= 1 and n <= 65_536, do: {:ok, n}
+
+  defp window(other, call) do
+    Call.invalid(
+      :invalid_options,
+      "invalid :stream_window: expected an integer from 1 to 65536, got #{Options.describe(other)}",
+      call.context
+    )
+  end
+
+  defp next(%{done: true} = state), do: {:halt, state}
+
+  defp next(%{ref: ref, call: call} = state) do
+    receive do
+      {^ref, {:chunk, value, worker, id}} ->
+        # Taken by the consumer: the worker may send one more.
+        Nif.stream_credit(call.resource, worker, id, 1)
+        {[{:chunk, value}], %{state | worker: worker, id: id, chunks: state.chunks + 1}}
+
+      {^ref, outcome} ->
+        case Call.outcome(outcome, call.context) do
+          {:ok, result} -> {[{:done, result}], finished(state, :done)}
+          {:error, reason} -> finished(state, :error) && raise(Error, reason)
+        end
+    after
+      wait(state) ->
+        case Call.give_up(ref, state.ticket, call.timeout, call.context) do
+          {:ok, result} -> {[{:done, result}], %{state | done: true}}
+          {:error, reason} -> flush(ref) && raise(Error, reason)
+        end
+    end
+  end
+
+  defp finished(state, how) do
+    duration = System.monotonic_time() - state.started
+    context = Map.put(state.call.context, :outcome, how)
+    Telemetry.stream(%{duration: duration, chunks: state.chunks}, context)
+    %{state | done: true}
+  end
+
+  defp wait(%{deadline: :infinity}), do: :infinity
+  defp wait(%{deadline: deadline}), do: Call.remaining(deadline)
+
+  # Halted early (Enum.take/2, an exception in the consumer): the request is cancelled and
+  # told to stop in Python; no chunk arrives after this.
+  defp stop(%{done: true}), do: :ok
+
+  defp stop(%{ref: ref, ticket: ticket, call: call} = state) do
+    finished(state, :halted)
+    Nif.cancel(ticket)
+    if state.worker, do: Nif.stream_cancel(call.resource, state.worker, state.id)
+    flush(ref)
+    :ok
+  end
+
+  defp flush(ref) do
+    receive do
+      {^ref, _} -> flush(ref)
+    after
+      0 -> true
+    end
+  end
+
+  @doc false
+  # `DSPex.NativePool.stream_to/4`: a process of the caller's consumes the stream and sends
+  # `{ref, {:chunk, value}}`, then `{ref, {:done, result}}` or `{ref, {:error, reason}}`, to
+  # `pid`. It holds back while `pid` has a window's worth of messages waiting, so a slow
+  # receiver holds the worker back too; it stops (and cancels the request) if `pid` dies.
+  def stream_to(pid, command, args, opts) do
+    ref = make_ref()
+    window = (is_list(opts) && Keyword.keyword?(opts) && opts[:stream_window]) || 64
+
+    {:ok, _relay} =
+      Task.start(fn ->
+        monitor = Process.monitor(pid)
+
+        try do
+          command
+          |> stream(args, opts)
+          |> Enum.each(fn item ->
+            hold_back(pid, monitor, window)
+            send(pid, {ref, item})
+          end)
+        rescue
+          error in Error -> send(pid, {ref, {:error, Error.to_reason(error)}})
+        catch
+          :exit, :receiver_down -> :ok
+        end
+      end)
+
+    {:ok, ref}
+  end
+
+  defp hold_back(pid, monitor, window) do
+    receive do
+      {:DOWN, ^monitor, :process, _, _} -> exit(:receiver_down)
+    after
+      0 ->
+        case Process.info(pid, :message_queue_len) do
+          nil ->
+            exit(:receiver_down)
+
+          {:message_queue_len, n} when n >= window ->
+            receive do
+              {:DOWN, ^monitor, :process, _, _} -> exit(:receiver_down)
+            after
+              5 -> hold_back(pid, monitor, window)
+            end
+
+          _ ->
+            :ok
+        end
+    end
+  end
+end

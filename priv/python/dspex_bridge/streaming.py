@@ -1,0 +1,168 @@
+"""Streaming replies: a command that is a generator sends each value it yields as a chunk
+before its result.
+
+A plain ``def`` generator's ``return value`` is the result; an ``async def`` generator cannot
+return a value in Python, so it ends with ``yield streaming.result(value)`` (or its result is
+null). Frames: ``{"id": N, "chunk": value}`` from the worker; ``{"id": N, "credit": n}`` from
+the pool, as the consumer takes chunks. A request carries ``"stream": window``, the chunks
+it may send before its first credit; a generator waits at ``yield`` while it has none left,
+and stops (``GeneratorExit`` at its ``yield``) when the pool cancels the request. Called
+without ``"stream"`` (``execute/3``), a generator runs to its end and only its result is sent.
+"""
+
+import asyncio
+import inspect
+import threading
+
+from . import codec
+
+CANCEL = "__cancel__"
+
+
+class Result:
+    """The result of an ``async def`` generator: ``yield streaming.result(value)``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def result(value):
+    return Result(value)
+
+
+class StreamCancelled(Exception):
+    """The pool cancelled the streaming request (its consumer stopped)."""
+
+
+def is_stream(value):
+    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+
+
+def is_credit(payload):
+    """Whether a frame from the pool is a streaming request's credit."""
+    return b'"credit":' in payload[:40]
+
+
+def _items(stream, loop_holder):
+    """The stream's values as a plain iterator, ending with a ``Result``."""
+    if inspect.isgenerator(stream):
+        try:
+            while True:
+                yield next(stream)
+        except StopIteration as stop:
+            yield Result(stop.value)
+        return
+    loop = loop_holder.setdefault("loop", asyncio.new_event_loop())
+    try:
+        while True:
+            value = loop.run_until_complete(stream.__anext__())
+            if isinstance(value, Result):
+                yield value
+                return
+            yield value
+    except StopAsyncIteration:
+        yield Result(None)
+
+
+def _close(stream, loop_holder):
+    if inspect.isgenerator(stream):
+        stream.close()
+    else:
+        loop = loop_holder.get("loop")
+        if loop is not None:
+            loop.run_until_complete(stream.aclose())
+
+
+def _chunk_frame(rid, value, max_frame):
+    payload = codec.dumps({"id": rid, "chunk": value})
+    if len(payload) > max_frame:
+        raise ValueError(f"a chunk of {len(payload)} bytes is over the pool's max_frame")
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def drive(stream, rid, window, write, wait_credit, max_frame):
+    """Runs ``stream`` to its end and returns its result, sending chunks if ``window`` is
+    set; ``wait_credit()`` blocks until the pool grants more (returns how many) or raises
+    ``StreamCancelled``."""
+    loop_holder = {}
+    credits = window or 0
+    try:
+        for value in _items(stream, loop_holder):
+            if isinstance(value, Result):
+                return value.value
+            if window is None:
+                continue
+            while credits <= 0:
+                credits += wait_credit()
+            write(_chunk_frame(rid, value, max_frame))
+            credits -= 1
+    except StreamCancelled:
+        _close(stream, loop_holder)
+        raise
+    finally:
+        loop = loop_holder.get("loop")
+        if loop is not None:
+            loop.close()
+
+
+def serial_credits(rid, inbox):
+    """``wait_credit`` for a worker serving one request at a time: takes this request's
+    credits and cancel from its request pipe (see ``protocol.FrameInbox``)."""
+
+    def control(payload):
+        return b'"tool_result":' not in payload[:40]
+
+    def wait_credit():
+        while True:
+            payload = inbox.next(control)
+            if payload is None:
+                raise StreamCancelled("the pool closed the request pipe")
+            message = codec.loads(payload)
+            if message.get("id") != rid:
+                continue
+            if message.get("command") == CANCEL:
+                raise StreamCancelled("the consumer stopped")
+            credit = message.get("credit")
+            if isinstance(credit, int) and credit > 0:
+                return credit
+
+    return wait_credit
+
+
+class Credits:
+    """Credits of the streaming requests of a worker serving many: granted by the reading
+    thread, taken by the threads that run the generators."""
+
+    def __init__(self):
+        self.lock = threading.Condition()
+        self.granted = {}
+
+    def grant(self, payload):
+        message = codec.loads(payload)
+        rid, credit = message.get("id"), message.get("credit")
+        if isinstance(credit, int) and credit > 0:
+            with self.lock:
+                if rid in self.granted:
+                    self.granted[rid] += credit
+                    self.lock.notify_all()
+
+    def waiter(self, rid, cancel_event):
+        with self.lock:
+            self.granted[rid] = 0
+
+        def wait_credit():
+            with self.lock:
+                while self.granted.get(rid, 0) <= 0:
+                    if cancel_event.is_set():
+                        raise StreamCancelled("the consumer stopped")
+                    self.lock.wait(0.05)
+                got, self.granted[rid] = self.granted[rid], 0
+                return got
+
+        return wait_credit
+
+    def done(self, rid):
+        with self.lock:
+            self.granted.pop(rid, None)

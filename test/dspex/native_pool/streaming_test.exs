@@ -1,0 +1,177 @@
+defmodule DSPex.NativePool.StreamingTest do
+  # Generator commands stream chunks to an Elixir Stream (or to a process) with credits, in
+  # workers serving one request at a time and many.
+  use DSPex.NativePool.PoolCase, async: true
+
+  @moduletag timeout: 120_000
+
+  @handlers ~S'''
+  import time
+
+  from dspex_bridge import elixir, streaming
+
+
+  def count(args):
+      for i in range(args["n"]):
+          yield {"i": i}
+      return {"total": args["n"]}
+
+
+  async def acount(args):
+      for i in range(args["n"]):
+          yield i
+      yield streaming.result("async done")
+
+
+  def watched(args):
+      # Says each value it is about to yield, and when it is stopped.
+      try:
+          for i in range(args["n"]):
+              elixir.call("progress", {"i": i})
+              yield i
+      finally:
+          elixir.call("progress", {"closed": True})
+      return "finished"
+
+
+  def slow_stream(args):
+      yield 1
+      time.sleep(30)
+      yield 2
+
+
+  def broken_stream(args):
+      yield 1
+      raise ValueError("broke after one")
+  '''
+
+  defp pool!(opts) do
+    test_pid = self()
+
+    tools = [
+      progress:
+        {fn args ->
+           send(test_pid, {:progress, args})
+           :ok
+         end, "Reports progress"}
+    ]
+
+    %{pool: pool} = start_pool!([handlers_source: @handlers, tools: tools] ++ opts)
+    pool
+  end
+
+  for concurrency <- [1, 4] do
+    describe "concurrency #{concurrency}" do
+      test "chunks then the result, in order" do
+        pool = pool!(concurrency: unquote(concurrency))
+
+        assert NativePool.execute_stream("count", %{n: 3}, pool: pool) |> Enum.to_list() == [
+                 {:chunk, %{"i" => 0}},
+                 {:chunk, %{"i" => 1}},
+                 {:chunk, %{"i" => 2}},
+                 {:done, %{"total" => 3}}
+               ]
+
+        assert NativePool.execute_stream("acount", %{n: 2}, pool: pool) |> Enum.to_list() ==
+                 [{:chunk, 0}, {:chunk, 1}, {:done, "async done"}]
+
+        refute_received _
+      end
+
+      test "execute/3 on a streaming command returns its result alone" do
+        pool = pool!(concurrency: unquote(concurrency))
+        assert {:ok, %{"total" => 100}} = NativePool.execute("count", %{n: 100}, pool: pool)
+        refute_received _
+      end
+
+      test "a worker runs at most :stream_window chunks ahead of its consumer" do
+        pool = pool!(concurrency: unquote(concurrency))
+        stream = NativePool.execute_stream("watched", %{n: 50}, pool: pool, stream_window: 3)
+
+        # The stream is enumerated in this process; Enum.take/2 halts it after 2.
+        assert Enum.take(stream, 2) == [{:chunk, 0}, {:chunk, 1}]
+
+        # The worker had produced the 2 taken, at most 3 more (the window) and the one waiting
+        # for a credit; then it was stopped.
+        produced = collect_progress([])
+        assert length(produced) in 2..6, inspect(produced)
+        assert_receive {:progress, %{"closed" => true}}, 5_000
+        refute_received {:progress, %{"i" => 6}}
+
+        # No chunk of it arrives later, and the pool serves on.
+        assert {:ok, %{"total" => 1}} = NativePool.execute("count", %{n: 1}, pool: pool)
+        refute_received {_, {:chunk, _, _, _}}
+      end
+
+      test "the timeout covers the whole stream" do
+        pool = pool!(concurrency: unquote(concurrency))
+        stream = NativePool.execute_stream("slow_stream", %{}, pool: pool, timeout: 500)
+
+        assert_raise DSPex.NativePool.Error, ~r/request_timeout/, fn -> Enum.to_list(stream) end
+        refute_received _
+      end
+
+      test "a generator that raises fails the stream with the Python error" do
+        pool = pool!(concurrency: unquote(concurrency))
+        stream = NativePool.execute_stream("broken_stream", %{}, pool: pool)
+
+        error = assert_raise DSPex.NativePool.Error, fn -> Enum.to_list(stream) end
+        assert error.type == :python_exception
+        assert error.message =~ "broke after one"
+      end
+
+      test "stream_to/4 sends the chunks and the result to a process" do
+        pool = pool!(concurrency: unquote(concurrency))
+        assert {:ok, ref} = NativePool.stream_to(self(), "count", %{n: 2}, pool: pool)
+        assert_receive {^ref, {:chunk, %{"i" => 0}}}, 5_000
+        assert_receive {^ref, {:chunk, %{"i" => 1}}}, 5_000
+        assert_receive {^ref, {:done, %{"total" => 2}}}, 5_000
+
+        assert {:ok, ref} = NativePool.stream_to(self(), "broken_stream", %{}, pool: pool)
+        assert_receive {^ref, {:chunk, 1}}, 5_000
+        assert_receive {^ref, {:error, {:system_error, :python_exception, message, _}}}, 5_000
+        assert message =~ "broke after one"
+      end
+    end
+  end
+
+  # Progress reports of the values yielded, until the generator says it was stopped.
+  defp collect_progress(acc) do
+    receive do
+      {:progress, %{"i" => i}} -> collect_progress([i | acc])
+      {:progress, %{"closed" => true}} = closed -> send(self(), closed) && Enum.reverse(acc)
+    after
+      5_000 -> Enum.reverse(acc)
+    end
+  end
+
+  test "a stream and a tool call each emit a telemetry event" do
+    pool = pool!(concurrency: 1)
+    test_pid = self()
+    id = {__MODULE__, make_ref()}
+
+    for event <- [[:dspex, :native_pool, :stream, :stop], [:dspex, :native_pool, :tool, :stop]] do
+      :telemetry.attach(
+        {id, event},
+        event,
+        fn event, measurements, metadata, _ ->
+          if metadata.pool == pool, do: send(test_pid, {:event, event, measurements, metadata})
+        end,
+        nil
+      )
+
+      on_exit(fn -> :telemetry.detach({id, event}) end)
+    end
+
+    assert [{:chunk, 0}, {:chunk, 1}, {:done, "finished"}] =
+             NativePool.execute_stream("watched", %{n: 2}, pool: pool) |> Enum.to_list()
+
+    assert_receive {:event, [:dspex, :native_pool, :stream, :stop], %{chunks: 2, duration: d},
+                    %{command: "watched", outcome: :done}}
+
+    assert is_integer(d) and d > 0
+
+    assert_receive {:event, [:dspex, :native_pool, :tool, :stop], %{duration: _},
+                    %{tool: "progress", ok: true, worker_id: 0, request_id: _}}
+  end
+end
