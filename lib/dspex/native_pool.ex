@@ -82,6 +82,9 @@ defmodule DSPex.NativePool do
 
   alias DSPex.NativePool.{Call, Error, Handle, Nif, Options, Replay, Server, WorkerSpec}
 
+  # Calls that may bring tools of their own (see "Elixir tools").
+  @with_tools [:pool, :timeout, :tools]
+
   @typedoc "A pool name, as given in `:name`."
   @type pool :: atom
 
@@ -141,9 +144,10 @@ defmodule DSPex.NativePool do
   Runs `command` with `args` on an idle worker and returns its result.
 
   `args` is a map (atom or string keys) or keyword list; values may be maps, lists, strings,
-  numbers, booleans, `nil` and atoms. Options: `:pool` (default `DSPex.NativePool`) and
+  numbers, booleans, `nil` and atoms. Options: `:pool` (default `DSPex.NativePool`),
   `:timeout`, in ms or `:infinity` (default 60 000): one deadline that covers waiting in the
-  queue and running.
+  queue and running, and `:tools`: Elixir tools for this call, merged over the pool's (see
+  the `:tools` option).
 
   Commands that define pool-wide state (#{Enum.map_join(DSPex.NativePool.DSPy.pool_wide(), ", ", &"`#{&1}`")}) run on
   every worker, as with `broadcast/3`, and are replayed on workers that replace them if they
@@ -167,7 +171,7 @@ defmodule DSPex.NativePool do
   @doc false
   # `execute/3` with an optional checkout deadline (see `DSPex.NativePool.SessionPoolV2`).
   def run_anonymous(command, args, opts, checkout) do
-    with {:ok, call} <- Call.prepare(command, args, opts) do
+    with {:ok, call} <- Call.prepare(command, args, opts, @with_tools) do
       outcome =
         if Replay.pool_wide?(call.context.command),
           do: Replay.run_pool_wide(call),
@@ -217,7 +221,7 @@ defmodule DSPex.NativePool do
   @doc false
   # `execute_in_session/4` with an optional checkout deadline.
   def run_in_session(session_id, command, args, opts, checkout) do
-    with {:ok, call} <- Call.prepare(command, args, opts),
+    with {:ok, call} <- Call.prepare(command, args, opts, @with_tools),
          context = Map.put(call.context, :session_id, session_id),
          :ok <- Call.check_session(session_id, context),
          {:ok, call, record} <- Replay.session_call(%{call | context: context}, session_id) do

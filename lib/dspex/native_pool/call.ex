@@ -11,7 +11,7 @@ defmodule DSPex.NativePool.Call do
   @infinity_ms 100 * 365 * 24 * 3600 * 1000
 
   @enforce_keys [:resource, :config, :args, :timeout, :context]
-  defstruct [:resource, :config, :args, :timeout, :context]
+  defstruct [:resource, :config, :args, :timeout, :context, tools: nil]
 
   @doc false
   # Checks a call's options, command and arguments, and finds its pool. `known` lists the
@@ -23,6 +23,7 @@ defmodule DSPex.NativePool.Call do
         context = %{pool: pool, command: command_name(command), worker_id: nil}
 
         with {:ok, timeout} <- timeout_option(opts, context),
+             {:ok, tools} <- tools_option(opts, context),
              :ok <- check_command(command, context),
              {:ok, resource, config} <- lookup(pool),
              {:ok, args} <- normalize_args(args, context) do
@@ -32,7 +33,8 @@ defmodule DSPex.NativePool.Call do
              config: config,
              args: args,
              timeout: timeout,
-             context: context
+             context: context,
+             tools: tools
            }}
         end
 
@@ -54,6 +56,32 @@ defmodule DSPex.NativePool.Call do
       {:ok, timeout} -> {:ok, timeout}
       {:error, message} -> invalid(:invalid_options, message, context)
     end
+  end
+
+  # A call's own tools (merged over the pool's for this call), or nil.
+  defp tools_option(opts, context) do
+    case Keyword.fetch(opts, :tools) do
+      :error ->
+        {:ok, nil}
+
+      {:ok, tools} ->
+        case DSPex.NativePool.Tools.validate(tools) do
+          {:ok, tools} when map_size(tools) == 0 -> {:ok, nil}
+          {:ok, tools} -> {:ok, tools}
+          {:error, message} -> invalid(:invalid_options, "invalid :tools: " <> message, context)
+        end
+    end
+  end
+
+  @doc false
+  # Registers a call's own tools under the request id it will have; `{id, cleanup}`.
+  def register_tools(%__MODULE__{tools: nil}), do: {0, fn -> :ok end}
+
+  def register_tools(%__MODULE__{tools: tools, config: config}) do
+    id = Nif.next_request_id()
+    table = config[:call_tools]
+    :ets.insert(table, {id, tools, self()})
+    {id, fn -> :ets.delete(table, id) end}
   end
 
   defp command_name(command) when is_binary(command), do: command
@@ -137,9 +165,10 @@ defmodule DSPex.NativePool.Call do
     ref = make_ref()
     # Only a call with a checkout phase needs its deadline here.
     deadline = if checkout, do: deadline(timeout)
+    {id, cleanup} = register_tools(call)
 
     result =
-      case submit(resource, ref, context.command, args, timeout, target, record) do
+      case submit(resource, ref, context.command, args, timeout, target, record, 0, id) do
         {:ok, ticket, idle_worker?} ->
           # A request handed straight to a waiting worker is checked out already.
           case busy_wait(ref, idle_worker?, call.config) do
@@ -157,16 +186,17 @@ defmodule DSPex.NativePool.Call do
           rejected(reason, call)
       end
 
+    cleanup.()
     Telemetry.stop(started, context, result)
   end
 
   @doc false
   # Starts a request; the reply arrives later as `{ref, outcome}` (after its chunks,
   # `{ref, {:chunk, value, worker, id}}`, when `window` is above 0).
-  def start(%__MODULE__{} = call, ref, target \\ nil, window \\ 0) do
+  def start(%__MODULE__{} = call, ref, target \\ nil, window \\ 0, id \\ 0) do
     %{resource: resource, args: args, timeout: timeout, context: context} = call
 
-    case submit(resource, ref, context.command, args, timeout, target, nil, window) do
+    case submit(resource, ref, context.command, args, timeout, target, nil, window, id) do
       {:ok, ticket, _idle_worker?} -> {:ok, ticket}
       {:error, reason} -> rejected(reason, call)
     end
@@ -198,12 +228,13 @@ defmodule DSPex.NativePool.Call do
   end
 
   # Small arguments are encoded inline; large ones on a dirty scheduler (the NIF says which).
-  defp submit(resource, ref, command, args, timeout, target, record, window \\ 0) do
+  defp submit(resource, ref, command, args, timeout, target, record, window, id) do
     routing = {
       if(timeout == :infinity, do: @infinity_ms, else: timeout),
       target || :any,
       record || :none,
-      window
+      window,
+      id
     }
 
     case Nif.submit(resource, ref, command, args, routing) do

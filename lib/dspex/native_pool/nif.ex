@@ -25,6 +25,7 @@ defmodule DSPex.NativePool.Nif do
   def tool_result(_pool, _slot, _id, _call, _outcome), do: err()
   def encode_json(_term), do: err()
   def stream_credit(_pool, _slot, _id, _n), do: err()
+  def next_request_id, do: err()
   def stream_cancel(_pool, _slot, _id), do: err()
 
   defp err, do: :erlang.nif_error(:nif_not_loaded)

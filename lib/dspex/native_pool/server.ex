@@ -27,7 +27,9 @@ defmodule DSPex.NativePool.Server do
       Telemetry.refresh()
       # Tool calls run under it (see `DSPex.NativePool.Tools`); it stops with the pool.
       {:ok, tasks} = Task.Supervisor.start_link()
-      start_pool(name, Keyword.put(config, :tasks, tasks))
+      # Calls' own tools, by request id (see `DSPex.NativePool.Call.register_tools/1`).
+      call_tools = :ets.new(:dspex_call_tools, [:set, :public, read_concurrency: true])
+      start_pool(name, Keyword.merge(config, tasks: tasks, call_tools: call_tools))
     end
   end
 
@@ -141,7 +143,13 @@ defmodule DSPex.NativePool.Server do
 
     case call do
       %{"tool_call" => %{"call" => call_id}} when is_integer(call_id) ->
-        Tools.run(config[:tasks], name, resource, config[:tools], worker, id, deadline_ms, call)
+        tools =
+          case :ets.lookup(config[:call_tools], id) do
+            [{^id, own, _caller}] -> Map.merge(config[:tools], own)
+            [] -> config[:tools]
+          end
+
+        Tools.run(config[:tasks], name, resource, tools, worker, id, deadline_ms, call)
 
       _ ->
         Logger.warning("worker #{worker} sent a malformed tool call for request #{id}",
@@ -160,6 +168,13 @@ defmodule DSPex.NativePool.Server do
 
   # Idle sessions are forgotten and their state freed on their workers.
   def handle_info(:sweep_sessions, state) do
+    # Tools registered by callers that died before their call ended.
+    table = state.config[:call_tools]
+
+    for {id, _tools, caller} <- :ets.tab2list(table),
+        not Process.alive?(caller),
+        do: :ets.delete(table, id)
+
     for {session_id, worker} <- Nif.expire_sessions(state.resource, state.config[:session_ttl]) do
       Logger.debug("session #{inspect(session_id)} expired", pool: state.name, worker_id: worker)
       args = %{"session_id" => session_id}

@@ -25,10 +25,11 @@ defmodule DSPex.NativePool.Streaming do
 
     # The tag is an integer: chunks are built on the worker's side without the reply's
     # environment (see the NIF's ProcessCaller).
-    with {:ok, call} <- Call.prepare(command, args, opts),
+    with {:ok, call} <- Call.prepare(command, args, opts, [:pool, :timeout, :tools]),
          {:ok, window} <- window(window, call),
          ref = System.unique_integer([:positive, :monotonic]),
-         {:ok, ticket} <- Call.start(call, ref, nil, window) do
+         {id, cleanup} = Call.register_tools(call),
+         {:ok, ticket} <- Call.start(call, ref, nil, window, id) do
       %{
         ref: ref,
         ticket: ticket,
@@ -38,7 +39,8 @@ defmodule DSPex.NativePool.Streaming do
         id: nil,
         done: false,
         started: System.monotonic_time(),
-        chunks: 0
+        chunks: 0,
+        cleanup: cleanup
       }
     else
       {:error, reason} -> raise Error, reason
@@ -80,6 +82,7 @@ defmodule DSPex.NativePool.Streaming do
   end
 
   defp finished(state, how) do
+    state.cleanup.()
     duration = System.monotonic_time() - state.started
     context = Map.put(state.call.context, :outcome, how)
     Telemetry.stream(%{duration: duration, chunks: state.chunks}, context)

@@ -163,6 +163,12 @@ fn tool_result<'a>(
     answer
 }
 
+/// A request id, unique in the VM, for a caller that registers something under it first.
+#[rustler::nif]
+fn next_request_id() -> u64 {
+    dspex_pool_core::pool::next_request_id()
+}
+
 /// Lets streaming request `id` on worker `slot` send `n` more chunks.
 #[rustler::nif]
 fn stream_credit(pool: ResourceArc<PoolResource>, slot: usize, id: u64, n: u64) -> rustler::Atom {

@@ -34,7 +34,12 @@ pub fn submit<'a>(
     budget: Option<usize>,
 ) -> Term<'a> {
     let deadline = Instant::now() + Duration::from_millis(routing.timeout_ms);
-    let id = pool::next_request_id();
+    // A caller that registered per-call state under the id (its own tools) chose it already.
+    let id = if routing.id > 0 {
+        routing.id
+    } else {
+        pool::next_request_id()
+    };
     // Inline, most arguments are small; on the dirty path they are known to be large, so the
     // frame starts in a spare large buffer rather than growing into freshly mapped memory.
     let capacity = if budget.is_some() {

@@ -30,14 +30,15 @@ pub enum ToolOutcome<'a> {
     Error(String),
 }
 
-/// How a request is sent: `{timeout_ms, target, record, stream_window}` (a window of 0: the
-/// reply does not stream).
+/// How a request is sent: `{timeout_ms, target, record, stream_window, id}` (a window of 0:
+/// the reply does not stream; an id of 0: one is assigned here).
 #[derive(NifTuple)]
 pub struct Routing {
     pub timeout_ms: u64,
     pub target: Target,
     pub record: Record,
     pub stream_window: u32,
+    pub id: u64,
 }
 
 #[derive(NifUnitEnum)]

@@ -212,4 +212,51 @@ defmodule DSPex.NativePool.ElixirToolsTest do
 
     assert_received {:reward_asked, %{"answer" => "42"}}
   end
+
+  for concurrency <- [1, 4] do
+    test "a call's own tools are merged over the pool's, for that call only (concurrency #{concurrency})" do
+      pool = pool!(concurrency: unquote(concurrency))
+
+      own = [
+        lookup_order: {fn _ -> "from the call" end, "Overrides the pool's"},
+        extra: {fn a -> a end, "Echo"}
+      ]
+
+      assert {:ok, "from the call"} =
+               NativePool.execute("use_tool", %{tool: "lookup_order", args: %{id: "1"}},
+                 pool: pool,
+                 tools: own
+               )
+
+      assert {:ok, %{"x" => 1}} =
+               NativePool.execute_in_session("s", "use_tool", %{tool: "extra", args: %{x: 1}},
+                 pool: pool,
+                 tools: own
+               )
+
+      assert [{:done, %{"error" => nil}}] =
+               NativePool.execute_stream("tool_error", %{tool: "extra"}, pool: pool, tools: own)
+               |> Enum.to_list()
+
+      # Registered for the call's life only.
+      {_resource, config} = :persistent_term.get({DSPex.NativePool, pool})
+      assert :ets.info(config[:call_tools], :size) == 0
+
+      # Other calls see the pool's tools only.
+      assert {:ok, %{"id" => "1"}} =
+               NativePool.execute("use_tool", %{tool: "lookup_order", args: %{id: "1"}},
+                 pool: pool
+               )
+
+      assert {:ok, %{"error" => error}} =
+               NativePool.execute("tool_error", %{tool: "extra"}, pool: pool)
+
+      assert error =~ ~s(no Elixir tool named "extra")
+
+      assert {:error, {:validation_error, :invalid_options, message, _}} =
+               NativePool.execute("use_tool", %{tool: "x"}, pool: pool, tools: [x: :nope])
+
+      assert message =~ "invalid :tools"
+    end
+  end
 end
