@@ -89,6 +89,9 @@ fn waiting(shared: &Shared, slot: &Slot) -> Option<Request> {
     slot.queue.try_pop().or_else(|| shared.queue.try_pop())
 }
 
+/// How often the thread running a request asks whether its caller is still alive.
+const CALLER_CHECK: Duration = Duration::from_millis(250);
+
 /// How long an idle worker thread watches its queues before it parks.
 const WATCH: Duration = Duration::from_micros(30);
 
@@ -185,8 +188,28 @@ fn run(
     }
     // A worker may be kept past a deadline (kill_on_timeout: false); its late reply is dropped.
     let mut deadline = Some(request.deadline);
+    let mut caller_gone = false;
     loop {
-        match replies.read_frame(deadline) {
+        // Woken now and then to see whether its caller is still there (a stream's consumer
+        // that died must not leave its generator waiting for credits until the deadline).
+        let look = Instant::now() + CALLER_CHECK;
+        let wait_until = match deadline {
+            Some(d) if d <= look => Some(d),
+            _ if caller_gone => deadline,
+            _ => Some(look),
+        };
+        match replies.read_frame(wait_until) {
+            Err(FrameError::Timeout) if wait_until != deadline => {
+                if !request.caller.is_alive() {
+                    caller_gone = true;
+                    request.ticket.cancel();
+                    let cancel = tools::control_frame(request.id, None);
+                    let until = Some(Instant::now() + shared.config.health_timeout);
+                    if frame::write_frame(&mut live.requests, &cancel, until).is_err() {
+                        return Some((End::Died, None));
+                    }
+                }
+            }
             Ok(body) if tools::is_tool_call(body) => {
                 tool_call(shared, index, &request, body);
             }

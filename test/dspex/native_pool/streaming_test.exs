@@ -103,6 +103,22 @@ defmodule DSPex.NativePool.StreamingTest do
         refute_received {_, {:chunk, _, _, _}}
       end
 
+      test "a consumer that dies stops its stream in Python" do
+        pool = pool!(concurrency: unquote(concurrency))
+        test_pid = self()
+
+        consumer =
+          spawn(fn ->
+            NativePool.execute_stream("watched", %{n: 1_000}, pool: pool, stream_window: 2)
+            |> Enum.each(fn _ -> send(test_pid, :consumed) end)
+          end)
+
+        assert_receive :consumed, 5_000
+        Process.exit(consumer, :kill)
+        assert_receive {:progress, %{"closed" => true}}, 5_000
+        assert {:ok, %{"total" => 1}} = NativePool.execute("count", %{n: 1}, pool: pool)
+      end
+
       test "the timeout covers the whole stream" do
         pool = pool!(concurrency: unquote(concurrency))
         stream = NativePool.execute_stream("slow_stream", %{}, pool: pool, timeout: 500)
