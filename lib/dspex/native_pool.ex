@@ -37,47 +37,35 @@ defmodule DSPex.NativePool do
 
   ## Errors
 
-  Calls return `{:ok, result}` or `{:error, {category, type, message, context}}`; the categories
-  and types are listed in `DSPex.NativePool.Error`.
+  Calls return `{:ok, result}` or `{:error, {category, type, message, context}}`: see
+  `DSPex.NativePool.Error`.
 
   ## Lifecycle
 
-  Workers start in parallel; `start_link/1` returns once every one has answered an init ping
-  carrying its worker id, or `{:error, reason}` quoting the stderr of a worker that could not
-  start. Stopping the pool (supervisor shutdown, `GenServer.stop/1`, or the death of the process
-  that owns it) ends every worker process. A worker also exits by itself when its request pipe
-  closes, and is killed by the kernel if the VM dies.
+  Workers start in parallel; `start_link/1` returns once every one has answered an init ping,
+  or `{:error, reason}` quoting the stderr of a worker that could not start. Stopping the pool
+  (supervisor shutdown, `GenServer.stop/1`, its owner's death) ends every worker process; a
+  worker also exits by itself when its request pipe closes, or when the VM dies.
 
   ## Environment
 
-  Workers start with the VM's environment as it is when the pool starts (`System.put_env/2`
-  and `System.delete_env/1` included, as for a Port), then the pool's defaults (`PYTHONPATH`,
-  thread limits such as `OMP_NUM_THREADS=1`), then `:env`, each winning over the one before.
-  `inherit_env: false` leaves out the VM's.
+  Workers get the VM's environment as it is when the pool starts, then the pool's defaults
+  (`PYTHONPATH`, thread limits), then `:env`; `inherit_env: false` leaves out the VM's.
 
   ## Waiting for a reply
 
-  A call whose request a waiting worker took at once expects its reply within one round trip,
-  often a few microseconds. For up to `:busy_wait_us` it polls its mailbox, yielding to every
-  other runnable process between looks, before it sleeps in `receive`: a scheduler that went to
-  sleep must be woken by the worker's thread, which costs more than the round trip itself. A
-  request that waits in the queue, or a reply that takes longer, costs at most that much CPU on
-  a scheduler that had nothing else to run.
+  A call whose request a waiting worker took at once polls its mailbox for up to
+  `:busy_wait_us`, yielding between looks, before it sleeps in `receive`: waking a sleeping
+  scheduler costs more than the round trip itself.
 
   ## CPU pinning
 
-  Each request is a hand-off between a worker's Python process and the native thread that
-  talks to it. With `pin_cpus: true` (the default) and a CPU free for every worker, both are
-  pinned to that CPU, so each hand-off stays on one CPU with warm caches. On a 2-core machine
-  this raised 100-byte echo throughput from about 49k to 68k requests/s (2 workers, 16 callers)
-  and a lone caller's from 32k to 55k (see `BENCHMARKS.md`).
-
-  A CPU is held by one worker of the whole machine at most (a lock file per CPU in the
-  temporary directory, which the kernel releases when its holder exits, even killed): a pool
-  that finds too few free CPUs, or one larger than the machine, is not pinned, so two busy
-  workers are never stuck on one CPU while another idles. `stats/1` shows each worker's CPU.
-  What a worker runs stays on its CPU too, so a command that needs several cores (threads in
-  native code, subprocesses) wants `pin_cpus: false`.
+  With `pin_cpus: true` (the default) and a free CPU for every worker, each worker's Python
+  process and its native thread share one CPU, so each hand-off stays on warm caches (about
+  1.4× the 100-byte echo throughput on a 2-core machine; see `BENCHMARKS.md`). A CPU is held by
+  one worker of the machine at most (a lock file the kernel releases when its holder exits); a
+  pool that finds too few free CPUs is not pinned. A command that needs several cores (native
+  threads, subprocesses) wants `pin_cpus: false`. `stats/1` shows each worker's CPU.
   """
 
   alias DSPex.NativePool.{Call, Error, Handle, Nif, Options, Replay, Server, WorkerSpec}

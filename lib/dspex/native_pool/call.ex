@@ -4,7 +4,7 @@ defmodule DSPex.NativePool.Call do
   # to the NIF, the wait for the reply, and giving up at the deadline. No process sits between
   # the caller and the worker's native thread, which sends the reply straight here.
 
-  alias DSPex.NativePool.{Error, Handle, Nif, Options, Telemetry}
+  alias DSPex.NativePool.{CallOptions, Error, Handle, Nif, Options, Telemetry}
 
   @default_timeout 60_000
   # Deadlines are tracked in Rust too; :infinity there is this long.
@@ -17,7 +17,7 @@ defmodule DSPex.NativePool.Call do
   # Checks a call's options, command and arguments, and finds its pool. `known` lists the
   # options this call accepts.
   def prepare(command, args, opts, known \\ [:pool, :timeout]) do
-    case Options.check_keys(opts, known, "call options") do
+    case CallOptions.check_keys(opts, known, "call options") do
       :ok ->
         pool = Keyword.get(opts, :pool, DSPex.NativePool)
         context = %{pool: pool, command: command_name(command), worker_id: nil}
@@ -52,7 +52,7 @@ defmodule DSPex.NativePool.Call do
   end
 
   defp timeout_option(opts, context) do
-    case Options.check_timeout(Keyword.get(opts, :timeout, @default_timeout)) do
+    case CallOptions.check_timeout(Keyword.get(opts, :timeout, @default_timeout)) do
       {:ok, timeout} -> {:ok, timeout}
       {:error, message} -> invalid(:invalid_options, message, context)
     end
@@ -364,7 +364,7 @@ defmodule DSPex.NativePool.Call do
   end
 
   defp await_timeout(timeout, context) do
-    case Options.check_timeout(timeout) do
+    case CallOptions.check_timeout(timeout) do
       {:ok, timeout} -> {:ok, timeout}
       {:error, message} -> invalid(:invalid_options, message, context)
     end

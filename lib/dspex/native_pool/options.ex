@@ -228,21 +228,6 @@ defmodule DSPex.NativePool.Options do
     end
   end
 
-  @doc false
-  # Checks that `opts` is a keyword list whose keys are all in `known` (a call's options). On
-  # every call's path: one walk of the list, nothing built.
-  @spec check_keys(term, [atom], String.t()) :: :ok | {:error, String.t()}
-  def check_keys([], _known, _what), do: :ok
-
-  def check_keys([{key, _value} | rest], known, what) when is_atom(key) do
-    if key in known,
-      do: check_keys(rest, known, what),
-      else: {:error, "unknown option #{inspect(key)}; known: #{inspect(known)}"}
-  end
-
-  def check_keys(opts, _known, what),
-    do: {:error, "#{what} must be a keyword list, got #{describe(opts)}"}
-
   defp keyword(opts, what) do
     if is_list(opts) and Keyword.keyword?(opts),
       do: :ok,
@@ -254,20 +239,6 @@ defmodule DSPex.NativePool.Options do
       [] -> :ok
       unknown -> {:error, "unknown options #{inspect(unknown)}; known: #{inspect(known)}"}
     end
-  end
-
-  @doc false
-  # Checks a call's `:timeout`.
-  @spec check_timeout(term) :: {:ok, timeout} | {:error, String.t()}
-  def check_timeout(:infinity), do: {:ok, :infinity}
-
-  def check_timeout(ms) when is_integer(ms) and ms >= 0 and ms <= @max_ms, do: {:ok, ms}
-
-  def check_timeout(other) do
-    got = if is_integer(other), do: Integer.to_string(other), else: describe(other)
-
-    {:error,
-     "invalid :timeout: expected :infinity or an integer from 0 to #{@max_ms} (ms), got #{got}"}
   end
 
   # Every message names the type or bound that was missed, never the value given.

@@ -12,6 +12,7 @@ pub mod pool;
 pub mod process;
 pub mod protocol;
 pub mod queue;
+pub(crate) mod replies;
 pub mod request;
 pub(crate) mod serial;
 pub mod sessions;

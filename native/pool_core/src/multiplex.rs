@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{never, select, unbounded, Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::frame::{self, FrameError, FrameReader};
+use crate::frame::{self, FrameError};
 use crate::lifecycle::{self, Change};
 use crate::pool::Shared;
 use crate::protocol;
 use crate::request::Request;
-use crate::tools;
 use crate::worker::{self, End, Live};
 
 /// The command that tells a worker to cancel the request with the frame's id.
@@ -31,16 +30,16 @@ const TICK: Duration = Duration::from_millis(20);
 /// How often it asks whether the callers of running requests are still alive.
 const CALLER_CHECK: Duration = Duration::from_millis(250);
 
-struct Running {
-    request: Request,
+pub(crate) struct Running {
+    pub(crate) request: Request,
     /// When the worker was told to cancel it.
     cancelled_at: Option<Instant>,
 }
 
-type Table = Arc<Mutex<HashMap<u64, Running>>>;
+pub(crate) type Table = Arc<Mutex<HashMap<u64, Running>>>;
 
 /// What the reader thread tells the slot thread.
-enum News {
+pub(crate) enum News {
     Answered,
     /// A reply whose id no running request has (a health ping's, or a stray frame).
     Other(u64),
@@ -60,7 +59,9 @@ pub(crate) fn serve(shared: &Arc<Shared>, index: usize, live: &mut Live) -> (End
     let spawned = std::thread::Builder::new()
         .name(format!("dspex-np-replies-{index}"))
         .stack_size(8 << 20)
-        .spawn(move || read_replies(thread_shared, index, reader, thread_table, news_tx));
+        .spawn(move || {
+            crate::replies::read_replies(thread_shared, index, reader, thread_table, news_tx)
+        });
     if spawned.is_err() {
         return (
             End::Replace("no thread could be made to read its replies".into()),
@@ -323,86 +324,5 @@ impl Serving<'_> {
         self.ping = Some((id, now));
         self.last_ping = now;
         Ok(())
-    }
-}
-
-/// The reader thread: hands each reply to its request, until the worker is gone.
-fn read_replies(
-    shared: Arc<Shared>,
-    index: usize,
-    mut reader: FrameReader,
-    table: Table,
-    news: Sender<News>,
-) {
-    loop {
-        let told = match reader.read_frame(None) {
-            Ok(body) if tools::is_tool_call(body) => {
-                tool_call(&shared, index, &table, body);
-                continue;
-            }
-            Ok(body) if tools::is_chunk(body) => {
-                chunk(index, &table, body);
-                continue;
-            }
-            Ok(body) => match protocol::peek_id(body) {
-                Some(id) => answer(&shared, index, &table, id, body),
-                None => News::Broken(format!(
-                    "invalid reply: no id; reply began with {}",
-                    protocol::preview(body)
-                )),
-            },
-            Err(FrameError::Eof) | Err(FrameError::Truncated { .. }) => News::Died,
-            Err(FrameError::TooLarge { len, max }) => News::Broken(format!(
-                "worker {index} sent a reply of {len} bytes, over the {max}-byte frame cap (max_frame)"
-            )),
-            Err(FrameError::Timeout) | Err(FrameError::Woken) => continue,
-            Err(FrameError::Io(e)) => News::Broken(format!("reading from worker {index} failed: {e}")),
-        };
-        let last = matches!(told, News::Died | News::Broken(_));
-        if news.send(told).is_err() || last {
-            return;
-        }
-    }
-}
-
-/// A running request's tool call, handed to the application; one for a request that is no
-/// longer running is dropped.
-fn tool_call(shared: &Shared, index: usize, table: &Table, body: &[u8]) {
-    let Some(id) = protocol::peek_id(body) else {
-        return;
-    };
-    let table = table.lock();
-    if let Some(running) = table.get(&id) {
-        crate::serial::tool_call(shared, index, &running.request, body);
-    }
-}
-
-/// A chunk of a running request's streaming reply, sent to its caller.
-fn chunk(index: usize, table: &Table, body: &[u8]) {
-    let Some(id) = protocol::peek_id(body) else {
-        return;
-    };
-    if let Some(running) = table.lock().get_mut(&id) {
-        let request = &mut running.request;
-        let caller = &mut request.caller;
-        request
-            .ticket
-            .while_running(|| caller.chunk(body, id, index));
-    }
-}
-
-fn answer(shared: &Shared, index: usize, table: &Table, id: u64, body: &[u8]) -> News {
-    let Some(running) = table.lock().remove(&id) else {
-        return News::Other(id);
-    };
-    shared.slots[index].in_flight.fetch_sub(1, Ordering::AcqRel);
-    let request = running.request;
-    // A cancelled request's reply (its result, or the worker's "Cancelled") is dropped.
-    if !request.ticket.finish() {
-        return News::Answered;
-    }
-    match worker::hand_over(shared, index, request, body) {
-        None => News::Answered,
-        Some(why) => News::Broken(why),
     }
 }

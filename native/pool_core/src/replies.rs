@@ -1,0 +1,94 @@
+//! The reader thread of a worker serving many requests at once: each frame its Python process
+//! writes is a reply (handed to its request's caller), a chunk of a streaming reply, or a tool
+//! call; what the slot thread must know comes back as [`News`].
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use crate::frame::{FrameError, FrameReader};
+use crate::multiplex::{News, Table};
+use crate::pool::Shared;
+use crate::{protocol, tools, worker};
+
+/// The reader thread: hands each reply to its request, until the worker is gone.
+pub(crate) fn read_replies(
+    shared: Arc<Shared>,
+    index: usize,
+    mut reader: FrameReader,
+    table: Table,
+    news: Sender<News>,
+) {
+    loop {
+        let told = match reader.read_frame(None) {
+            Ok(body) if tools::is_tool_call(body) => {
+                tool_call(&shared, index, &table, body);
+                continue;
+            }
+            Ok(body) if tools::is_chunk(body) => {
+                chunk(index, &table, body);
+                continue;
+            }
+            Ok(body) => match protocol::peek_id(body) {
+                Some(id) => answer(&shared, index, &table, id, body),
+                None => News::Broken(format!(
+                    "invalid reply: no id; reply began with {}",
+                    protocol::preview(body)
+                )),
+            },
+            Err(FrameError::Eof) | Err(FrameError::Truncated { .. }) => News::Died,
+            Err(FrameError::TooLarge { len, max }) => News::Broken(format!(
+                "worker {index} sent a reply of {len} bytes, over the {max}-byte frame cap (max_frame)"
+            )),
+            Err(FrameError::Timeout) | Err(FrameError::Woken) => continue,
+            Err(FrameError::Io(e)) => News::Broken(format!("reading from worker {index} failed: {e}")),
+        };
+        let last = matches!(told, News::Died | News::Broken(_));
+        if news.send(told).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// A running request's tool call, handed to the application; one for a request that is no
+/// longer running is dropped.
+fn tool_call(shared: &Shared, index: usize, table: &Table, body: &[u8]) {
+    let Some(id) = protocol::peek_id(body) else {
+        return;
+    };
+    let table = table.lock();
+    if let Some(running) = table.get(&id) {
+        crate::serial::tool_call(shared, index, &running.request, body);
+    }
+}
+
+/// A chunk of a running request's streaming reply, sent to its caller.
+fn chunk(index: usize, table: &Table, body: &[u8]) {
+    let Some(id) = protocol::peek_id(body) else {
+        return;
+    };
+    if let Some(running) = table.lock().get_mut(&id) {
+        let request = &mut running.request;
+        let caller = &mut request.caller;
+        request
+            .ticket
+            .while_running(|| caller.chunk(body, id, index));
+    }
+}
+
+fn answer(shared: &Shared, index: usize, table: &Table, id: u64, body: &[u8]) -> News {
+    let Some(running) = table.lock().remove(&id) else {
+        return News::Other(id);
+    };
+    shared.slots[index].in_flight.fetch_sub(1, Ordering::AcqRel);
+    let request = running.request;
+    // A cancelled request's reply (its result, or the worker's "Cancelled") is dropped.
+    if !request.ticket.finish() {
+        return News::Answered;
+    }
+    match worker::hand_over(shared, index, request, body) {
+        None => News::Answered,
+        Some(why) => News::Broken(why),
+    }
+}
