@@ -37,8 +37,7 @@ defmodule DSPex.NativePool do
 
   ## Errors
 
-  Calls return `{:ok, result}` or `{:error, {category, type, message, context}}`: see
-  `DSPex.NativePool.Error`.
+  Calls return `{:ok, result}` or `{:error, {category, type, message, context}}` (see `Error`).
 
   ## Lifecycle
 

@@ -97,7 +97,10 @@ fn second_key_is(body: &[u8], key: &[u8]) -> bool {
 pub fn control_frame(id: u64, credit: Option<u64>) -> Vec<u8> {
     let text = match credit {
         Some(n) => format!("{{\"id\":{id},\"credit\":{n}}}"),
-        None => format!("{{\"id\":{id},\"command\":\"__cancel__\",\"args\":{{}}}}"),
+        None => format!(
+            "{{\"id\":{id},\"command\":\"{}\",\"args\":{{}}}}",
+            crate::multiplex::CANCEL_COMMAND
+        ),
     };
     let mut framed = Vec::with_capacity(text.len() + frame::HEADER_LEN);
     framed.extend_from_slice(&(text.len() as u32).to_be_bytes());

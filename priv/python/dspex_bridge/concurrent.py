@@ -27,7 +27,7 @@ from .protocol import REPLY_FD, REQUEST_FD, ProtocolError, decode_request_full, 
 from .protocol import frame_reader, frame_writer
 from .state import STATE
 
-CANCEL = "__cancel__"
+CANCEL = streaming.CANCEL
 # Built-in commands that never block: run on the reading thread, in order.
 INLINE = frozenset({"ping", "echo", "get_stats"})
 

@@ -14,7 +14,7 @@ import asyncio
 import inspect
 import threading
 
-from . import codec
+from . import codec, elixir
 
 CANCEL = "__cancel__"
 
@@ -112,7 +112,7 @@ def serial_credits(rid, inbox):
     credits and cancel from its request pipe (see ``protocol.FrameInbox``)."""
 
     def control(payload):
-        return b'"tool_result":' not in payload[:40]
+        return not elixir.is_tool_result(payload)
 
     def wait_credit():
         while True:
