@@ -184,7 +184,7 @@ defmodule DSPex.NativePool.Server do
         make_ref(),
         "cleanup_session",
         args,
-        {30_000, {:worker, worker}, :none}
+        {30_000, {:worker, worker}, :none, 0, 0}
       )
     end
 

@@ -168,9 +168,12 @@ defmodule DSPex.NativePool.DSPyTest do
 
   test "idle sessions expire after session_ttl and are freed on their worker" do
     pool = dspy_pool!(session_ttl: 200)
+    owner = Process.whereis(pool)
     create!(pool, "forgotten")
     eventually(fn -> NativePool.sessions(pool) == [] end)
     eventually(fn -> holders(pool, "forgotten") == [] end)
+    # Freed by the clean-up the pool sent, not by a restart of the pool.
+    assert Process.whereis(pool) == owner
   end
 
   test "programs created outside a session exist on every worker, also after a restart" do
