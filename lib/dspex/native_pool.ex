@@ -316,8 +316,9 @@ defmodule DSPex.NativePool do
   then `{:done, result}`. The request starts when the stream is enumerated. A command
   streams when it is a generator (`def` or `async def` with `yield`): each yielded value is a
   chunk, its return value the result. Options: those of `execute/3`, whose `:timeout` covers
-  the whole stream, and `:stream_window` (default: the pool's): how many chunks the worker
-  may run ahead of the consumer. Halting early (`Enum.take/2`) cancels the request in
+  the whole stream; `:stream_window` (default: the pool's): how many chunks the worker
+  may run ahead of the consumer; `:session`: run it in that session, as
+  `execute_in_session/4` does. Halting early (`Enum.take/2`) cancels the request in
   Python; no chunk arrives after that. A failure raises `DSPex.NativePool.Error`. With
   `execute/3` the same command returns its result alone.
 

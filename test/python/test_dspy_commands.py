@@ -220,6 +220,7 @@ class DSPyCommands(Base):
                                                "inputs": {"text": "t"}}, ERR + "ProgramNotFound",
                         "'only_in_s1' not found in session 's2'")
         self.assertNotIn("s1", err["message"].replace("only_in_s1", ""))
+        self.assertEqual(err["kind"], "program_not_found")
         self.fail(w, "execute_program", {"program_id": "p", "inputs": {"question": "q"}},
                   ERR + "ProgramNotFound", "anonymous namespace")
         self.assertEqual([p["signature_string"] for p in

@@ -193,10 +193,10 @@ defmodule DSPex.NativePool.Call do
   @doc false
   # Starts a request; the reply arrives later as `{ref, outcome}` (after its chunks,
   # `{ref, {:chunk, value, worker, id}}`, when `window` is above 0).
-  def start(%__MODULE__{} = call, ref, target \\ nil, window \\ 0, id \\ 0) do
+  def start(%__MODULE__{} = call, ref, target \\ nil, window \\ 0, id \\ 0, record \\ nil) do
     %{resource: resource, args: args, timeout: timeout, context: context} = call
 
-    case submit(resource, ref, context.command, args, timeout, target, nil, window, id) do
+    case submit(resource, ref, context.command, args, timeout, target, record, window, id) do
       {:ok, ticket, _idle_worker?} -> {:ok, ticket}
       {:error, reason} -> rejected(reason, call)
     end

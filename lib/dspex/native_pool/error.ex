@@ -50,6 +50,13 @@ defmodule DSPex.NativePool.Error do
      "the prompt is longer than the model's context window"},
     {:system_error, :lm_output_unparseable,
      "the LM's answer does not fit the signature's output fields"},
+    {:validation_error, :program_not_found,
+     "no program of that id in the call's session (or the pool's anonymous namespace)"},
+    {:validation_error, :lm_not_configured,
+     "a DSPy program ran with no LM configured for the pool, the session or the call"},
+    {:validation_error, :invalid_signature, "DSPy cannot build the signature given"},
+    {:resource_error, :dspy_unavailable,
+     "a DSPy command on a worker whose Python has no `dspy` (or `DSPEX_DISABLE_DSPY` is set)"},
     {:system_error, :python_exception,
      "the command raised; `context` has `:python_type` and `:traceback`"},
     {:system_error, :unserializable_result,
@@ -65,7 +72,11 @@ defmodule DSPex.NativePool.Error do
     "lm_unreachable" => {:communication_error, :lm_unreachable},
     "lm_server_error" => {:system_error, :lm_server_error},
     "lm_context_window_exceeded" => {:validation_error, :lm_context_window_exceeded},
-    "lm_output_unparseable" => {:system_error, :lm_output_unparseable}
+    "lm_output_unparseable" => {:system_error, :lm_output_unparseable},
+    "program_not_found" => {:validation_error, :program_not_found},
+    "lm_not_configured" => {:validation_error, :lm_not_configured},
+    "invalid_signature" => {:validation_error, :invalid_signature},
+    "dspy_unavailable" => {:resource_error, :dspy_unavailable}
   }
 
   @table Enum.join(

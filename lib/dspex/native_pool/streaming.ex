@@ -5,7 +5,7 @@ defmodule DSPex.NativePool.Streaming do
   # no more), and a consumer that stops early cancels the request in Python; once the
   # request is cancelled no chunk can reach the mailbox, and those already there are removed.
 
-  alias DSPex.NativePool.{Call, Error, Nif, Options, Telemetry}
+  alias DSPex.NativePool.{Call, Error, Nif, Options, Replay, Telemetry}
 
   @doc false
   # The lazy Enumerable of `DSPex.NativePool.execute_stream/3`.
@@ -18,22 +18,21 @@ defmodule DSPex.NativePool.Streaming do
   end
 
   defp start(command, args, opts) do
-    {window, opts} =
-      if is_list(opts) and Keyword.keyword?(opts),
-        do: Keyword.pop(opts, :stream_window),
-        else: {nil, opts}
+    {window, session_id, opts} = pop_stream_options(opts)
 
     # The tag is an integer: chunks are built on the worker's side without the reply's
     # environment (see the NIF's ProcessCaller).
     with {:ok, call} <- Call.prepare(command, args, opts, [:pool, :timeout, :tools]),
          {:ok, window} <- window(window, call),
+         {:ok, call, target, record} <- route(call, session_id),
          ref = System.unique_integer([:positive, :monotonic]),
          {id, cleanup} = Call.register_tools(call),
-         {:ok, ticket} <- Call.start(call, ref, nil, window, id) do
+         {:ok, ticket} <- Call.start(call, ref, target, window, id, record) do
       %{
         ref: ref,
         ticket: ticket,
         call: call,
+        session_id: session_id,
         deadline: Call.deadline(call.timeout),
         worker: nil,
         id: nil,
@@ -43,8 +42,41 @@ defmodule DSPex.NativePool.Streaming do
         cleanup: cleanup
       }
     else
+      {:done, result} -> %{done: true, result: result}
       {:error, reason} -> raise Error, reason
     end
+  end
+
+  defp pop_stream_options(opts) do
+    if is_list(opts) and Keyword.keyword?(opts) do
+      {window, opts} = Keyword.pop(opts, :stream_window)
+      {session_id, opts} = Keyword.pop(opts, :session)
+      {window, session_id, opts}
+    else
+      {nil, nil, opts}
+    end
+  end
+
+  # Where the request goes: the session's worker (with what it sets up there remembered, as
+  # in `execute_in_session/4`), any worker, or, for a pool-wide command, every worker at
+  # once without streaming (its result is the stream's one item).
+  defp route(call, nil) do
+    if Replay.pool_wide?(call.context.command) do
+      case Replay.run_pool_wide(call) do
+        {:ok, result} -> {:done, result}
+        {:error, reason} -> {:error, reason}
+      end
+    else
+      {:ok, call, nil, nil}
+    end
+  end
+
+  defp route(call, session_id) do
+    context = Map.put(call.context, :session_id, session_id)
+
+    with :ok <- Call.check_session(session_id, context),
+         {:ok, call, record} <- Replay.session_call(%{call | context: context}, session_id),
+         do: {:ok, call, {:session, session_id}, record}
   end
 
   defp window(nil, call), do: {:ok, call.config[:stream_window]}
@@ -58,6 +90,9 @@ defmodule DSPex.NativePool.Streaming do
     )
   end
 
+  defp next(%{done: true, result: result} = state),
+    do: {[{:done, result}], Map.delete(state, :result)}
+
   defp next(%{done: true} = state), do: {:halt, state}
 
   defp next(%{ref: ref, call: call} = state) do
@@ -68,13 +103,17 @@ defmodule DSPex.NativePool.Streaming do
         {[{:chunk, value}], %{state | worker: worker, id: id, chunks: state.chunks + 1}}
 
       {^ref, outcome} ->
-        case Call.outcome(outcome, call.context) do
+        outcome = Call.outcome(outcome, call.context)
+
+        case Replay.follow_up(call, outcome, state.session_id) do
           {:ok, result} -> {[{:done, result}], finished(state, :done)}
           {:error, reason} -> finished(state, :error) && raise(Error, reason)
         end
     after
       wait(state) ->
-        case Call.give_up(ref, state.ticket, call.timeout, call.context) do
+        given_up = Call.give_up(ref, state.ticket, call.timeout, call.context)
+
+        case Replay.follow_up(call, given_up, state.session_id) do
           {:ok, result} -> {[{:done, result}], %{state | done: true}}
           {:error, reason} -> flush(ref) && raise(Error, reason)
         end

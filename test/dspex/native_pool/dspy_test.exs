@@ -135,7 +135,7 @@ defmodule DSPex.NativePool.DSPyTest do
 
     kill_worker!(pool, worker)
 
-    assert {:error, {:system_error, :python_exception, message, %{python_type: type}}} =
+    assert {:error, {:validation_error, :program_not_found, message, %{python_type: type}}} =
              ask(pool, "survivor", id)
 
     assert type =~ "ProgramNotFound"
@@ -223,7 +223,7 @@ defmodule DSPex.NativePool.DSPyTest do
     %{pool: pool} = start_pool!(env: %{"DSPEX_DISABLE_DSPY" => "1"})
     assert {:ok, %{"dspy_available" => false}} = NativePool.execute("ping", %{}, pool: pool)
 
-    assert {:error, {:system_error, :python_exception, message, %{python_type: type}}} =
+    assert {:error, {:resource_error, :dspy_unavailable, message, %{python_type: type}}} =
              NativePool.configure_lm(@dummy, pool: pool)
 
     assert type =~ "DSPyUnavailable"

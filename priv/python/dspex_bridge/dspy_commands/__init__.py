@@ -39,17 +39,25 @@ Modules: ``loader`` (importing DSPy), ``redaction`` (secrets), ``values``
 class DSPyUnavailable(RuntimeError):
     """DSPy is not installed, does not import, or is disabled in this worker."""
 
+    dspex_details = {"kind": "dspy_unavailable"}
+
 
 class LMNotConfigured(RuntimeError):
     """``execute_program`` before any ``configure_lm``."""
+
+    dspex_details = {"kind": "lm_not_configured"}
 
 
 class ProgramNotFound(LookupError):
     """No program with this id in the request's session namespace."""
 
+    dspex_details = {"kind": "program_not_found"}
+
 
 class InvalidSignature(ValueError):
     """A signature DSPy cannot build, or that the bridge cannot run safely."""
+
+    dspex_details = {"kind": "invalid_signature"}
 
 
 class RedactedError(RuntimeError):

@@ -3,6 +3,7 @@
 import functools
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import sys
 
@@ -63,13 +64,27 @@ def dspy_command(fn):
     @functools.wraps(fn)
     def run(args):
         try:
-            return fn(load_dspy(), args)
+            result = fn(load_dspy(), args)
         except Exception as exc:
-            classify(exc)
-            raise_redacted_if_secret(exc)
+            _typed(exc)
             raise
+        # A streaming command fails while it is driven, after this returned.
+        return _typed_stream(result) if inspect.isgenerator(result) else result
 
     return command(fn.__name__)(run)
+
+
+def _typed(exc):
+    classify(exc)
+    raise_redacted_if_secret(exc)
+
+
+def _typed_stream(stream):
+    try:
+        return (yield from stream)
+    except Exception as exc:
+        _typed(exc)
+        raise
 
 
 def import_failed():
