@@ -4,6 +4,7 @@
 
 pub mod affinity;
 pub mod buffers;
+pub(crate) mod direct;
 pub mod frame;
 pub mod lifecycle;
 pub mod multiplex;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{never, select, unbounded, Receiver, Sender};
 use parking_lot::Mutex;
 
+use crate::direct::Wire;
 use crate::frame::{self, FrameError};
 use crate::lifecycle::{self, Change};
 use crate::pool::Shared;
@@ -33,7 +34,7 @@ const CALLER_CHECK: Duration = Duration::from_millis(250);
 pub(crate) struct Running {
     pub(crate) request: Request,
     /// When the worker was told to cancel it.
-    cancelled_at: Option<Instant>,
+    pub(crate) cancelled_at: Option<Instant>,
 }
 
 pub(crate) type Table = Arc<Mutex<HashMap<u64, Running>>>;
@@ -41,6 +42,8 @@ pub(crate) type Table = Arc<Mutex<HashMap<u64, Running>>>;
 /// What the reader thread tells the slot thread.
 pub(crate) enum News {
     Answered,
+    /// Answered, and nothing for the slot thread to do (never sent).
+    Quiet,
     /// A reply whose id no running request has (a health ping's, or a stray frame).
     Other(u64),
     Died,
@@ -68,18 +71,41 @@ pub(crate) fn serve(shared: &Arc<Shared>, index: usize, live: &mut Live) -> (End
             Vec::new(),
         );
     }
+    let cancels = unbounded();
+    let overflow = unbounded();
+    let slot = &shared.slots[index];
+    // Callers start requests here themselves while it accepts them (see `crate::direct`).
+    *slot.wire.lock() = live.requests.try_clone().ok().map(|requests| Wire {
+        requests,
+        table: table.clone(),
+        cancels: cancels.0.clone(),
+        overflow: overflow.0.clone(),
+    });
     let mut serving = Serving {
         shared,
         index,
         live,
         table: table.clone(),
-        cancels: unbounded(),
+        cancels,
+        overflow: overflow.1,
         closing: false,
         ping: None,
         last_ping: Instant::now(),
         last_caller_check: Instant::now(),
     };
     let end = serving.run(&news);
+    // Taken under the lock callers start requests with: none is added to the table after.
+    drop(slot.wire.lock().take());
+    // Taken from the queue for this worker and never started: back in line (the worker's
+    // end moves those free to run anywhere to the pool's queue).
+    for request in serving.overflow.try_iter() {
+        if let Err(request) = slot.queue.push(request) {
+            request.fail_unrun(
+                crate::request::FailureKind::WorkerExited,
+                format!("worker {index} stopped before it could take the request, and its queue is full"),
+            );
+        }
+    }
     let pending: Vec<Request> = table.lock().drain().map(|(_, r)| r.request).collect();
     shared.slots[index].in_flight.store(0, Ordering::Release);
     (end, pending)
@@ -91,6 +117,8 @@ struct Serving<'a> {
     live: &'a mut Live,
     table: Table,
     cancels: (Sender<u64>, Receiver<u64>),
+    /// Requests the reader thread took from the queue but could not start.
+    overflow: Receiver<Request>,
     closing: bool,
     /// The health ping in flight: its id and when it was sent.
     ping: Option<(u64, Instant)>,
@@ -121,8 +149,16 @@ impl Serving<'_> {
             };
             lifecycle::change(shared, self.index, serving);
             let accepting = !self.closing && !retiring && running < config.concurrency;
+            if self.closing || retiring {
+                drop(slot.wire.lock().take());
+            }
             let own = if accepting {
                 slot.queue.receiver().clone()
+            } else {
+                never()
+            };
+            let overflow = if accepting {
+                self.overflow.clone()
             } else {
                 never()
             };
@@ -146,12 +182,16 @@ impl Serving<'_> {
                     self.closing = true;
                     Ok(())
                 }
+                recv(overflow) -> r => match r {
+                    Ok(request) => self.take(request, None),
+                    Err(_) => Ok(()),
+                },
                 recv(own) -> r => match r {
-                    Ok(request) => self.take(request, &slot.queue),
+                    Ok(request) => self.take(request, Some(&slot.queue)),
                     Err(_) => Ok(()),
                 },
                 recv(any) -> r => match r {
-                    Ok(request) => self.take(request, &shared.queue),
+                    Ok(request) => self.take(request, Some(&shared.queue)),
                     Err(_) => Ok(()),
                 },
                 default(TICK) => Ok(()),
@@ -164,7 +204,7 @@ impl Serving<'_> {
 
     fn news(&mut self, news: News) -> Result<(), End> {
         match news {
-            News::Answered => Ok(()),
+            News::Answered | News::Quiet => Ok(()),
             News::Other(id) if self.ping.is_some_and(|(ping, _)| ping == id) => {
                 self.ping = None;
                 Ok(())
@@ -179,10 +219,16 @@ impl Serving<'_> {
 
     /// Takes a request out of `queue`: counted in flight before it leaves the queue's count,
     /// so a caller choosing the least loaded worker never sees it in neither.
-    fn take(&mut self, request: Request, queue: &crate::queue::Queue<Request>) -> Result<(), End> {
+    fn take(
+        &mut self,
+        request: Request,
+        queue: Option<&crate::queue::Queue<Request>>,
+    ) -> Result<(), End> {
         let in_flight = &self.shared.slots[self.index].in_flight;
         in_flight.fetch_add(1, Ordering::AcqRel);
-        queue.taken();
+        if let Some(queue) = queue {
+            queue.taken();
+        }
         let started = self.start(request);
         if matches!(started, Ok(false)) {
             in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -217,12 +263,18 @@ impl Serving<'_> {
                 cancelled_at: None,
             },
         );
-        let written = frame::write_frame(&mut self.live.requests, &frame, Some(deadline));
+        let written = self.write(&frame, deadline);
         crate::buffers::give_back(frame);
         written.map(|()| true).map_err(|e| match e {
             FrameError::Timeout => End::Replace("it stopped reading its requests".into()),
             _ => End::Died,
         })
+    }
+
+    /// Writes a whole frame to the worker, under the lock callers write with.
+    fn write(&mut self, frame: &[u8], deadline: Instant) -> Result<(), FrameError> {
+        let _wire = self.shared.slots[self.index].wire.lock();
+        frame::write_frame(&mut self.live.requests, frame, Some(deadline))
     }
 
     /// Writes a tool's result for request `id`, if it still runs.
@@ -231,7 +283,7 @@ impl Serving<'_> {
             return Ok(());
         }
         let deadline = Instant::now() + self.shared.config.health_timeout;
-        frame::write_frame(&mut self.live.requests, frame, Some(deadline))
+        self.write(frame, deadline)
             .map_err(|e| End::Replace(format!("cannot write a tool's result: {e}")))
     }
 
@@ -249,12 +301,8 @@ impl Serving<'_> {
         let config = &self.shared.config;
         let frame = protocol::request(id, CANCEL_COMMAND, b"{}", config.max_frame)
             .map_err(|e| End::Replace(format!("cannot write a cancel: {e}")))?;
-        frame::write_frame(
-            &mut self.live.requests,
-            &frame,
-            Some(Instant::now() + config.cancel_grace),
-        )
-        .map_err(|_| End::Died)
+        self.write(&frame, Instant::now() + config.cancel_grace)
+            .map_err(|_| End::Died)
     }
 
     /// Deadlines, dead callers, cancels past their grace, and the health ping.
@@ -315,12 +363,8 @@ impl Serving<'_> {
         let id = crate::pool::next_request_id();
         let frame = protocol::request(id, "ping", b"{}", config.max_frame)
             .map_err(|e| End::Replace(format!("cannot write a health check: {e}")))?;
-        frame::write_frame(
-            &mut self.live.requests,
-            &frame,
-            Some(now + config.health_timeout),
-        )
-        .map_err(|_| End::Died)?;
+        self.write(&frame, now + config.health_timeout)
+            .map_err(|_| End::Died)?;
         self.ping = Some((id, now));
         self.last_ping = now;
         Ok(())

@@ -180,6 +180,13 @@ impl Pool {
             // Several requests per worker: to the one with the fewest in flight.
             None if self.shared.config.concurrency > 1 => {
                 let i = self.least_loaded();
+                if slots[i].queue.is_empty() {
+                    match crate::direct::start(&self.shared, i, request) {
+                        Ok(true) => return Ok(Placement::IdleWorker),
+                        Ok(false) => return Ok(Placement::Queued),
+                        Err(back) => request = back,
+                    }
+                }
                 let placement = if slots[i].load() == 0 {
                     Placement::IdleWorker
                 } else {

@@ -44,6 +44,9 @@ pub(crate) fn read_replies(
             Err(FrameError::Timeout) | Err(FrameError::Woken) => continue,
             Err(FrameError::Io(e)) => News::Broken(format!("reading from worker {index} failed: {e}")),
         };
+        if matches!(told, News::Quiet) {
+            continue;
+        }
         let last = matches!(told, News::Died | News::Broken(_));
         if news.send(told).is_err() || last {
             return;
@@ -78,17 +81,33 @@ fn chunk(index: usize, table: &Table, body: &[u8]) {
 }
 
 fn answer(shared: &Shared, index: usize, table: &Table, id: u64, body: &[u8]) -> News {
-    let Some(running) = table.lock().remove(&id) else {
+    let (running, left) = {
+        let mut table = table.lock();
+        (table.remove(&id), table.len())
+    };
+    let Some(running) = running else {
         return News::Other(id);
     };
-    shared.slots[index].in_flight.fetch_sub(1, Ordering::AcqRel);
+    let before = shared.slots[index].in_flight.fetch_sub(1, Ordering::AcqRel);
     let request = running.request;
     // A cancelled request's reply (its result, or the worker's "Cancelled") is dropped.
-    if !request.ticket.finish() {
-        return News::Answered;
+    if request.ticket.finish() {
+        if let Some(why) = worker::hand_over(shared, index, request, body) {
+            return News::Broken(why);
+        }
     }
-    match worker::hand_over(shared, index, request, body) {
-        None => News::Answered,
-        Some(why) => News::Broken(why),
+    // The slot thread needs waking when it may have stopped taking requests for want of the
+    // room this reply made (queued ones are started from here first), or when it waits for
+    // its worker to run dry (to stop, or to retire); else it sees the change at its next
+    // look, at most a tick away.
+    let full = before >= shared.config.concurrency as u64;
+    if full {
+        crate::direct::refill(shared, index);
+    }
+    let waits_for_dry = left == 0 && (shared.is_closing() || shared.config.max_requests.is_some());
+    if full || waits_for_dry {
+        News::Answered
+    } else {
+        News::Quiet
     }
 }

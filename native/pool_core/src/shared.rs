@@ -152,6 +152,9 @@ pub struct Slot {
     pub(crate) in_flight: AtomicU64,
     /// Tool results on their way to its worker (see [`crate::tools`]).
     pub(crate) outbox: crate::tools::Outbox,
+    /// Set while its multiplexed worker accepts requests straight from callers (see
+    /// [`crate::direct`]); every write to that worker's request pipe holds this lock.
+    pub(crate) wire: Mutex<Option<crate::direct::Wire>>,
 }
 
 impl Slot {
@@ -170,6 +173,7 @@ impl Slot {
             cpu: AtomicI32::new(-1),
             in_flight: AtomicU64::new(0),
             outbox: crate::tools::Outbox::new(),
+            wire: Mutex::new(None),
         }
     }
 

@@ -24,7 +24,7 @@ import threading
 
 from . import elixir, errors, process, streaming
 from .protocol import REPLY_FD, REQUEST_FD, ProtocolError, decode_request_full, error_frame
-from .protocol import frame_reader, frame_writer
+from .protocol import buffered_frame_reader, frame_writer
 from .state import STATE
 
 CANCEL = streaming.CANCEL
@@ -191,10 +191,16 @@ def serve(table, async_table, max_frame, prefix, concurrency):
             # A thread command still queued: it never runs, so it will not reply by itself.
             finish(rid, failed(rid, concurrent.futures.CancelledError()))
 
-    read_frame = frame_reader(REQUEST_FD, max_frame)
+    read_frame = buffered_frame_reader(REQUEST_FD, max_frame)
     tools = elixir.serve_concurrently(send)
     credits = streaming.Credits()
+    # Replies of inline commands, written together once no request is left to read at once:
+    # requests that arrived together are answered in one write.
+    answered = []
     while True:
+        if answered and not read_frame.pending():
+            send(b"".join(answered))
+            answered.clear()
         payload = next_payload(read_frame, prefix)
         if elixir.is_tool_result(payload):
             tools.resolve(payload)
@@ -224,7 +230,7 @@ def serve(table, async_table, max_frame, prefix, concurrency):
                 frame = result_frame(rid, name, fn(args), max_frame)
             except Exception as exc:
                 frame = failed(rid, exc)
-            send(frame)
+            answered.append(frame)
             continue
         event = threading.Event()
         # Registered before it starts, so that a cancel can never miss it.

@@ -130,6 +130,55 @@ def frame_reader(fd, max_frame):
     return read_frame
 
 
+def buffered_frame_reader(fd, max_frame, chunk=65536):
+    """``read_frame()`` for a worker serving many requests: reads as much as the pipe holds
+    (up to ``chunk`` bytes, or what a large frame needs) in one system call, so requests that
+    arrive together cost one read. ``read_frame.pending()`` says whether a whole frame is
+    already buffered, i.e. whether the next ``read_frame()`` will not block."""
+    raw = io.FileIO(fd, "rb", closefd=False)
+    read = raw.read
+    from_bytes = int.from_bytes
+    buf = bytearray()
+    pos = 0
+
+    def whole_frame_size():
+        avail = len(buf) - pos
+        if avail < HEADER_SIZE:
+            return None, HEADER_SIZE - avail
+        size = from_bytes(buf[pos:pos + HEADER_SIZE], "big")
+        if size > max_frame:
+            raise RequestTooLarge(size, max_frame)
+        missing = HEADER_SIZE + size - avail
+        return (size, 0) if missing <= 0 else (None, missing)
+
+    def read_frame():
+        nonlocal buf, pos
+        while True:
+            size, missing = whole_frame_size()
+            if size is not None:
+                start = pos + HEADER_SIZE
+                body = buf[start:start + size]
+                pos = start + size
+                return body
+            if pos:
+                del buf[:pos]
+                pos = 0
+            data = read(max(chunk, missing))
+            if not data:
+                return None
+            buf += data
+
+    def pending():
+        try:
+            return whole_frame_size()[0] is not None
+        except RequestTooLarge:
+            return True  # the next read_frame() raises at once
+
+    read_frame.pending = pending
+    read_frame.raw = raw
+    return read_frame
+
+
 class FrameInbox:
     """The request pipe of a worker serving one request at a time, while a request runs:
     a tool call waits for its result, a stream for its credits, and each keeps what the other
