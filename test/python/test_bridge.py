@@ -560,6 +560,67 @@ class ErrorDetails(unittest.TestCase):
         self.assertIsNone(self.errors.details(RuntimeError("plain")))
 
 
+class BufferedFrames(unittest.TestCase):
+    """The reader of a worker serving many requests: several frames per read, frames split
+    across reads, frames larger than its buffer, and the size cap."""
+
+    def setUp(self):
+        sys.path.insert(0, PYTHON_DIR)
+        self.addCleanup(sys.path.remove, PYTHON_DIR)
+        from dspex_bridge import protocol
+        self.protocol = protocol
+        self.r, self.w = os.pipe()
+        self.addCleanup(os.close, self.r)
+
+    def frame(self, body):
+        return len(body).to_bytes(4, "big") + body
+
+    def write_in_thread(self, data, piece):
+        import threading
+
+        def write():
+            for i in range(0, len(data), piece):
+                os.write(self.w, data[i:i + piece])
+            os.close(self.w)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        self.addCleanup(thread.join)
+
+    def test_frames_come_back_whole_and_in_order(self):
+        bodies = [b"a", b"", b"x" * 70_000, b"b" * 10, b"y" * 300_000, b"c"]
+        data = b"".join(self.frame(b) for b in bodies)
+        for piece in (len(data), 7, 4096):
+            with self.subTest(piece=piece):
+                self.setUp()
+                read_frame = self.protocol.buffered_frame_reader(self.r, 1 << 20, chunk=1024)
+                self.write_in_thread(data, piece)
+                got = []
+                while (body := read_frame()) is not None:
+                    got.append(bytes(body))
+                self.assertEqual(got, bodies)
+
+    def test_pending_says_whether_a_whole_frame_is_buffered(self):
+        read_frame = self.protocol.buffered_frame_reader(self.r, 1 << 20)
+        os.write(self.w, self.frame(b"one") + self.frame(b"two") + self.frame(b"three")[:5])
+        self.assertFalse(read_frame.pending())  # nothing read yet
+        self.assertEqual(read_frame(), b"one")
+        self.assertTrue(read_frame.pending())
+        self.assertEqual(read_frame(), b"two")
+        self.assertFalse(read_frame.pending())  # "three" is not whole
+        os.write(self.w, self.frame(b"three")[5:])
+        os.close(self.w)
+        self.assertEqual(read_frame(), b"three")
+        self.assertIsNone(read_frame())
+
+    def test_a_frame_over_the_cap_is_refused_before_its_body_is_read(self):
+        read_frame = self.protocol.buffered_frame_reader(self.r, 100)
+        os.write(self.w, (101).to_bytes(4, "big"))
+        os.close(self.w)
+        with self.assertRaises(self.protocol.RequestTooLarge):
+            read_frame()
+
+
 class JsonBackends(unittest.TestCase):
     """The codec gives the stdlib's answers whichever backend is active."""
 

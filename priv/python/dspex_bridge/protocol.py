@@ -136,10 +136,14 @@ def buffered_frame_reader(fd, max_frame, chunk=65536):
     arrive together cost one read. ``read_frame.pending()`` says whether a whole frame is
     already buffered, i.e. whether the next ``read_frame()`` will not block."""
     raw = io.FileIO(fd, "rb", closefd=False)
-    read = raw.read
+    readinto = raw.readinto
     from_bytes = int.from_bytes
     buf = bytearray()
     pos = 0
+    # Read into one buffer kept for the worker's life: a fresh one per read costs more than
+    # the read.
+    landing = bytearray(chunk)
+    landing_view = memoryview(landing)
 
     def whole_frame_size():
         avail = len(buf) - pos
@@ -163,10 +167,19 @@ def buffered_frame_reader(fd, max_frame, chunk=65536):
             if pos:
                 del buf[:pos]
                 pos = 0
-            data = read(max(chunk, missing))
-            if not data:
+            if missing > chunk:
+                # A frame larger than the landing buffer: read the rest of it straight in.
+                start = len(buf)
+                buf.extend(bytes(missing))
+                n = readinto(memoryview(buf)[start:])
+                if not n:
+                    return None
+                del buf[start + n:]
+                continue
+            n = readinto(landing_view)
+            if not n:
                 return None
-            buf += data
+            buf += landing_view[:n]
 
     def pending():
         try:
