@@ -67,10 +67,9 @@ defmodule DSPex.NativePool do
   threads, subprocesses) wants `pin_cpus: false`. `stats/1` shows each worker's CPU.
   """
 
-  alias DSPex.NativePool.{Call, Error, Handle, Nif, Options, Replay, Server, WorkerSpec}
+  alias DSPex.NativePool.{Call, Cluster, Error, Handle, Local, Nif, Options, Server, WorkerSpec}
 
   # Calls that may bring tools of their own (see "Elixir tools").
-  @with_tools [:pool, :timeout, :tools]
 
   @typedoc "A pool name, as given in `:name`."
   @type pool :: atom
@@ -153,19 +152,10 @@ defmodule DSPex.NativePool do
         DSPex.NativePool.execute("slow", %{}, pool: MyPool, timeout: 100)
   """
   @spec execute(String.t() | atom, map | keyword, [call_option]) :: {:ok, term} | error
-  def execute(command, args \\ %{}, opts \\ []), do: run_anonymous(command, args, opts, nil)
-
-  @doc false
-  # `execute/3` with an optional checkout deadline (see `DSPex.NativePool.SessionPoolV2`).
-  def run_anonymous(command, args, opts, checkout) do
-    with {:ok, call} <- Call.prepare(command, args, opts, @with_tools) do
-      outcome =
-        if Replay.pool_wide?(call.context.command),
-          do: Replay.run_pool_wide(call),
-          else: Call.run(call, nil, nil, checkout)
-
-      Replay.follow_up(call, outcome, nil)
-    end
+  def execute(command, args \\ %{}, opts \\ []) do
+    if Cluster.routed?(opts),
+      do: Cluster.execute(command, args, opts),
+      else: Local.run_anonymous(command, args, opts, nil)
   end
 
   @doc """
@@ -202,19 +192,10 @@ defmodule DSPex.NativePool do
   """
   @spec execute_in_session(String.t(), String.t() | atom, map | keyword, [call_option]) ::
           {:ok, term} | error
-  def execute_in_session(session_id, command, args \\ %{}, opts \\ []),
-    do: run_in_session(session_id, command, args, opts, nil)
-
-  @doc false
-  # `execute_in_session/4` with an optional checkout deadline.
-  def run_in_session(session_id, command, args, opts, checkout) do
-    with {:ok, call} <- Call.prepare(command, args, opts, @with_tools),
-         context = Map.put(call.context, :session_id, session_id),
-         :ok <- Call.check_session(session_id, context),
-         {:ok, call, record} <- Replay.session_call(%{call | context: context}, session_id) do
-      outcome = Call.run(call, {:session, session_id}, record, checkout)
-      Replay.follow_up(call, outcome, session_id)
-    end
+  def execute_in_session(session_id, command, args \\ %{}, opts \\ []) do
+    if Cluster.routed?(opts),
+      do: Cluster.execute_in_session(session_id, command, args, opts),
+      else: Local.run_in_session(session_id, command, args, opts, nil)
   end
 
   @doc """
@@ -226,21 +207,18 @@ defmodule DSPex.NativePool do
   """
   @spec end_session(String.t(), [call_option]) :: :ok | error
   def end_session(session_id, opts \\ []) do
-    with {:ok, call} <- Call.prepare("cleanup_session", %{session_id: session_id}, opts),
-         context = Map.put(call.context, :session_id, session_id),
-         :ok <- Call.check_session(session_id, context) do
-      case Nif.end_session(call.resource, session_id) do
-        nil ->
-          :ok
-
-        worker ->
-          case Call.run(%{call | context: context}, {:worker, worker}, nil) do
-            {:ok, _} -> :ok
-            {:error, _} = error -> error
-          end
-      end
-    end
+    if Cluster.routed?(opts) and is_binary(session_id),
+      do: Cluster.end_session(Keyword.get(opts, :pool, __MODULE__), session_id),
+      else: Local.end_session(session_id, opts)
   end
+
+  @doc """
+  The members of a pool started with `cluster: true` on every node, as they last published
+  their load (every 100 ms): one map per member with `:node`, `:pool_size`, `:in_flight` and
+  `:queue_length`. `[]` when no node runs such a pool.
+  """
+  @spec cluster_stats(pool) :: [map]
+  def cluster_stats(pool \\ __MODULE__), do: Cluster.cluster_stats(pool)
 
   @doc """
   The live sessions of a pool: `:id`, `:worker` (the worker index holding it), `:requests`,

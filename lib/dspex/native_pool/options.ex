@@ -125,6 +125,12 @@ defmodule DSPex.NativePool.Options do
       doc:
         "requests each worker runs at once; above 1 they are multiplexed by id over its pipes, `def` commands on a pool of as many Python threads, `async def` ones on its event loop (see [Concurrency](#concurrency))"
     ],
+    cluster: [
+      type: :boolean,
+      default: false,
+      doc:
+        "serve this pool's name on every node of the Erlang cluster: calls from any node run here or on another member (see [Cluster](#cluster))"
+    ],
     stream_window: [
       type: {:integer, 1, 65_536},
       default: 64,

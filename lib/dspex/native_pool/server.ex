@@ -7,7 +7,7 @@ defmodule DSPex.NativePool.Server do
   use GenServer
   require Logger
 
-  alias DSPex.NativePool.{Nif, PythonEnv, Telemetry, Tools, WorkerSpec}
+  alias DSPex.NativePool.{Cluster, Nif, PythonEnv, Telemetry, Tools, WorkerSpec}
 
   @doc false
   def start_link(config), do: GenServer.start_link(__MODULE__, config, name: config[:name])
@@ -67,7 +67,8 @@ defmodule DSPex.NativePool.Server do
 
             :persistent_term.put({DSPex.NativePool, name}, {resource, config})
             schedule_session_sweep(config)
-            {:ok, %{name: name, resource: resource, config: config}}
+            state = %{name: name, resource: resource, config: config}
+            if config[:cluster], do: {:ok, state, {:continue, :join_cluster}}, else: {:ok, state}
 
           {:error, reason} ->
             Nif.stop_pool(resource, 0)
@@ -106,6 +107,17 @@ defmodule DSPex.NativePool.Server do
   end
 
   @impl true
+  def handle_continue(:join_cluster, state) do
+    :ok = Cluster.Member.join(state.name, state.resource, state.config)
+    {:noreply, state}
+  end
+
+  @impl true
+  def handle_info(:publish_load, state) do
+    Cluster.Member.publish(state.name, state.resource, state.config)
+    {:noreply, state}
+  end
+
   def handle_info({:dspex_native_pool, :log, worker, stream, line}, state) do
     log_line(state.name, worker, stream, line)
     {:noreply, state}

@@ -96,7 +96,7 @@ defmodule DSPex.NativePool.SessionPoolV2 do
       if is_binary(session_id), do: Tracker.ensure(session_id, pool)
 
       session_id
-      |> NativePool.run_in_session(command, args, call_opts, checkout)
+      |> DSPex.NativePool.Local.run_in_session(command, args, call_opts, checkout)
       |> counted(session_id)
       |> with_pool_name(pool_name)
     end
@@ -107,7 +107,7 @@ defmodule DSPex.NativePool.SessionPoolV2 do
   def execute_anonymous(command, args, opts \\ []) do
     with {:ok, _pool, pool_name, call_opts, checkout} <- call_options(opts, %{}) do
       command
-      |> NativePool.run_anonymous(args, call_opts, checkout)
+      |> DSPex.NativePool.Local.run_anonymous(args, call_opts, checkout)
       |> with_pool_name(pool_name)
     end
   end

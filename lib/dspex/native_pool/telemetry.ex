@@ -13,9 +13,12 @@ defmodule DSPex.NativePool.Telemetry do
   | `[:dspex, :native_pool, :worker, :exit]` | `:system_time` | `:pool`, `:worker_id`, `:os_pid`, `:reason` |
   | `[:dspex, :native_pool, :tool, :stop]` | `:duration` (native units) | `:pool`, `:worker_id`, `:request_id`, `:tool`, `:ok` |
   | `[:dspex, :native_pool, :stream, :stop]` | `:duration` (native units, from the start to the end of the stream), `:chunks` (taken by the consumer) | `:pool`, `:command`, `:outcome` (`:done`, `:error`, `:halted`) |
+  | `[:dspex, :native_pool, :cluster, :session_moved]` | `:system_time` | `:pool`, `:session_id`, `:node` (where it is re-created) |
 
   Request and stream events are emitted in the calling process; worker events in the pool's process;
-  tool events in the process that ran the tool call (under the pool's task supervisor).
+  tool events in the process that ran the tool call (under the pool's task supervisor);
+  `:session_moved` in the calling process, when a session whose node went away is re-created
+  on another member of a clustered pool.
   """
 
   # :telemetry is optional and cannot be a dependency here (no hex).
@@ -93,6 +96,15 @@ defmodule DSPex.NativePool.Telemetry do
 
   @doc false
   def stream(measurements, metadata), do: emit([:stream, :stop], measurements, metadata)
+
+  @doc false
+  def session_moved(pool, session_id, node) do
+    emit([:cluster, :session_moved], %{system_time: System.system_time()}, %{
+      pool: pool,
+      session_id: session_id,
+      node: node
+    })
+  end
 
   defp emit(event, measurements, metadata) do
     if enabled?() do

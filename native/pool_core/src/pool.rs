@@ -267,6 +267,11 @@ impl Pool {
         let s = &self.shared;
         let c = &s.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // A worker serving one request at a time counts none in flight: its state says.
+        let in_flight = |slot: &Slot| match s.config.concurrency {
+            1 => u64::from(slot.state() == SlotState::Busy),
+            _ => load(&slot.in_flight),
+        };
         PoolStats {
             size: s.config.size,
             queue_length: s.queue.len() + s.slots.iter().map(|x| x.queue.len()).sum::<usize>(),
@@ -280,7 +285,7 @@ impl Pool {
             invalid_reply: load(&c.invalid_reply),
             pool_closed: load(&c.pool_closed),
             pool_unavailable: load(&c.pool_unavailable),
-            in_flight: s.slots.iter().map(|x| load(&x.in_flight)).sum(),
+            in_flight: s.slots.iter().map(in_flight).sum(),
             workers: s
                 .slots
                 .iter()
@@ -295,7 +300,7 @@ impl Pool {
                     queue_length: slot.queue.len(),
                     cpu: usize::try_from(slot.cpu.load(Ordering::Acquire)).ok(),
                     backoff_ms: load(&slot.backoff_ms),
-                    in_flight: load(&slot.in_flight),
+                    in_flight: in_flight(slot),
                 })
                 .collect(),
         }

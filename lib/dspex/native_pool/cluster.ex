@@ -1,0 +1,315 @@
+defmodule DSPex.NativePool.Cluster do
+  @moduledoc false
+  # Calls to a pool started with `cluster: true`, from any node (see the README's "Cluster"):
+  #
+  # * a call runs on this node's member while it has a free slot, else on the member with the
+  #   most free capacity (as members last published it, see `Directory`), trying the next on
+  #   `:pool_saturated`; `node:` pins it. A call to another node runs there in a process of
+  #   its own (`Runner`), which sends the outcome straight to the caller; the caller monitors
+  #   it, so a node that goes down fails the call at once with `:node_down`.
+  # * a session belongs to one member (registered with `:global`, so every node agrees); what
+  #   it sets up is recorded in every directory, and if its node goes away its next call
+  #   re-creates it on another member first.
+  # * pool-wide state (`configure_lm`, global programs) runs on every member and is recorded
+  #   in every directory; a member that joins later replays it before it takes calls.
+
+  alias DSPex.NativePool.{Call, CallOptions, DSPy, Replay, Telemetry}
+  alias DSPex.NativePool.Cluster.{Directory, Runner}
+
+  @known [:pool, :timeout, :tools, :node]
+
+  @doc false
+  # Whether a call to `opts[:pool]` goes through the cluster: its pool here was started with
+  # `cluster: true`, or there is none here but other nodes have members, or `node:` is given.
+  def routed?(opts) do
+    if is_list(opts) and Keyword.keyword?(opts) do
+      pool = Keyword.get(opts, :pool, DSPex.NativePool)
+
+      case :persistent_term.get({DSPex.NativePool, pool}, nil) do
+        {_resource, config} -> config[:cluster] == true
+        nil -> Keyword.has_key?(opts, :node) or Directory.members(pool) != []
+      end
+    else
+      false
+    end
+  end
+
+  @doc false
+  def execute(command, args, opts) do
+    with {:ok, pool, timeout, opts} <- options(command, opts),
+         {:ok, args} <- prepared_args(command, args, pool) do
+      if Replay.pool_wide?(to_string(command)),
+        do: everywhere(pool, command, args, timeout, opts),
+        else: anywhere(pool, command, args, timeout, opts)
+    end
+  end
+
+  @doc false
+  def execute_in_session(session_id, command, args, opts) do
+    with {:ok, pool, timeout, opts} <- options(command, opts),
+         :ok <- Call.check_session(session_id, context(pool, command)),
+         {:ok, args} <- prepared_args(command, args, pool) do
+      in_session(pool, session_id, command, args, timeout, opts, 3)
+    end
+  end
+
+  @doc false
+  def cluster_stats(pool) do
+    for %{node: node, load: load} <- Directory.members(pool) do
+      Map.put(Map.take(load, [:pool_size, :in_flight, :queue_length]), :node, node)
+    end
+  end
+
+  ## Options and arguments
+
+  defp options(command, opts) do
+    context = context(Keyword.get(opts, :pool, DSPex.NativePool), command)
+
+    with :ok <- check_keys(opts, context),
+         {:ok, timeout} <- timeout(opts, context) do
+      {:ok, Keyword.get(opts, :pool, DSPex.NativePool), timeout, opts}
+    end
+  end
+
+  defp check_keys(opts, context) do
+    case CallOptions.check_keys(opts, @known, "call options") do
+      :ok -> :ok
+      {:error, message} -> Call.invalid(:invalid_options, message, context)
+    end
+  end
+
+  defp timeout(opts, context) do
+    case CallOptions.check_timeout(Keyword.get(opts, :timeout, 60_000)) do
+      {:ok, timeout} -> {:ok, timeout}
+      {:error, message} -> Call.invalid(:invalid_options, message, context)
+    end
+  end
+
+  # Prepared once, here, so that every node gets the same arguments (a `create_program`
+  # without an id gets its id now).
+  defp prepared_args(command, args, pool) do
+    context = context(pool, command)
+
+    args =
+      cond do
+        is_map(args) and not is_struct(args) -> {:ok, args}
+        is_list(args) and Keyword.keyword?(args) -> {:ok, Map.new(args)}
+        true -> Call.invalid(:invalid_args, "args must be a map or a keyword list", context)
+      end
+
+    with {:ok, args} <- args do
+      case DSPy.prepare(to_string(command), args) do
+        {:ok, args} -> {:ok, args}
+        {:error, message} -> Call.invalid(:invalid_args, message, context)
+      end
+    end
+  end
+
+  defp context(pool, command),
+    do: %{pool: pool, command: if(is_binary(command), do: command), worker_id: nil}
+
+  ## Where a call runs
+
+  # This node while it has a free slot, else every member by free capacity (this node's
+  # counted now, the others' as they last published it, less what this node sent them since);
+  # only the member on `node:` when it is given.
+  defp candidates(pool, opts) do
+    members = Directory.members(pool)
+
+    case Keyword.fetch(opts, :node) do
+      {:ok, node} ->
+        Enum.filter(members, &(&1.node == node))
+
+      :error ->
+        local = local_free(pool)
+
+        case Enum.split_with(members, &(&1.node == node())) do
+          {[here], _others} when is_integer(local) and local > 0 ->
+            [here | members -- [here]]
+
+          _ ->
+            # Ties broken at random: callers that see the same loads do not all pick one.
+            Enum.sort_by(members, &{-free(pool, &1, local), :rand.uniform()})
+        end
+    end
+  end
+
+  defp free(_pool, %{node: node}, local) when node == node(), do: local || 0
+
+  defp free(pool, %{pid: pid, load: load}, _local),
+    do: load.capacity - load.in_flight - load.queue_length - Directory.outstanding(pool, pid)
+
+  # Free places of this node's member now (negative when calls wait), or nil if it has none.
+  defp local_free(pool) do
+    case Call.lookup(pool) do
+      {:ok, resource, config} ->
+        stats = DSPex.NativePool.Nif.pool_stats(resource)
+        config[:pool_size] * config[:concurrency] - stats.in_flight - stats.queue_length
+
+      _ ->
+        nil
+    end
+  end
+
+  defp anywhere(pool, command, args, timeout, opts) do
+    deadline = Call.deadline(timeout)
+
+    case candidates(pool, opts) do
+      [] -> no_member(pool, command, opts)
+      members -> first_unsaturated(members, pool, command, args, deadline, opts)
+    end
+  end
+
+  defp first_unsaturated([member | rest], pool, command, args, deadline, opts) do
+    case run_on(member, pool, nil, command, args, deadline, opts) do
+      {:error, {:resource_error, :pool_saturated, _, _}} = saturated when rest != [] ->
+        _ = saturated
+        first_unsaturated(rest, pool, command, args, deadline, opts)
+
+      outcome ->
+        outcome
+    end
+  end
+
+  defp no_member(pool, command, opts) do
+    where = if opts[:node], do: " on node #{inspect(opts[:node])}", else: " in the cluster"
+
+    {:error,
+     {:resource_error, :pool_not_found, "no member of pool #{inspect(pool)}#{where}",
+      Map.put(context(pool, command), :node, opts[:node])}}
+  end
+
+  # Pool-wide state: on every member at once; recorded in every directory if it succeeded.
+  defp everywhere(pool, command, args, timeout, opts) do
+    deadline = Call.deadline(timeout)
+    members = Directory.members(pool)
+    command = to_string(command)
+
+    if members == [] do
+      no_member(pool, command, opts)
+    else
+      outcomes =
+        members
+        |> Enum.map(fn member ->
+          Task.async(fn -> run_on(member, pool, nil, command, args, deadline, opts) end)
+        end)
+        |> Task.await_many(:infinity)
+
+      if Enum.any?(outcomes, &match?({:ok, _}, &1)), do: record_global(pool, command, args)
+      Enum.find(outcomes, hd(outcomes), &match?({:error, _}, &1))
+    end
+  end
+
+  defp record_global(pool, command, args) do
+    with prefix when is_binary(prefix) <- DSPy.forgets(command, args),
+         do: Directory.record(pool, {:forget_global, prefix})
+
+    with key when is_binary(key) <- DSPy.remembers(command, args),
+         do: Directory.record(pool, {:put_global, key, command, args})
+  end
+
+  ## Sessions
+
+  defp in_session(pool, session_id, command, args, timeout, opts, tries) do
+    deadline = Call.deadline(timeout)
+
+    case owner(pool, session_id, opts) do
+      {:ok, member, replays} ->
+        outcome = run_on(member, pool, {session_id, replays}, command, args, deadline, opts)
+        record_session(pool, session_id, command, args, outcome)
+        outcome
+
+      :retry when tries > 1 ->
+        in_session(pool, session_id, command, args, timeout, opts, tries - 1)
+
+      _ ->
+        no_member(pool, command, opts)
+    end
+  end
+
+  # The session's member, and what it must replay first if the session moves to it now.
+  defp owner(pool, session_id, opts) do
+    name = {__MODULE__, pool, session_id}
+
+    case :global.whereis_name(name) do
+      pid when is_pid(pid) ->
+        case Enum.find(Directory.members(pool), &(&1.pid == pid)) do
+          nil -> {:ok, %{pid: pid, node: node(pid)}, []}
+          member -> {:ok, member, []}
+        end
+
+      :undefined ->
+        claim(name, pool, session_id, opts)
+    end
+  end
+
+  defp claim(name, pool, session_id, opts) do
+    case candidates(pool, opts) do
+      [] ->
+        :none
+
+      [member | _] ->
+        case :global.register_name(name, member.pid) do
+          :yes ->
+            replays = Directory.session_records(pool, session_id)
+            if replays != [], do: Telemetry.session_moved(pool, session_id, member.node)
+            {:ok, member, replays}
+
+          :no ->
+            :retry
+        end
+    end
+  end
+
+  defp record_session(pool, session_id, command, args, {:ok, _}) do
+    case DSPy.session_record(to_string(command), args) do
+      {:put, key} -> Directory.record(pool, {:put_session, session_id, key, command, args})
+      {:delete, key} -> Directory.record(pool, {:delete_session, session_id, key})
+      nil -> :ok
+    end
+  end
+
+  defp record_session(_pool, _session_id, _command, _args, _outcome), do: :ok
+
+  @doc false
+  def end_session(pool, session_id) do
+    Directory.record(pool, {:end_session, session_id})
+    name = {__MODULE__, pool, session_id}
+
+    case :global.whereis_name(name) do
+      pid when is_pid(pid) ->
+        :global.unregister_name(name)
+
+        :erpc.call(
+          node(pid),
+          DSPex.NativePool.Local,
+          :end_session,
+          [session_id, [pool: pool]],
+          5_000
+        )
+
+      :undefined ->
+        :ok
+    end
+  catch
+    _, _ -> :ok
+  end
+
+  ## Running on a member
+
+  defp run_on(%{node: node}, pool, session, command, args, deadline, opts) when node == node() do
+    opts = [pool: pool, timeout: Runner.remaining(deadline)] ++ Keyword.take(opts, [:tools])
+    Runner.local(pool, session, command, args, opts)
+  end
+
+  defp run_on(%{node: node} = member, pool, session, command, args, deadline, _opts) do
+    pid = Map.get(member, :pid)
+    if pid, do: Directory.sent(pool, pid, 1)
+
+    try do
+      Runner.remote(node, pool, session, command, args, deadline)
+    after
+      if pid, do: Directory.sent(pool, pid, -1)
+    end
+  end
+end
