@@ -132,8 +132,9 @@ defmodule DSPex.NativePool do
   `args` is a map (atom or string keys) or keyword list; values may be maps, lists, strings,
   numbers, booleans, `nil` and atoms. Options: `:pool` (default `DSPex.NativePool`),
   `:timeout`, in ms or `:infinity` (default 60 000): one deadline that covers waiting in the
-  queue and running, and `:tools`: Elixir tools for this call, merged over the pool's (see
-  the `:tools` option).
+  queue and running; `:tools`: Elixir tools for this call, merged over the pool's (see
+  the `:tools` option), and, for a pool started with `cluster: true`, `:node`: the node whose
+  member runs the call (see the README's "Cluster").
 
   Commands that define pool-wide state (#{Enum.map_join(DSPex.NativePool.DSPy.pool_wide(), ", ", &"`#{&1}`")}) run on
   every worker, as with `broadcast/3`, and are replayed on workers that replace them if they

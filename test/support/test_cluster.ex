@@ -42,6 +42,8 @@ defmodule DSPex.NativePool.TestCluster do
     name = :"np_peer_#{System.unique_integer([:positive])}"
     {:ok, peer, node} = :peer.start(%{name: name, args: args, wait_boot: 30_000})
     {:ok, _} = :erpc.call(node, Application, :ensure_all_started, [:dspex_native_pool])
+    # Its pools' start-up lines would reach this VM's output.
+    :ok = :erpc.call(node, Logger, :configure, [[level: :warning]])
     {peer, node}
   end
 

@@ -66,8 +66,27 @@ defmodule DSPex.NativePool.Cluster do
     context = context(Keyword.get(opts, :pool, DSPex.NativePool), command)
 
     with :ok <- check_keys(opts, context),
-         {:ok, timeout} <- timeout(opts, context) do
+         {:ok, timeout} <- timeout(opts, context),
+         {:ok, opts} <- tools_here(opts, context) do
       {:ok, Keyword.get(opts, :pool, DSPex.NativePool), timeout, opts}
+    end
+  end
+
+  # A call's own tools are functions of this node: the call runs on this node's member.
+  defp tools_here(opts, context) do
+    cond do
+      not Keyword.has_key?(opts, :tools) ->
+        {:ok, opts}
+
+      Keyword.get(opts, :node, node()) == node() ->
+        {:ok, Keyword.put(opts, :node, node())}
+
+      true ->
+        Call.invalid(
+          :invalid_options,
+          "a call with its own :tools runs on this node's member only, not on another node",
+          context
+        )
     end
   end
 

@@ -48,6 +48,13 @@ defmodule DSPex.NativePool.ClusterTest do
              NativePool.execute("whoami", %{}, pool: pool, node: :nowhere@nohost)
 
     assert message =~ "no member"
+
+    # A call's own tools are this node's functions: not sent elsewhere.
+    tools = [t: {fn _ -> 1 end, "t"}]
+
+    assert {:error, {:validation_error, :invalid_options, _, _}} =
+             NativePool.execute("whoami", %{}, pool: pool, node: a, tools: tools)
+
     refute_received _
   end
 
@@ -174,6 +181,17 @@ defmodule DSPex.NativePool.ClusterTest do
     owner = Enum.find([a, b, c], &(tag(&1, pool) == owner_tag))
 
     # ... is re-created elsewhere when that node goes away.
+    test_pid = self()
+    handler = fn _event, _measurements, meta, _ -> send(test_pid, {:moved, meta}) end
+
+    :telemetry.attach(
+      "session-moved",
+      [:dspex, :native_pool, :cluster, :session_moved],
+      handler,
+      nil
+    )
+
+    on_exit(fn -> :telemetry.detach("session-moved") end)
     System.cmd("kill", ["-9", to_string(TestCluster.os_pid(owner))])
     eventually(fn -> length(NativePool.cluster_stats(pool)) == 2 end)
 
@@ -191,6 +209,8 @@ defmodule DSPex.NativePool.ClusterTest do
 
     {:ok, new_tag} = NativePool.execute_in_session("s2", "whoami", %{}, pool: pool)
     assert new_tag != owner_tag
+    assert_received {:moved, %{pool: ^pool, session_id: "s2", node: node}}
+    assert tag(node, pool) == new_tag
     refute_received _
   end
 

@@ -111,6 +111,8 @@ defmodule DSPex.NativePool.Cluster.Directory do
 
   @impl true
   def init(nil) do
+    # This node may run no pool, whose start would check for :telemetry.
+    DSPex.NativePool.Telemetry.refresh()
     :ets.new(@table, [:named_table, :public, :set, read_concurrency: true])
     :ok = :pg.join(@scope, :directories, self())
     {:ok, %{monitored: MapSet.new()}}
