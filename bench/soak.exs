@@ -1,6 +1,7 @@
 # Soak: many concurrent callers while workers are killed at random.
 #
 #     mix run bench/soak.exs [--requests 100000] [--callers 500] [--workers 4] [--kill-every 100]
+#                            [--concurrency 1]
 #
 # Checks, and prints: every call returned {:ok, its own echo} or a structured error within its
 # deadline plus 100 ms; no stray message reached any caller's mailbox; the pool returned to full
@@ -9,13 +10,20 @@ alias DSPex.NativePool
 
 {opts, _, _} =
   OptionParser.parse(System.argv(),
-    strict: [requests: :integer, callers: :integer, workers: :integer, kill_every: :integer]
+    strict: [
+      requests: :integer,
+      callers: :integer,
+      workers: :integer,
+      kill_every: :integer,
+      concurrency: :integer
+    ]
   )
 
 requests = Keyword.get(opts, :requests, 100_000)
 callers = Keyword.get(opts, :callers, 500)
 workers = Keyword.get(opts, :workers, 4)
 kill_every = Keyword.get(opts, :kill_every, 100)
+concurrency = Keyword.get(opts, :concurrency, 1)
 timeout = 5_000
 per_caller = div(requests + callers - 1, callers)
 
@@ -94,7 +102,14 @@ IO.puts(
   "soak: #{requests} requests from #{callers} callers on #{workers} workers, killing one every #{kill_every} ms"
 )
 
-{:ok, pool} = NativePool.start_link(name: SoakPool, pool_size: workers, max_queue: callers * 2)
+{:ok, pool} =
+  NativePool.start_link(
+    name: SoakPool,
+    pool_size: workers,
+    max_queue: callers * 2,
+    concurrency: concurrency
+  )
+
 Process.unlink(pool)
 initial = for %{os_pid: pid} <- NativePool.stats(SoakPool).workers, do: pid
 killer = spawn(fn -> Soak.killer(kill_every, 0, MapSet.new(initial)) end)
