@@ -59,13 +59,12 @@ pub(crate) fn start(shared: &Shared, index: usize, request: Request) -> Result<b
     let Some(wire) = wire.as_mut() else {
         return Err(request);
     };
-    let in_flight = slot.in_flight.load(Ordering::Acquire);
-    if in_flight >= shared.config.concurrency as u64 || !has_room(&wire.requests) {
+    let idle = slot.in_flight.load(Ordering::Acquire) == 0;
+    if !has_room(&wire.requests) || !slot.reserve(shared.config.concurrency) {
         return Err(request);
     }
-    slot.in_flight.fetch_add(1, Ordering::AcqRel);
     match write_reserved(shared, index, wire, request) {
-        Ok(()) => Ok(in_flight == 0),
+        Ok(()) => Ok(idle),
         Err(request) => {
             slot.in_flight.fetch_sub(1, Ordering::AcqRel);
             Err(request)
@@ -86,12 +85,11 @@ pub(crate) fn refill(shared: &Shared, index: usize) {
     let Some(wire) = wire.as_mut() else {
         return;
     };
-    while slot.in_flight.load(Ordering::Acquire) < shared.config.concurrency as u64 {
-        if !has_room(&wire.requests) {
+    loop {
+        // Counted in flight before it leaves the queue's count (see `multiplex`).
+        if !has_room(&wire.requests) || !slot.reserve(shared.config.concurrency) {
             return;
         }
-        // Counted in flight before it leaves the queue's count (see `multiplex`).
-        slot.in_flight.fetch_add(1, Ordering::AcqRel);
         let Some(request) = slot.queue.try_pop() else {
             slot.in_flight.fetch_sub(1, Ordering::AcqRel);
             return;

@@ -88,6 +88,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, index: usize, live: &mut Live) -> (End
         table: table.clone(),
         cancels,
         overflow: overflow.1,
+        overflow_tx: overflow.0.clone(),
         closing: false,
         ping: None,
         last_ping: Instant::now(),
@@ -117,8 +118,10 @@ struct Serving<'a> {
     live: &'a mut Live,
     table: Table,
     cancels: (Sender<u64>, Receiver<u64>),
-    /// Requests the reader thread took from the queue but could not start.
+    /// Requests taken from the queue but not started (no room, or too large for the reader
+    /// thread to write): started as room frees.
     overflow: Receiver<Request>,
+    overflow_tx: Sender<Request>,
     closing: bool,
     /// The health ping in flight: its id and when it was sent.
     ping: Option<(u64, Instant)>,
@@ -148,7 +151,8 @@ impl Serving<'_> {
                 draining: self.closing,
             };
             lifecycle::change(shared, self.index, serving);
-            let accepting = !self.closing && !retiring && running < config.concurrency;
+            let room = slot.in_flight.load(Ordering::Acquire) < config.concurrency as u64;
+            let accepting = !self.closing && !retiring && room;
             if self.closing || retiring {
                 drop(slot.wire.lock().take());
             }
@@ -224,10 +228,16 @@ impl Serving<'_> {
         request: Request,
         queue: Option<&crate::queue::Queue<Request>>,
     ) -> Result<(), End> {
-        let in_flight = &self.shared.slots[self.index].in_flight;
-        in_flight.fetch_add(1, Ordering::AcqRel);
+        let slot = &self.shared.slots[self.index];
+        let in_flight = &slot.in_flight;
+        let reserved = slot.reserve(self.shared.config.concurrency);
         if let Some(queue) = queue {
             queue.taken();
+        }
+        if !reserved {
+            // Callers filled the worker since this thread looked: it waits for room here.
+            let _ = self.overflow_tx.send(request);
+            return Ok(());
         }
         let started = self.start(request);
         if matches!(started, Ok(false)) {

@@ -185,6 +185,16 @@ impl Slot {
         SlotState::from_u8(self.state.load(Ordering::Acquire))
     }
 
+    /// Takes a place in flight if fewer than `concurrency` are taken; `false` if none is free.
+    /// Callers, the reader thread and the slot thread all start requests: only this counts.
+    pub(crate) fn reserve(&self, concurrency: usize) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < concurrency as u64).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
     /// Requests in flight plus those waiting in this slot's queue.
     pub(crate) fn load(&self) -> u64 {
         self.in_flight.load(Ordering::Acquire) + self.queue.len() as u64

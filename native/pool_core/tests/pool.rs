@@ -469,3 +469,45 @@ fn a_cancelled_multiplexed_request_is_stopped_in_its_worker_which_stays() {
     ));
     assert_eq!(pool.stats().workers[0].os_pid, pid);
 }
+
+#[test]
+fn requests_beyond_a_multiplexed_workers_room_wait_and_start_as_replies_free_it() {
+    let (pool, _events) = start(multiplexed(1, 2));
+    let pending: Vec<_> = (0..6)
+        .map(|i| {
+            submit(
+                &pool,
+                "sleep",
+                json!({"s": 0.1, "i": i}),
+                Duration::from_secs(10),
+            )
+            .1
+        })
+        .collect();
+    let mut most_in_flight = 0;
+    let mut answered = vec![false; pending.len()];
+    let started = Instant::now();
+    while answered.iter().any(|done| !done) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not all answered"
+        );
+        most_in_flight = most_in_flight.max(pool.stats().in_flight);
+        for (i, rx) in pending.iter().enumerate() {
+            if let Ok(outcome) = rx.try_recv() {
+                assert!(
+                    matches!(outcome, Outcome::Reply(ref v) if v["i"] == i),
+                    "{outcome:?}"
+                );
+                answered[i] = true;
+            }
+        }
+        std::thread::yield_now();
+    }
+    assert!(
+        most_in_flight <= 2,
+        "{most_in_flight} in flight on room for 2"
+    );
+    assert_eq!(pool.stats().workers[0].requests, 6);
+    assert_eq!(pool.stats().queue_length, 0);
+}
