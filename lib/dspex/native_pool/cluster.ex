@@ -232,7 +232,16 @@ defmodule DSPex.NativePool.Cluster do
   defp in_session(pool, session_id, command, args, timeout, opts, tries) do
     deadline = Call.deadline(timeout)
 
+    tools? = Keyword.has_key?(opts, :tools)
+
     case owner(pool, session_id, opts) do
+      {:ok, %{node: node}, _replays} when node != node() and tools? ->
+        Call.invalid(
+          :invalid_options,
+          "session #{inspect(session_id)} lives on node #{inspect(node)}; a call with its own :tools runs on this node's member only",
+          Map.put(context(pool, command), :node, node)
+        )
+
       {:ok, member, replays} ->
         outcome = run_on(member, pool, {session_id, replays}, command, args, deadline, opts)
         record_session(pool, session_id, command, args, outcome)

@@ -76,6 +76,13 @@ defmodule DSPex.NativePool.ClusterTest do
                ])
     end
 
+    # A call's own tools cannot follow it to the session's node.
+    tools = [t: {fn _ -> 1 end, "t"}]
+
+    assert {:error, {:validation_error, :invalid_options, message, _}} =
+             NativePool.execute_in_session("s1", "whoami", %{}, pool: pool, tools: tools)
+
+    assert message =~ "lives on node"
     assert :ok = NativePool.end_session("s1", pool: pool)
   end
 
