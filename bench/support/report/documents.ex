@@ -94,11 +94,12 @@ defmodule Bench.Report.Documents do
         Tables.throughput(cases) <>
           "\n![Throughput](#{chart})\n\n" <>
           "p50/p99: latency of each call as its caller sees it, waiting for a worker included. " <>
-          "Raw client threads share workers by `#{r.plan.raw_handoff}` hand-off" <>
+          "Raw is the better of its client threads sharing the workers by " <>
+          "`#{r.plan.raw_handoff}` hand-off and one client thread per worker" <>
           if(r.plan.raw_handoff == "barging",
             do:
-              ": a freed worker goes to whichever thread asks first, usually the one that just " <>
-                "freed it, so with more callers than workers raw's p99 reflects starved threads, " <>
+              "; sharing, a freed worker goes to whichever thread asks first, usually the one " <>
+                "that just freed it, so where that wins raw's p99 reflects starved threads, " <>
                 "not a fair queue.\n",
             else: ".\n"
           )
@@ -171,7 +172,9 @@ defmodule Bench.Report.Documents do
       itself and gives it back, and a freed worker goes to whoever asks first: no thread sits
       between a client and a pipe, the highest throughput this program reaches. With more clients
       than workers, OS threads handing workers to each other cost CPU that BEAM processes do not,
-      so there raw is a reference rather than a hard ceiling; `fifo` (fair hand-off) and
+      so for those cases the same program also runs with one client thread per worker, back to
+      back, and the limit is the better of the two (`clients` in `results.json` says which):
+      the best this client does, one request at a time per worker. `fifo` (fair hand-off) and
       `dispatch` (a thread per worker serving a queue, the pool's design without the BEAM) are
       the alternatives. All peers run the same interpreter, script and arguments.
     * **CPU placement.** NativePool runs with its defaults, so a pool of 1 or 2 workers pins

@@ -88,7 +88,8 @@ defmodule DSPex.NativePool.Call do
   defp command_name(command) when is_atom(command) and not is_nil(command), do: to_string(command)
   defp command_name(_command), do: nil
 
-  defp check_command(command, context) do
+  @doc false
+  def check_command(command, context) do
     if (is_binary(command) and String.valid?(command)) or (is_atom(command) and command != nil),
       do: :ok,
       else:

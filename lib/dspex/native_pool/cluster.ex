@@ -65,7 +65,8 @@ defmodule DSPex.NativePool.Cluster do
   defp options(command, opts) do
     context = context(Keyword.get(opts, :pool, DSPex.NativePool), command)
 
-    with :ok <- check_keys(opts, context),
+    with :ok <- Call.check_command(command, context),
+         :ok <- check_keys(opts, context),
          {:ok, timeout} <- timeout(opts, context),
          {:ok, opts} <- tools_here(opts, context) do
       {:ok, Keyword.get(opts, :pool, DSPex.NativePool), timeout, opts}
@@ -124,8 +125,10 @@ defmodule DSPex.NativePool.Cluster do
     end
   end
 
-  defp context(pool, command),
-    do: %{pool: pool, command: if(is_binary(command), do: command), worker_id: nil}
+  defp context(pool, command) do
+    name = if is_binary(command) or (is_atom(command) and command), do: to_string(command)
+    %{pool: pool, command: name, worker_id: nil}
+  end
 
   ## Where a call runs
 

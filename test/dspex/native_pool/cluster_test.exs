@@ -49,6 +49,9 @@ defmodule DSPex.NativePool.ClusterTest do
 
     assert message =~ "no member"
 
+    assert {:error, {:validation_error, :invalid_command, _, _}} =
+             NativePool.execute(self(), %{}, pool: pool)
+
     # A call's own tools are this node's functions: not sent elsewhere.
     tools = [t: {fn _ -> 1 end, "t"}]
 
