@@ -69,8 +69,6 @@ defmodule DSPex.NativePool do
 
   alias DSPex.NativePool.{Call, Cluster, Error, Handle, Local, Nif, Options, Server, WorkerSpec}
 
-  # Calls that may bring tools of their own (see "Elixir tools").
-
   @typedoc "A pool name, as given in `:name`."
   @type pool :: atom
 

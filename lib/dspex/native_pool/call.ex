@@ -20,7 +20,7 @@ defmodule DSPex.NativePool.Call do
     case CallOptions.check_keys(opts, known, "call options") do
       :ok ->
         pool = Keyword.get(opts, :pool, DSPex.NativePool)
-        context = %{pool: pool, command: command_name(command), worker_id: nil}
+        context = context(pool, command)
 
         with {:ok, timeout} <- timeout_option(opts, context),
              {:ok, tools} <- tools_option(opts, context),
@@ -51,7 +51,12 @@ defmodule DSPex.NativePool.Call do
       else: DSPex.NativePool
   end
 
-  defp timeout_option(opts, context) do
+  @doc false
+  # The context of a call's errors, before it reached a worker.
+  def context(pool, command), do: %{pool: pool, command: command_name(command), worker_id: nil}
+
+  @doc false
+  def timeout_option(opts, context) do
     case CallOptions.check_timeout(Keyword.get(opts, :timeout, @default_timeout)) do
       {:ok, timeout} -> {:ok, timeout}
       {:error, message} -> invalid(:invalid_options, message, context)
@@ -100,15 +105,16 @@ defmodule DSPex.NativePool.Call do
         )
   end
 
-  defp normalize_args(args, _context) when is_map(args) and not is_struct(args), do: {:ok, args}
+  @doc false
+  def normalize_args(args, _context) when is_map(args) and not is_struct(args), do: {:ok, args}
 
-  defp normalize_args(args, context) when is_list(args) do
+  def normalize_args(args, context) when is_list(args) do
     if Keyword.keyword?(args),
       do: {:ok, Map.new(args)},
       else: args_error(args, context)
   end
 
-  defp normalize_args(args, context), do: args_error(args, context)
+  def normalize_args(args, context), do: args_error(args, context)
 
   # Never the value itself: arguments may carry secrets (an API key for configure_lm).
   defp args_error(args, context) do

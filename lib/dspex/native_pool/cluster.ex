@@ -14,7 +14,7 @@ defmodule DSPex.NativePool.Cluster do
   #   in every directory; a member that joins later replays it before it takes calls.
 
   alias DSPex.NativePool.{Call, CallOptions, DSPy, Replay, Telemetry}
-  alias DSPex.NativePool.Cluster.{Directory, Runner}
+  alias DSPex.NativePool.Cluster.{Directory, Member, Runner}
 
   @known [:pool, :timeout, :tools, :node]
 
@@ -47,7 +47,7 @@ defmodule DSPex.NativePool.Cluster do
   @doc false
   def execute_in_session(session_id, command, args, opts) do
     with {:ok, pool, timeout, opts} <- options(command, opts),
-         :ok <- Call.check_session(session_id, context(pool, command)),
+         :ok <- Call.check_session(session_id, Call.context(pool, command)),
          {:ok, args} <- prepared_args(command, args, pool) do
       in_session(pool, session_id, command, args, timeout, opts, 3)
     end
@@ -63,11 +63,11 @@ defmodule DSPex.NativePool.Cluster do
   ## Options and arguments
 
   defp options(command, opts) do
-    context = context(Keyword.get(opts, :pool, DSPex.NativePool), command)
+    context = Call.context(Keyword.get(opts, :pool, DSPex.NativePool), command)
 
     with :ok <- Call.check_command(command, context),
          :ok <- check_keys(opts, context),
-         {:ok, timeout} <- timeout(opts, context),
+         {:ok, timeout} <- Call.timeout_option(opts, context),
          {:ok, opts} <- tools_here(opts, context) do
       {:ok, Keyword.get(opts, :pool, DSPex.NativePool), timeout, opts}
     end
@@ -98,36 +98,13 @@ defmodule DSPex.NativePool.Cluster do
     end
   end
 
-  defp timeout(opts, context) do
-    case CallOptions.check_timeout(Keyword.get(opts, :timeout, 60_000)) do
-      {:ok, timeout} -> {:ok, timeout}
-      {:error, message} -> Call.invalid(:invalid_options, message, context)
-    end
-  end
-
   # Prepared once, here, so that every node gets the same arguments (a `create_program`
   # without an id gets its id now).
   defp prepared_args(command, args, pool) do
-    context = context(pool, command)
+    context = Call.context(pool, command)
 
-    args =
-      cond do
-        is_map(args) and not is_struct(args) -> {:ok, args}
-        is_list(args) and Keyword.keyword?(args) -> {:ok, Map.new(args)}
-        true -> Call.invalid(:invalid_args, "args must be a map or a keyword list", context)
-      end
-
-    with {:ok, args} <- args do
-      case DSPy.prepare(to_string(command), args) do
-        {:ok, args} -> {:ok, args}
-        {:error, message} -> Call.invalid(:invalid_args, message, context)
-      end
-    end
-  end
-
-  defp context(pool, command) do
-    name = if is_binary(command) or (is_atom(command) and command), do: to_string(command)
-    %{pool: pool, command: name, worker_id: nil}
+    with {:ok, args} <- Call.normalize_args(args, context),
+         do: Replay.prepare_args(context.command, args, context)
   end
 
   ## Where a call runs
@@ -159,17 +136,13 @@ defmodule DSPex.NativePool.Cluster do
   defp free(_pool, %{node: node}, local) when node == node(), do: local || 0
 
   defp free(pool, %{pid: pid, load: load}, _local),
-    do: load.capacity - load.in_flight - load.queue_length - Directory.outstanding(pool, pid)
+    do: Member.free(load) - Directory.outstanding(pool, pid)
 
   # Free places of this node's member now (negative when calls wait), or nil if it has none.
   defp local_free(pool) do
     case Call.lookup(pool) do
-      {:ok, resource, config} ->
-        stats = DSPex.NativePool.Nif.pool_stats(resource)
-        config[:pool_size] * config[:concurrency] - stats.in_flight - stats.queue_length
-
-      _ ->
-        nil
+      {:ok, resource, config} -> Member.free(Member.load(resource, config))
+      _ -> nil
     end
   end
 
@@ -184,8 +157,7 @@ defmodule DSPex.NativePool.Cluster do
 
   defp first_unsaturated([member | rest], pool, command, args, deadline, opts) do
     case run_on(member, pool, nil, command, args, deadline, opts) do
-      {:error, {:resource_error, :pool_saturated, _, _}} = saturated when rest != [] ->
-        _ = saturated
+      {:error, {:resource_error, :pool_saturated, _, _}} when rest != [] ->
         first_unsaturated(rest, pool, command, args, deadline, opts)
 
       outcome ->
@@ -198,7 +170,7 @@ defmodule DSPex.NativePool.Cluster do
 
     {:error,
      {:resource_error, :pool_not_found, "no member of pool #{inspect(pool)}#{where}",
-      Map.put(context(pool, command), :node, opts[:node])}}
+      Map.put(Call.context(pool, command), :node, opts[:node])}}
   end
 
   # Pool-wide state: on every member at once; recorded in every directory if it succeeded.
@@ -242,7 +214,7 @@ defmodule DSPex.NativePool.Cluster do
         Call.invalid(
           :invalid_options,
           "session #{inspect(session_id)} lives on node #{inspect(node)}; a call with its own :tools runs on this node's member only",
-          Map.put(context(pool, command), :node, node)
+          Map.put(Call.context(pool, command), :node, node)
         )
 
       {:ok, member, replays} ->
@@ -329,7 +301,7 @@ defmodule DSPex.NativePool.Cluster do
   ## Running on a member
 
   defp run_on(%{node: node}, pool, session, command, args, deadline, opts) when node == node() do
-    opts = [pool: pool, timeout: Runner.remaining(deadline)] ++ Keyword.take(opts, [:tools])
+    opts = [pool: pool, timeout: Call.remaining(deadline)] ++ Keyword.take(opts, [:tools])
     Runner.local(pool, session, command, args, opts)
   end
 

@@ -22,9 +22,7 @@ defmodule DSPex.NativePool.Local do
   # `execute_in_session/4` with an optional checkout deadline.
   def run_in_session(session_id, command, args, opts, checkout) do
     with {:ok, call} <- Call.prepare(command, args, opts, [:pool, :timeout, :tools]),
-         context = Map.put(call.context, :session_id, session_id),
-         :ok <- Call.check_session(session_id, context),
-         {:ok, call, record} <- Replay.session_call(%{call | context: context}, session_id) do
+         {:ok, call, record} <- Replay.session_call(call, session_id) do
       outcome = Call.run(call, {:session, session_id}, record, checkout)
       Replay.follow_up(call, outcome, session_id)
     end

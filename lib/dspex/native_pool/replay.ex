@@ -80,12 +80,15 @@ defmodule DSPex.NativePool.Replay do
   end
 
   @doc false
-  # What to remember for a session if `call` succeeds: `{call, record}`, where `record` is
-  # `nil`, `{:put, session, key}` or `{:delete, session, key}`.
+  # `call` made a call of session `session_id` (checked here), and what to remember for the
+  # session if it succeeds: `{:ok, call, record}`, where `record` is `nil`,
+  # `{:put, session, key}` or `{:delete, session, key}`.
   def session_call(%Call{} = call, session_id) do
+    context = Map.put(call.context, :session_id, session_id)
     args = call.args |> Map.delete(:session_id) |> Map.put("session_id", session_id)
 
-    with {:ok, call} <- prepared(%{call | args: args}) do
+    with :ok <- Call.check_session(session_id, context),
+         {:ok, call} <- prepared(%{call | args: args, context: context}) do
       record =
         case DSPy.session_record(call.context.command, call.args) do
           nil -> nil
@@ -96,10 +99,16 @@ defmodule DSPex.NativePool.Replay do
     end
   end
 
-  defp prepared(%Call{context: %{command: command}} = call) do
-    case DSPy.prepare(command, call.args) do
-      {:ok, args} -> {:ok, %{call | args: args}}
-      {:error, message} -> Call.invalid(:invalid_args, message, call.context)
+  defp prepared(%Call{context: %{command: command} = context} = call) do
+    with {:ok, args} <- prepare_args(command, call.args, context), do: {:ok, %{call | args: args}}
+  end
+
+  @doc false
+  # A call's arguments as they must be sent and remembered (see `DSPy.prepare/2`).
+  def prepare_args(command, args, context) do
+    case DSPy.prepare(command, args) do
+      {:ok, args} -> {:ok, args}
+      {:error, message} -> Call.invalid(:invalid_args, message, context)
     end
   end
 

@@ -72,10 +72,7 @@ defmodule DSPex.NativePool.Streaming do
   end
 
   defp route(call, session_id) do
-    context = Map.put(call.context, :session_id, session_id)
-
-    with :ok <- Call.check_session(session_id, context),
-         {:ok, call, record} <- Replay.session_call(%{call | context: context}, session_id),
+    with {:ok, call, record} <- Replay.session_call(call, session_id),
          do: {:ok, call, {:session, session_id}, record}
   end
 

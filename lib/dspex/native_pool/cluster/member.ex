@@ -47,16 +47,25 @@ defmodule DSPex.NativePool.Cluster.Member do
   @doc false
   # Tells every directory how loaded this member is, and again in `@publish_ms`.
   def publish(name, resource, config) do
+    Directory.publish(name, load(resource, config))
+    Process.send_after(self(), :publish_load, @publish_ms)
+    :ok
+  end
+
+  @doc false
+  # A member's load as it publishes it.
+  def load(resource, config) do
     stats = Nif.pool_stats(resource)
 
-    Directory.publish(name, %{
+    %{
       pool_size: config[:pool_size],
       capacity: config[:pool_size] * config[:concurrency],
       in_flight: stats.in_flight,
       queue_length: stats.queue_length
-    })
-
-    Process.send_after(self(), :publish_load, @publish_ms)
-    :ok
+    }
   end
+
+  @doc false
+  # Places free in a load (negative when calls wait).
+  def free(load), do: load.capacity - load.in_flight - load.queue_length
 end

@@ -31,9 +31,6 @@ defmodule DSPex.NativePool.Cluster.Runner do
   end
 
   @doc false
-  defdelegate remaining(deadline), to: Call
-
-  @doc false
   # Runs a call on `node`'s member and waits for its outcome.
   def remote(node, pool, session, command, args, deadline) do
     timeout = Call.remaining(deadline)
