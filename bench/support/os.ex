@@ -18,6 +18,26 @@ defmodule Bench.OS do
     end
   end
 
+  @doc "Proportional set size of a process (shared pages divided among their sharers), in bytes."
+  def pss_bytes(pid) do
+    with {:ok, rollup} <- File.read("/proc/#{pid}/smaps_rollup"),
+         [_, kb] <- Regex.run(~r/^Pss:\s+(\d+) kB/m, rollup) do
+      String.to_integer(kb) * 1024
+    else
+      _ -> nil
+    end
+  end
+
+  @doc "The parent of a process, or nil if it is gone."
+  def parent_pid(pid) do
+    with {:ok, stat} <- File.read("/proc/#{pid}/stat"),
+         [_, after_name] <- String.split(stat, ") ", parts: 2) do
+      after_name |> String.split(" ") |> Enum.at(1) |> String.to_integer()
+    else
+      _ -> nil
+    end
+  end
+
   @doc "Threads of a process."
   def thread_count(pid) do
     case File.ls("/proc/#{pid}/task") do

@@ -80,17 +80,29 @@ defmodule Bench.Targets do
   defp startup_targets(nil), do: []
 
   defp startup_targets(startup) do
-    Enum.map(startup.sizes, fn n ->
-      k = ceil(n / startup.cores)
-      baseline = startup.sequential_ms[k]
+    n = startup.pss_workers
+    one = startup.one_start_ms
 
+    [
       target(
-        "Pool of #{n} ready ≤ 1.3× #{k} sequential start#{if k > 1, do: "s", else: ""} (⌈#{n}/#{startup.cores} cores⌉)",
-        baseline && startup.pool_ms[n] / baseline,
+        "Pool of #{n} ready ≤ 1.3× one worker's start (forked from a template that imports DSPy)",
+        one && startup.forked_ms[n] / one,
         {:<=, 1.3},
-        nil
+        "one worker's start: a pool of 1 with `preload: false`, #{Format.ms(one)}"
+      ),
+      target(
+        "A killed worker replaced and answering ≤ 50 ms (forked; ratio to 50 ms)",
+        startup.replace_forked_ms && startup.replace_forked_ms / 50,
+        {:<=, 1.0},
+        "#{Format.ms(startup.replace_forked_ms)}; spawned: #{Format.ms(startup.replace_spawned_ms)}"
+      ),
+      target(
+        "PSS of #{n} forked workers (and their template) ≤ 2.5× one spawned worker's",
+        startup.pss_one && startup.pss_forked / startup.pss_one,
+        {:<=, 2.5},
+        "#{Format.memory(startup.pss_forked)} against #{Format.memory(startup.pss_one)}"
       )
-    end)
+    ]
   end
 
   @nif_target "No NIF call over 1 ms on a normal scheduler"

@@ -7,7 +7,13 @@ The Rust NIF starts this file as
         [--handlers MODULE] [--max-frame BYTES] [--concurrency N]
 
 with the request stream on fd 3 and the reply stream on fd 4 (see
-``dspex_bridge/protocol.py`` for the wire format).  This file only parses the
+``dspex_bridge/protocol.py`` for the wire format), or, for a pool that forks
+its workers from a warm interpreter, as the template
+
+    python3 <repo>/priv/python/dspex_worker.py --template --pool POOL \
+        [--preload MODULE]... [--preload-if-installed MODULE]... [...]
+
+with its control socket on fd 3 (see ``dspex_bridge/template.py``).  This file only parses the
 command line and hands over to the ``dspex_bridge`` package, so that the
 start-up cost and the surface that can break before the worker is running
 stay as small as possible.
@@ -37,7 +43,26 @@ def _parse_args(argv):
         prog="dspex_worker.py",
         description="DSPex.NativePool Python worker (protocol on fds 3 and 4).",
     )
-    parser.add_argument("--worker-id", required=True, help="worker id, e.g. '3'")
+    parser.add_argument("--worker-id", help="worker id, e.g. '3'")
+    parser.add_argument(
+        "--template",
+        action="store_true",
+        help="be the template workers are forked from (control socket on fd 3)",
+    )
+    parser.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="with --template: a module to import before forking",
+    )
+    parser.add_argument(
+        "--preload-if-installed",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="with --template: a module to import before forking, if it is installed",
+    )
     parser.add_argument("--pool", required=True, help="name of the owning pool")
     parser.add_argument(
         "--handlers",
@@ -60,6 +85,8 @@ def _parse_args(argv):
         help="requests run at once (default 1)",
     )
     args = parser.parse_args(argv)
+    if not args.template and args.worker_id is None:
+        parser.error("--worker-id is required (or --template)")
     if not (1 <= args.concurrency <= 4096):
         parser.error("--concurrency must be between 1 and 4096")
     if args.max_frame is not None and not (1 <= args.max_frame <= 0xFFFFFFFF):
@@ -73,6 +100,17 @@ def main(argv=None):
     from dspex_bridge import worker
     from dspex_bridge.protocol import DEFAULT_MAX_FRAME
 
+    if args.template:
+        from dspex_bridge import template
+
+        template.run(
+            pool=args.pool,
+            handlers=args.handlers,
+            max_frame=args.max_frame if args.max_frame is not None else DEFAULT_MAX_FRAME,
+            concurrency=args.concurrency,
+            preload=args.preload,
+            preload_if_installed=args.preload_if_installed,
+        )
     worker.run(
         worker_id=args.worker_id,
         pool=args.pool,

@@ -113,8 +113,10 @@ defmodule Bench.Report.Documents do
       end),
       section("Start-up to a ready pool (workers import DSPy)", r[:startup], fn s ->
         Tables.startup(s) <>
-          "\nMedians of #{s.repetitions} repetition(s); #{s.cores} cores. Resident memory of a " <>
-          "worker after `import dspy`: #{Format.memory(s.dspy_worker_rss)}.\n"
+          "\nMedians of #{s.repetitions} repetition(s); #{s.cores} cores. *One worker's start* " <>
+          "is the spawned pool of 1. Resident memory of a spawned worker after `import dspy`: " <>
+          "#{Format.memory(s.dspy_worker_rss)}. PSS is read from `/proc/PID/smaps_rollup` after " <>
+          "a call into DSPy on every worker.\n"
       end),
       section("Memory", r[:memory], &Tables.memory/1),
       section(

@@ -66,15 +66,12 @@ defmodule Bench.Report.Tables do
   def startup(s) do
     rows =
       Enum.map(s.sizes, fn n ->
-        k = ceil(n / s.cores)
-        baseline = s.sequential_ms[k]
-
         [
           n,
-          Format.ms(s.pool_ms[n]),
-          Format.ms(s.sequential_ms[n]),
-          "#{Format.ms(baseline)} (#{k})",
-          Format.ratio(baseline && s.pool_ms[n] / baseline),
+          Format.ms(s.forked_ms[n]),
+          Format.ratio(s.one_start_ms && s.forked_ms[n] / s.one_start_ms),
+          Format.ms(s.spawned_ms[n]),
+          Format.ratio(s.one_start_ms && s.spawned_ms[n] / s.one_start_ms),
           Format.ms(s.v2_ms[n])
         ]
       end)
@@ -82,14 +79,30 @@ defmodule Bench.Report.Tables do
     table(
       [
         "Workers N",
-        "NativePool ready",
-        "N sequential starts",
-        "⌈N/cores⌉ sequential starts",
-        "Pool ÷ ⌈N/cores⌉ sequential",
+        "Forked (`preload: :auto`): ready",
+        "÷ one worker's start",
+        "Spawned (`preload: false`): ready",
+        "÷ one worker's start",
         "V2 pool ready"
       ],
       rows
-    )
+    ) <>
+      "\n" <>
+      table(
+        ["", "Forked from the template", "Spawned"],
+        [
+          [
+            "`kill -9` of a worker to its replacement's first answer",
+            Format.ms(s.replace_forked_ms),
+            Format.ms(s.replace_spawned_ms)
+          ],
+          [
+            "PSS of the Python processes",
+            "#{Format.memory(s.pss_forked)} (#{s.pss_workers} workers and their template)",
+            "#{Format.memory(s.pss_one)} (1 worker)"
+          ]
+        ]
+      )
   end
 
   def memory(m) do

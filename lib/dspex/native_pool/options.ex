@@ -58,6 +58,12 @@ defmodule DSPex.NativePool.Options do
       default: nil,
       doc: "a Python module whose public functions `fun(args: dict)` become commands"
     ],
+    preload: [
+      type: :preload,
+      default: :auto,
+      doc:
+        "fork the workers from one warm interpreter per pool (its template) that imports these Python modules once, so a worker starts (or is replaced) in milliseconds and shares their memory: `:auto` preloads `dspy` if it is installed; a list names the modules (add the `handlers` module to preload it too); `false` starts each worker as an interpreter of its own (see [Start-up](#start-up))"
+    ],
     python_path: [
       type: :paths,
       default: [],
@@ -112,7 +118,7 @@ defmodule DSPex.NativePool.Options do
       type: {:integer, 0, @max_ms},
       default: 5_000,
       doc:
-        "longest wait, in ms, between attempts to replace a worker that fails to start or dies before answering anything; the wait starts at 100 ms and doubles each time"
+        "longest wait, in ms, between attempts to replace a worker that fails to start or dies before answering anything; the wait starts at 100 ms and doubles each time (a worker that had answered a request is replaced at once)"
     ],
     max_requests: [
       type: {:integer_or_nil, 1, 9_223_372_036_854_775_807},
@@ -313,6 +319,21 @@ defmodule DSPex.NativePool.Options do
   defp check(:tools, tools), do: DSPex.NativePool.Tools.validate(tools)
 
   defp check(:require_dspy, value) when value in [:auto, true, false], do: {:ok, value}
+
+  defp check(:preload, value) when value in [:auto, false], do: {:ok, value}
+
+  defp check(:preload, modules) when is_list(modules) do
+    Enum.reduce_while(modules, {:ok, []}, fn mod, {:ok, acc} ->
+      case check(:python_module, mod) do
+        {:ok, nil} -> {:halt, {:error, "expected Python module names, got nil in the list"}}
+        {:ok, name} -> {:cont, {:ok, acc ++ [name]}}
+        {:error, _} = error -> {:halt, error}
+      end
+    end)
+  end
+
+  defp check(:preload, other),
+    do: {:error, "expected :auto, false or a list of Python module names, got #{describe(other)}"}
 
   defp check(:require_dspy, other),
     do: {:error, "expected :auto, true or false, got #{describe(other)}"}

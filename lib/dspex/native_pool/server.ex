@@ -234,6 +234,9 @@ defmodule DSPex.NativePool.Server do
     Process.send_after(self(), :sweep_sessions, min(config[:session_ttl], 60_000))
   end
 
+  defp log_line(name, :template, stream, line),
+    do: log_line(name, "template", stream, "(template) " <> line)
+
   defp log_line(name, slot, :stdout, line),
     do: Logger.info("[python] " <> line, pool: name, worker_id: slot)
 

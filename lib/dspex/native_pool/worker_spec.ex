@@ -53,9 +53,15 @@ defmodule DSPex.NativePool.WorkerSpec do
       kill_on_timeout: opts[:kill_on_timeout],
       pin_cpus: opts[:pin_cpus],
       concurrency: opts[:concurrency],
-      cancel_grace: opts[:cancel_grace]
+      cancel_grace: opts[:cancel_grace],
+      template: template_args(opts[:preload])
     }
   end
+
+  # How the template that workers are forked from is told what to import first.
+  defp template_args(false), do: nil
+  defp template_args(:auto), do: ["--template", "--preload-if-installed", "dspy"]
+  defp template_args(modules), do: ["--template" | Enum.flat_map(modules, &["--preload", &1])]
 
   # The whole environment a worker starts with: the VM's as of now (erts keeps its own copy,
   # which `System.put_env/2` changes and a spawned process would not otherwise see), then the

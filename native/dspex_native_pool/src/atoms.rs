@@ -9,6 +9,7 @@ rustler::atoms! {
     pool_closed, pool_unavailable,
     stdout, stderr,
     dspex_native_pool, worker_ready, worker_start_failed, log, warning, tool_call,
+    template,
     chunk, nil,
 }
 

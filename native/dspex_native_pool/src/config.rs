@@ -27,6 +27,8 @@ pub struct ConfigMap {
     pin_cpus: bool,
     concurrency: usize,
     cancel_grace: u64,
+    /// Extra arguments of the template workers are forked from; nil spawns each worker.
+    template: Option<Vec<String>>,
 }
 
 impl From<ConfigMap> for PoolConfig {
@@ -56,6 +58,9 @@ impl From<ConfigMap> for PoolConfig {
             pin_cpus: c.pin_cpus,
             concurrency: c.concurrency,
             cancel_grace: Duration::from_millis(c.cancel_grace),
+            template: c
+                .template
+                .map(|args| args.into_iter().map(OsString::from).collect()),
         }
     }
 }

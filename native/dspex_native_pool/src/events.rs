@@ -3,6 +3,7 @@
 
 use rustler::{Encoder, LocalPid, OwnedEnv};
 
+use dspex_pool_core::output::TEMPLATE;
 use dspex_pool_core::pool::{Event, EventSink, Stream};
 
 use crate::atoms;
@@ -63,7 +64,11 @@ impl EventSink for OwnerEvents {
                         Stream::Stdout => atoms::stdout(),
                         Stream::Stderr => atoms::stderr(),
                     };
-                    (tag, atoms::log(), *slot, stream, line.as_str()).encode(env)
+                    if *slot == TEMPLATE {
+                        (tag, atoms::log(), atoms::template(), stream, line.as_str()).encode(env)
+                    } else {
+                        (tag, atoms::log(), *slot, stream, line.as_str()).encode(env)
+                    }
                 }
             }
         });

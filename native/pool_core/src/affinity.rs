@@ -106,9 +106,16 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
 
 /// Pins process (or thread) `pid` to `cpu`.
 pub fn pin(pid: libc::pid_t, cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks `cpu` against the set's size.
+    pin_to(pid, &[cpu])
+}
+
+/// Lets process (or thread) `pid` run on `cpus` only.
+pub fn pin_to(pid: libc::pid_t, cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks each cpu against the set's size.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for &cpu in cpus {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     let rc = unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) };
     if rc != 0 {
         return Err(io::Error::last_os_error());

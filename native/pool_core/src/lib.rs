@@ -5,6 +5,7 @@
 pub mod affinity;
 pub mod buffers;
 pub(crate) mod direct;
+pub mod fdpass;
 pub mod frame;
 pub mod lifecycle;
 pub mod multiplex;
@@ -20,6 +21,7 @@ pub mod sessions;
 pub mod shared;
 pub mod spares;
 pub(crate) mod start;
+pub mod template;
 pub mod tools;
 pub mod worker;
 

@@ -84,9 +84,9 @@ pub fn change(shared: &Shared, index: usize, change: Change) -> Duration {
         } => {
             slot.os_pid.store(0, Ordering::Release);
             match (crash, early) {
-                (false, _) => slot.crashes_in_row.store(0, Ordering::Release),
-                // After real work the count starts afresh.
-                (true, false) => slot.crashes_in_row.store(1, Ordering::Release),
+                // After real work the count starts afresh: one crash is not a crash loop, and
+                // its replacement starts at once.
+                (_, false) | (false, true) => slot.crashes_in_row.store(0, Ordering::Release),
                 (true, true) => {
                     slot.crashes_in_row.fetch_add(1, Ordering::AcqRel);
                 }
@@ -159,6 +159,7 @@ mod tests {
             pin_cpus: false,
             concurrency: 1,
             cancel_grace: Duration::from_secs(1),
+            template: None,
         };
         (Shared::new(config, events.clone()), events)
     }
@@ -246,6 +247,8 @@ mod tests {
         }
         assert_eq!(delays, [100, 200, 400, 400]);
         change(&shared, 0, crash(false));
+        assert_eq!(change(&shared, 0, Change::BackingOff), Duration::ZERO);
+        change(&shared, 0, crash(true));
         assert_eq!(change(&shared, 0, Change::BackingOff).as_millis(), 100);
         let clean = Change::Exited {
             os_pid: 7,
@@ -255,7 +258,7 @@ mod tests {
         };
         change(&shared, 0, clean);
         assert_eq!(change(&shared, 0, Change::BackingOff), Duration::ZERO);
-        assert_eq!(shared.slots[0].restarts.load(Ordering::Acquire), 6);
+        assert_eq!(shared.slots[0].restarts.load(Ordering::Acquire), 7);
         assert_eq!(shared.slots[0].state(), SlotState::Restarting);
         // Crashes never make the pool unavailable: its workers do start.
         assert!(shared.is_available());

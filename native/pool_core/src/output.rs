@@ -20,6 +20,9 @@ use parking_lot::Mutex;
 
 use crate::pool::{Event, EventSink, Stream};
 
+/// The slot number the lines of a pool's template (see [`crate::template`]) carry.
+pub const TEMPLATE: usize = usize::MAX;
+
 const TAIL_LINES: usize = 20;
 const MAX_LINE: usize = 8 * 1024;
 const LINES_PER_SECOND: u32 = 1000;

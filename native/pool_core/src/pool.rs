@@ -335,6 +335,10 @@ impl Pool {
         for thread in threads {
             let _ = thread.join();
         }
+        // Last: it reports the exits of the workers reaped above.
+        if let Some(forker) = &s.forker {
+            forker.close();
+        }
         for index in 0..s.slots.len() {
             s.fail_queued(index, FailureKind::PoolClosed);
         }

@@ -1,44 +1,14 @@
-//! Spawning and owning one worker OS process.
-//!
-//! The child gets its protocol on fd 3 (requests, read end) and fd 4 (replies, write end), so
-//! nothing it prints on stdout can corrupt a frame. stdout and stderr are separate pipes that the
-//! pool turns into log lines. Every descriptor of ours is close-on-exec, and the child marks all
-//! inherited descriptors above 4 close-on-exec before it execs, so it sees none of the VM's.
+//! Owning one worker OS process (started by [`spawn`], or forked from a template).
 //!
 //! The process is signalled through a pidfd, which names this process and no other even after its
 //! PID is reused, and reaped through the same pidfd.
 
-use std::ffi::OsString;
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-
-/// What to run: the executable, its arguments and environment.
-#[derive(Clone, Debug, Default)]
-pub struct SpawnSpec {
-    pub program: OsString,
-    pub args: Vec<OsString>,
-    /// Added to this OS process's environment, or, with `clear_env`, the whole environment.
-    pub env: Vec<(OsString, OsString)>,
-    pub clear_env: bool,
-    pub cwd: Option<OsString>,
-}
-
-/// A running worker process and the parent's ends of its pipes.
-pub struct WorkerProcess {
-    pub handle: ProcessHandle,
-    /// Write end of the request pipe (child's fd 3).
-    pub requests: File,
-    /// Read end of the reply pipe (child's fd 4).
-    pub replies: File,
-    pub stdout: File,
-    pub stderr: File,
-}
 
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,20 +47,66 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// Owner of a child process: signals go through its pidfd, and it is reaped exactly once.
+/// Owner of a worker process: signals go through its pidfd, and it is reaped exactly once.
 pub struct ProcessHandle {
     pid: i32,
     pidfd: OwnedFd,
     /// Set once reaped: the process group id may be reused after that, so no more group kills.
     reaped: Mutex<Option<ExitStatus>>,
+    /// Who reaps it: this process, or the template it was forked from.
+    parent: Parent,
+}
+
+enum Parent {
+    Us,
+    Template(Arc<dyn Reaper>),
+}
+
+/// The parent of a process forked from a template (see [`crate::template`]): it keeps the
+/// process unreaped after it exits, so its PID and group id stay its own, until released.
+pub trait Reaper: Send + Sync {
+    /// How `pid`, which has exited, ended; `Unknown` if the parent cannot tell any more.
+    fn exit_status(&self, pid: i32) -> ExitStatus;
+    /// Lets the parent reap `pid`, whose status has been taken.
+    fn release(&self, pid: i32);
+    /// `false` once the parent is gone: its children were reaped by someone else.
+    fn alive(&self) -> bool;
 }
 
 const P_PIDFD: libc::idtype_t = 3;
-const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
 impl ProcessHandle {
+    /// A child of this process, which reaps it.
+    pub(crate) fn child(pid: i32, pidfd: OwnedFd) -> ProcessHandle {
+        ProcessHandle {
+            pid,
+            pidfd,
+            reaped: Mutex::new(None),
+            parent: Parent::Us,
+        }
+    }
+
+    /// A process this one did not spawn (forked by `parent`), named by a pidfd its parent
+    /// opened before anything could reap it.
+    pub fn forked(pid: i32, pidfd: OwnedFd, parent: Arc<dyn Reaper>) -> ProcessHandle {
+        ProcessHandle {
+            pid,
+            pidfd,
+            reaped: Mutex::new(None),
+            parent: Parent::Template(parent),
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Whether the group id is still this process's: its parent keeps it unreaped.
+    fn group_is_ours(&self) -> bool {
+        match &self.parent {
+            Parent::Us => true,
+            Parent::Template(parent) => parent.alive(),
+        }
     }
 
     /// Sends `signal` to the process and its process group (grandchildren it spawned).
@@ -109,7 +125,9 @@ impl ProcessHandle {
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
             );
-            libc::kill(-self.pid, signal);
+            if self.group_is_ours() {
+                libc::kill(-self.pid, signal);
+            }
         }
     }
 
@@ -156,7 +174,20 @@ impl ProcessHandle {
         if let Some(status) = *reaped {
             return status;
         }
-        let status = unsafe {
+        let status = match &self.parent {
+            Parent::Us => self.wait_status(),
+            Parent::Template(parent) => {
+                let status = parent.exit_status(self.pid);
+                parent.release(self.pid);
+                status
+            }
+        };
+        *reaped = Some(status);
+        status
+    }
+
+    fn wait_status(&self) -> ExitStatus {
+        unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
             let rc = libc::waitid(
                 P_PIDFD,
@@ -174,9 +205,7 @@ impl ProcessHandle {
                     _ => ExitStatus::Unknown,
                 }
             }
-        };
-        *reaped = Some(status);
-        status
+        }
     }
 
     /// Ends the process by [`STOP_SEQUENCE`], each step given `grace` (the caller closes the
@@ -253,112 +282,8 @@ impl Drop for ProcessHandle {
     }
 }
 
-/// Pipe capacity asked for (Linux's default unprivileged maximum): large payloads then cross in
-/// a few writes instead of a wake-up every 64 KiB.
-const PIPE_CAPACITY: libc::c_int = 1 << 20;
-
-/// A pipe whose both ends are close-on-exec: (read end, write end).
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Best effort: a smaller pipe only costs speed.
-    unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_CAPACITY) };
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Spawns the worker. The calling thread must outlive the child: the child gets SIGKILL when the
-/// spawning thread exits (PR_SET_PDEATHSIG), which is what ends workers when the VM is killed.
-pub fn spawn(spec: &SpawnSpec) -> io::Result<WorkerProcess> {
-    let (req_read, req_write) = pipe()?;
-    let (rep_read, rep_write) = pipe()?;
-    let req_fd = req_read.as_raw_fd();
-    let rep_fd = rep_write.as_raw_fd();
-    let parent_pid = unsafe { libc::getpid() };
-
-    let mut command = Command::new(&spec.program);
-    if spec.clear_env {
-        command.env_clear();
-    }
-    command
-        .args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(cwd) = &spec.cwd {
-        command.current_dir(cwd);
-    }
-    // Only async-signal-safe calls below: this runs between fork and exec.
-    unsafe {
-        command.pre_exec(move || child_setup(req_fd, rep_fd, parent_pid));
-    }
-    let mut child = command.spawn()?;
-    drop(req_read);
-    drop(rep_write);
-
-    let pid = child.id() as i32;
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        let err = io::Error::last_os_error();
-        let _ = child.kill();
-        return Err(err);
-    }
-    let handle = ProcessHandle {
-        pid,
-        pidfd: unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) },
-        reaped: Mutex::new(None),
-    };
-    let stdout = File::from(OwnedFd::from(child.stdout.take().expect("piped stdout")));
-    let stderr = File::from(OwnedFd::from(child.stderr.take().expect("piped stderr")));
-    Ok(WorkerProcess {
-        handle,
-        requests: File::from(req_write),
-        replies: File::from(rep_read),
-        stdout,
-        stderr,
-    })
-}
-
-fn child_setup(req_fd: RawFd, rep_fd: RawFd, parent_pid: i32) -> io::Result<()> {
-    unsafe {
-        // Move both ends above the target numbers first, so dup2 cannot clobber one with the other.
-        let req_high = libc::fcntl(req_fd, libc::F_DUPFD_CLOEXEC, 10);
-        let rep_high = libc::fcntl(rep_fd, libc::F_DUPFD_CLOEXEC, 10);
-        if req_high < 0 || rep_high < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // dup2 clears close-on-exec on the new descriptors: these two are meant to survive exec.
-        if libc::dup2(req_high, 3) < 0 || libc::dup2(rep_high, 4) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Everything else the VM left open becomes close-on-exec.
-        if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
-            let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(64, 65536) as i32;
-            for fd in 5..max {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-        }
-        // The VM ignores SIGCHLD (and others); a child inheriting that would see subprocess
-        // exit codes vanish. Give the child default dispositions.
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        // Own process group, so a kill also reaches what the worker spawned.
-        libc::setpgid(0, 0);
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // The parent may have died before PDEATHSIG was armed.
-        if libc::getppid() != parent_pid {
-            libc::_exit(1);
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests;
+
+mod spawn;
+pub use spawn::{pipe, spawn, spawn_with_fds, SpawnSpec, Spawned, WorkerPipes, WorkerProcess};

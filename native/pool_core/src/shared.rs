@@ -13,6 +13,7 @@ use crate::process::SpawnSpec;
 use crate::queue::Queue;
 use crate::request::{FailureKind, Request};
 use crate::sessions::Sessions;
+use crate::template::Forker;
 
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -35,6 +36,9 @@ pub struct PoolConfig {
     pub concurrency: usize,
     /// How long a cancelled request may take to end before its worker is replaced.
     pub cancel_grace: Duration,
+    /// Fork workers from a template started with these extra arguments (see
+    /// [`crate::template`]); `None` spawns each worker.
+    pub template: Option<Vec<OsString>>,
 }
 
 impl PoolConfig {
@@ -47,6 +51,18 @@ impl PoolConfig {
             spec.args.push(OsString::from(self.concurrency.to_string()));
         }
         spec
+    }
+
+    /// How the template runs: the worker's command without a worker id, plus `template`'s.
+    pub fn template_spec(&self) -> Option<SpawnSpec> {
+        let extra = self.template.as_ref()?;
+        let mut spec = self.spawn.clone();
+        if self.concurrency > 1 {
+            spec.args.push(OsString::from("--concurrency"));
+            spec.args.push(OsString::from(self.concurrency.to_string()));
+        }
+        spec.args.extend(extra.iter().cloned());
+        Some(spec)
     }
 }
 
@@ -245,6 +261,8 @@ pub struct Shared {
     pub(crate) sessions: Mutex<Sessions>,
     /// Workers waiting for a request, most recently idle last.
     pub(crate) idle: IdleStack,
+    /// The template workers are forked from, if the pool forks them.
+    pub(crate) forker: Option<Forker>,
 }
 
 /// The idle workers, as a stack: the last to become idle is the first handed a request.
@@ -283,7 +301,11 @@ impl Shared {
     /// The state of a pool of `config.size` slots, none of them started.
     pub(crate) fn new(config: PoolConfig, events: Arc<dyn EventSink>) -> Shared {
         let (shutdown_tx, shutdown_rx) = bounded(0);
+        let forker = config
+            .template_spec()
+            .map(|spec| Forker::new(spec, events.clone()));
         Shared {
+            forker,
             queue: Queue::new(config.max_queue),
             slots: (0..config.size)
                 .map(|_| Slot::new(config.max_queue))

@@ -1,14 +1,17 @@
 //! Starting a worker process: spawning it, its init ping, and the replay of the state its
 //! predecessor had (pool-wide settings, then the sessions bound to its slot).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::affinity;
 use crate::frame::{self, FrameError, FrameReader};
 use crate::output::Output;
 use crate::pool::{Event, Shared};
 use crate::process::{self, ExitStatus};
 use crate::protocol;
+use crate::template::Launch;
 use crate::worker::{Live, OUTPUT_DRAIN};
 
 /// Spawns a worker and waits for its answer to the init ping.
@@ -16,12 +19,7 @@ pub(crate) fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> 
     let config = &shared.config;
     let spec = config.spawn_spec(index);
     let deadline = Instant::now() + config.startup_timeout;
-    let proc = process::spawn(&spec).map_err(|e| {
-        format!(
-            "cannot start worker {index}: {:?} failed to run: {e}",
-            spec.program.to_string_lossy()
-        )
-    })?;
+    let proc = launch(shared, index, &spec, deadline)?;
     let process = Arc::new(proc.handle);
     let output = Output::start(
         proc.stdout,
@@ -73,6 +71,31 @@ pub(crate) fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> 
         Err(e) => format!("worker {index} broke the protocol during start-up: {e}"),
     };
     Err(abandon(shared, index, live, &why))
+}
+
+/// Forks the worker from the pool's template, or spawns it.
+fn launch(
+    shared: &Shared,
+    index: usize,
+    spec: &process::SpawnSpec,
+    deadline: Instant,
+) -> Result<process::WorkerProcess, String> {
+    if let Some(forker) = &shared.forker {
+        let pinned = usize::try_from(shared.slots[index].cpu.load(Ordering::Acquire)).ok();
+        let cpus = match pinned {
+            Some(cpu) => vec![cpu],
+            None => affinity::allowed_cpus().unwrap_or_default(),
+        };
+        if let Launch::Forked(worker) = forker.launch(index, &cpus, deadline)? {
+            return Ok(worker);
+        }
+    }
+    process::spawn(spec).map_err(|e| {
+        format!(
+            "cannot start worker {index}: {:?} failed to run: {e}",
+            spec.program.to_string_lossy()
+        )
+    })
 }
 
 /// Gives a new worker the state its predecessor had: pool-wide settings, then the definitions

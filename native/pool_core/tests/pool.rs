@@ -112,6 +112,7 @@ fn config(size: usize) -> PoolConfig {
         pin_cpus: false,
         concurrency: 1,
         cancel_grace: Duration::from_secs(2),
+        template: None,
     }
 }
 
@@ -510,4 +511,58 @@ fn requests_beyond_a_multiplexed_workers_room_wait_and_start_as_replies_free_it(
     );
     assert_eq!(pool.stats().workers[0].requests, 6);
     assert_eq!(pool.stats().queue_length, 0);
+}
+
+/// The real bridge as its template: workers forked from it.
+fn forked(size: usize) -> PoolConfig {
+    let bridge = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../priv/python/dspex_worker.py"
+    );
+    let mut config = config(size);
+    config.spawn.args = vec![bridge.into(), "--pool".into(), "forked".into()];
+    config.template = Some(vec!["--template".into()]);
+    config
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(") ")?.1;
+    after_name.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn forked_workers_report_real_exit_statuses_and_leave_no_zombie() {
+    let (pool, events) = start(forked(2));
+    let pids: Vec<i32> = pool.stats().workers.iter().map(|w| w.os_pid).collect();
+    let template = parent_of(pids[0]).unwrap();
+    assert_eq!(
+        parent_of(pids[1]),
+        Some(template),
+        "one template for the pool"
+    );
+    assert_ne!(template, std::process::id() as i32);
+    assert!(matches!(call(&pool, "echo", json!({"a": 1})), Outcome::Reply(v) if v["a"] == 1));
+
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    let reason = loop {
+        match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+            Event::WorkerExited { os_pid, reason, .. } if os_pid == pids[0] => break reason,
+            _ => {}
+        }
+    };
+    assert!(reason.contains("killed by signal 9 (SIGKILL)"), "{reason}");
+    // Released once its status was taken: the template reaps it.
+    let gone_by = Instant::now() + Duration::from_secs(2);
+    while parent_of(pids[0]).is_some() {
+        assert!(
+            Instant::now() < gone_by,
+            "the killed worker is still a zombie"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    pool.close(Duration::from_secs(1));
+    for pid in pids.iter().chain([&template]) {
+        assert_eq!(parent_of(*pid), None, "{pid} outlived its pool");
+    }
 }

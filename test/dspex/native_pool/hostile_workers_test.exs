@@ -156,8 +156,12 @@ defmodule DSPex.NativePool.HostileWorkersTest do
       end
 
     assert backoffs == [100, 200, 400, 400]
-    # A worker that answered resets it: its next crash waits the first step again.
+    # A worker that answered resets it: it is replaced at once, and its replacement's early
+    # crash waits the first step again.
     assert {:ok, _} = NativePool.execute("pid", %{}, pool: pool)
+    assert {:error, _} = NativePool.execute("crash", %{}, pool: pool)
+    eventually(fn -> all_idle?(pool) end)
+    assert hd(NativePool.stats(pool).workers).backoff_ms == 0
     assert {:error, _} = NativePool.execute("crash", %{}, pool: pool)
     eventually(fn -> all_idle?(pool) end)
     assert hd(NativePool.stats(pool).workers).backoff_ms == 100

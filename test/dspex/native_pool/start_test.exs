@@ -16,10 +16,12 @@ defmodule DSPex.NativePool.StartTest do
 
         assert is_integer(worker.os_pid) and worker.os_pid > 0
         assert os_process_exists?(worker.os_pid)
-        # The process is our worker script, started for this slot of this pool.
+        # The process is our worker script, forked for this slot of this pool from the
+        # pool's template (whose command line it keeps; its name says which worker it is).
         cmdline = os_cmdline(worker.os_pid)
         assert Enum.any?(cmdline, &String.ends_with?(&1, "dspex_worker.py"))
-        assert ["--worker-id", Integer.to_string(worker.id)] in Enum.chunk_every(cmdline, 2, 1)
+        assert "--template" in cmdline
+        assert File.read!("/proc/#{worker.os_pid}/comm") == "dspex-worker-#{worker.id}\n"
         # The init ping is the pool's own: no user request was counted.
         assert worker.requests == 0
       end

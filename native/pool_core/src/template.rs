@@ -1,0 +1,404 @@
+//! Workers forked from a warm interpreter: one template process per pool imports the bridge and
+//! the preloaded modules (DSPy, say) once, and forks each new worker from itself, so a worker is
+//! ready in milliseconds instead of the second an import of DSPy costs, and shares the
+//! template's memory until it writes to it.
+//!
+//! The pool talks to the template over a seqpacket socket (its fd 3; the messages are in the
+//! bridge's `template.py`). For each worker the pool makes the four pipes, hands the child's ends
+//! over with the fork request, and gets back a pidfd that the template opened before anything
+//! could reap the child: signals through it reach that process and no other. The template keeps
+//! an exited worker a zombie, so its PID and process group stay reserved, until the pool has
+//! taken the exit status and releases it (see [`crate::process::Reaper`]).
+//!
+//! A template that cannot start is a failing start like any other (quoted stderr, backoff); one
+//! that is unfit to fork (its preloads left threads or descriptors behind) makes the pool spawn
+//! its workers the ordinary way, with a warning. Workers die with their template
+//! (PR_SET_PDEATHSIG), as they die with the pool.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Condvar, Mutex};
+use serde_json::{json, Value};
+
+use crate::affinity;
+use crate::fdpass;
+use crate::output::{Output, TEMPLATE};
+use crate::pool::{Event, EventSink};
+use crate::process::{self, ExitStatus, ProcessHandle, Reaper, SpawnSpec, WorkerPipes};
+
+/// How long the pool waits for a template's report of a worker's exit once the worker's pidfd
+/// says it has exited.
+const EXIT_REPORT: Duration = Duration::from_secs(2);
+/// How long a template that fails to start keeps the next start from trying again: the slots
+/// starting at the same moment share one failure instead of each paying the import.
+const FAILURE_SHARED_FOR: Duration = Duration::from_millis(500);
+
+/// The template of one pool, started when the first worker is needed.
+pub struct Forker {
+    spec: SpawnSpec,
+    events: Arc<dyn EventSink>,
+    state: Mutex<State>,
+}
+
+enum State {
+    NotStarted,
+    Running(Arc<Template>),
+    /// Forking from it would be unsafe: workers are spawned instead.
+    Unfit,
+    Failed {
+        why: String,
+        at: Instant,
+    },
+    /// The pool is closing.
+    Closed,
+}
+
+/// What a worker start gets from the forker.
+pub enum Launch {
+    Forked(process::WorkerProcess),
+    /// No template to fork from: spawn the worker.
+    Spawn,
+}
+
+impl Forker {
+    /// `spec` runs the template (`--template` and the preloads are in its arguments).
+    pub fn new(spec: SpawnSpec, events: Arc<dyn EventSink>) -> Forker {
+        Forker {
+            spec,
+            events,
+            state: Mutex::new(State::NotStarted),
+        }
+    }
+
+    /// Forks worker `id`, starting the template first if there is none (or it died).
+    pub fn launch(&self, id: usize, cpus: &[usize], deadline: Instant) -> Result<Launch, String> {
+        let template = match self.template(id, deadline)? {
+            Some(template) => template,
+            None => return Ok(Launch::Spawn),
+        };
+        match template.fork(id, cpus, deadline) {
+            Ok(worker) => Ok(Launch::Forked(worker)),
+            Err(why) => {
+                // A template that cannot fork is replaced at the next start.
+                let mut state = self.state.lock();
+                if matches!(&*state, State::Running(t) if Arc::ptr_eq(t, &template)) {
+                    *state = State::NotStarted;
+                }
+                template.process.kill();
+                Err(why)
+            }
+        }
+    }
+
+    fn template(&self, id: usize, deadline: Instant) -> Result<Option<Arc<Template>>, String> {
+        let mut state = self.state.lock();
+        match &*state {
+            State::Running(t) if t.link.alive() => return Ok(Some(t.clone())),
+            State::Unfit | State::Closed => return Ok(None),
+            State::Failed { why, at } if at.elapsed() < FAILURE_SHARED_FOR => {
+                return Err(why.clone())
+            }
+            _ => {}
+        }
+        match Template::start(&self.spec, deadline, self.events.clone()) {
+            Ok(Started::Fit(t)) => {
+                *state = State::Running(t.clone());
+                Ok(Some(t))
+            }
+            Ok(Started::Unfit(why)) => {
+                self.events.event(Event::Warning {
+                    slot: id,
+                    message: format!(
+                        "workers cannot be forked from a template: {why}; they are spawned \
+                         one by one instead (each imports its modules itself)"
+                    ),
+                });
+                *state = State::Unfit;
+                Ok(None)
+            }
+            Err(why) => {
+                let why = format!("worker {id}: {why}");
+                *state = State::Failed {
+                    why: why.clone(),
+                    at: Instant::now(),
+                };
+                Err(why)
+            }
+        }
+    }
+
+    /// Ends the template (after the pool's workers are gone: it reports their exits).
+    pub fn close(&self) {
+        let old = std::mem::replace(&mut *self.state.lock(), State::Closed);
+        if let State::Running(template) = old {
+            template.close();
+        }
+    }
+}
+
+enum Started {
+    Fit(Arc<Template>),
+    Unfit(String),
+}
+
+struct Template {
+    process: ProcessHandle,
+    /// Keeps the thread that spawned it alive: see [`spawn_on_own_thread`]. Declared after
+    /// `process`, so the process is reaped before the thread ends.
+    _parent: Sender<()>,
+    link: Arc<Link>,
+    replies: Receiver<Reply>,
+    /// One fork at a time: replies come back in the order of the requests.
+    forking: Mutex<()>,
+    output: Output,
+}
+
+/// The pool's end of the template's socket, shared with the workers' handles.
+struct Link {
+    control: OwnedFd,
+    exits: Mutex<HashMap<i32, ExitStatus>>,
+    exited: Condvar,
+    alive: AtomicBool,
+}
+
+enum Reply {
+    Ready {
+        unfit: Option<String>,
+    },
+    NotReady(String),
+    Forked {
+        id: String,
+        pid: i32,
+        pidfd: OwnedFd,
+    },
+    ForkFailed(String),
+}
+
+impl Template {
+    fn start(
+        spec: &SpawnSpec,
+        deadline: Instant,
+        events: Arc<dyn EventSink>,
+    ) -> Result<Started, String> {
+        let (ours, theirs) = fdpass::socket_pair().map_err(|e| format!("no socket: {e}"))?;
+        let null = std::fs::File::open("/dev/null").map_err(|e| e.to_string())?;
+        let (spawned, parent) = spawn_on_own_thread(spec, &theirs, &null).map_err(|e| {
+            format!(
+                "cannot start the template: {:?} failed to run: {e}",
+                spec.program.to_string_lossy()
+            )
+        })?;
+        drop(theirs);
+        let process = spawned.handle;
+        let output = Output::start(
+            spawned.stdout,
+            spawned.stderr,
+            || process.exit_watch().ok(),
+            TEMPLATE,
+            events,
+        );
+        let link = Arc::new(Link {
+            control: ours,
+            exits: Mutex::new(HashMap::new()),
+            exited: Condvar::new(),
+            alive: AtomicBool::new(true),
+        });
+        let (tx, replies) = bounded(1);
+        let reader = link.clone();
+        std::thread::Builder::new()
+            .name("dspex-np-template-in".into())
+            .spawn(move || reader.read_messages(tx))
+            .map_err(|e| format!("no thread for the template: {e}"))?;
+        let template = Template {
+            process,
+            _parent: parent,
+            link,
+            replies,
+            forking: Mutex::new(()),
+            output,
+        };
+        match template.reply(deadline) {
+            Ok(Reply::Ready { unfit: None }) => Ok(Started::Fit(Arc::new(template))),
+            Ok(Reply::Ready { unfit: Some(why) }) => {
+                template.close();
+                Ok(Started::Unfit(why))
+            }
+            Ok(Reply::NotReady(why)) => Err(template.fail(&format!("the template failed: {why}"))),
+            Ok(_) => Err(template.fail("the template answered out of turn")),
+            Err(why) => Err(template.fail(&why)),
+        }
+    }
+
+    fn reply(&self, deadline: Instant) -> Result<Reply, String> {
+        match self.replies.recv_deadline(deadline) {
+            Ok(reply) => Ok(reply),
+            Err(RecvTimeoutError::Timeout) => {
+                Err("the template did not answer within the start-up timeout".into())
+            }
+            Err(RecvTimeoutError::Disconnected) => Err("the template exited".into()),
+        }
+    }
+
+    fn fork(
+        &self,
+        id: usize,
+        cpus: &[usize],
+        deadline: Instant,
+    ) -> Result<process::WorkerProcess, String> {
+        let _one = self.forking.lock();
+        let pipes =
+            WorkerPipes::new().map_err(|e| format!("cannot make worker {id}'s pipes: {e}"))?;
+        let request = json!({ "fork": id.to_string(), "cpus": cpus }).to_string();
+        fdpass::send(&self.link.control, request.as_bytes(), &pipes.child_fds())
+            .map_err(|e| format!("cannot ask the template for worker {id}: {e}"))?;
+        match self.reply(deadline) {
+            Ok(Reply::Forked {
+                id: got,
+                pid,
+                pidfd,
+            }) if got == id.to_string() => {
+                let handle = ProcessHandle::forked(pid, pidfd, self.link.clone());
+                Ok(pipes.into_worker(handle))
+            }
+            Ok(Reply::ForkFailed(why)) => {
+                Err(format!("the template could not fork worker {id}: {why}"))
+            }
+            Ok(_) => Err(self.fail("the template answered out of turn")),
+            Err(why) => Err(self.fail(&format!("forking worker {id}: {why}"))),
+        }
+    }
+
+    /// Kills a template that failed, and says why with its stderr.
+    fn fail(&self, why: &str) -> String {
+        self.process.kill();
+        let status = self.process.reap();
+        self.output.drain(crate::worker::OUTPUT_DRAIN);
+        crate::start::describe(why, status, &self.output.tail.text())
+    }
+
+    fn close(&self) {
+        // After the releases sent before it, which it handles in order; it then exits by itself.
+        let _ = fdpass::send(&self.link.control, br#"{"close":true}"#, &[]);
+        self.process.terminate(Duration::from_millis(500));
+    }
+}
+
+/// Spawns the template on a thread that lives until the returned sender is dropped. A process
+/// gets SIGKILL when the thread that spawned it ends (PR_SET_PDEATHSIG): a slot thread ends
+/// with its last worker, before the template has reported the other workers' exits. The
+/// thread may run on every CPU the pool's process may, whatever slot asked for it.
+fn spawn_on_own_thread(
+    spec: &SpawnSpec,
+    control: &OwnedFd,
+    null: &std::fs::File,
+) -> std::io::Result<(process::Spawned, Sender<()>)> {
+    let (keep, until_dropped) = bounded::<()>(0);
+    let (tx, spawned) = bounded(1);
+    let (spec, control, null) = (spec.clone(), control.as_raw_fd(), null.as_raw_fd());
+    std::thread::Builder::new()
+        .name("dspex-np-template".into())
+        .spawn(move || {
+            if let Ok(cpus) = affinity::allowed_cpus() {
+                let _ = affinity::pin_to(0, &cpus);
+            }
+            // The descriptors stay open: the caller waits for this answer before closing them.
+            let _ = tx.send(process::spawn_with_fds(&spec, control, null));
+            let _ = until_dropped.recv();
+        })?;
+    let spawned = spawned
+        .recv()
+        .map_err(|_| std::io::Error::other("the template's thread ended"))??;
+    Ok((spawned, keep))
+}
+
+impl Link {
+    /// The reader thread: routes the template's messages until its socket closes.
+    fn read_messages(&self, replies: Sender<Reply>) {
+        loop {
+            let (data, mut fds) = match fdpass::recv(&self.control) {
+                Ok((data, fds)) if !data.is_empty() => (data, fds),
+                _ => break,
+            };
+            let message: Value = match serde_json::from_slice(&data) {
+                Ok(message) => message,
+                Err(_) => break, // not our template's words: treat it as gone
+            };
+            let reply = if let Some(pid) = message["exited"].as_i64() {
+                self.record_exit(pid as i32, &message);
+                continue;
+            } else if let Some(ready) = message["ready"].as_bool() {
+                match ready {
+                    true => Reply::Ready {
+                        unfit: message["unfit"].as_str().map(String::from),
+                    },
+                    false => Reply::NotReady(text(&message["error"])),
+                }
+            } else if let (Some(id), Some(pid), Some(pidfd)) = (
+                message["forked"].as_str(),
+                message["pid"].as_i64(),
+                fds.pop(),
+            ) {
+                Reply::Forked {
+                    id: id.to_owned(),
+                    pid: pid as i32,
+                    pidfd,
+                }
+            } else {
+                Reply::ForkFailed(text(&message["error"]))
+            };
+            if replies.send(reply).is_err() {
+                break;
+            }
+        }
+        self.alive.store(false, Ordering::Release);
+        let _exits = self.exits.lock();
+        self.exited.notify_all();
+    }
+
+    fn record_exit(&self, pid: i32, message: &Value) {
+        let status = match (message["code"].as_i64(), message["signal"].as_i64()) {
+            (Some(code), _) => ExitStatus::Exited(code as i32),
+            (None, Some(signal)) => ExitStatus::Signaled(signal as i32),
+            _ => ExitStatus::Unknown,
+        };
+        self.exits.lock().insert(pid, status);
+        self.exited.notify_all();
+    }
+}
+
+impl Reaper for Link {
+    fn exit_status(&self, pid: i32) -> ExitStatus {
+        let until = Instant::now() + EXIT_REPORT;
+        let mut exits = self.exits.lock();
+        loop {
+            if let Some(status) = exits.remove(&pid) {
+                return status;
+            }
+            if !self.alive() || self.exited.wait_until(&mut exits, until).timed_out() {
+                return ExitStatus::Unknown;
+            }
+        }
+    }
+
+    fn release(&self, pid: i32) {
+        if self.alive() {
+            let message = json!({ "release": pid }).to_string();
+            let _ = fdpass::send(&self.control, message.as_bytes(), &[]);
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+}
+
+fn text(value: &Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| value.to_string(), String::from)
+}
