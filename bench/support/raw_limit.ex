@@ -25,25 +25,26 @@ defmodule Bench.RawLimit do
   Runs one case; returns the parsed result (atom keys) or `%{error: text}`. `handoff` is how the
   client threads share workers (see bench/raw_limit/src/sharing.rs).
   """
-  def run(%{workers: workers, callers: callers, payload: payload}, plan) do
-    args = [
-      "--python",
-      Python.executable(),
-      "--script",
-      Python.script(),
-      "--workers",
-      to_string(workers),
-      "--clients",
-      to_string(callers),
-      "--payload",
-      to_string(payload),
-      "--warmup-ms",
-      to_string(plan.warmup_ms),
-      "--duration-ms",
-      to_string(plan.window_ms),
-      "--handoff",
-      plan.raw_handoff
-    ]
+  def run(%{workers: workers, callers: callers, payload: payload}, plan, extra \\ []) do
+    args =
+      [
+        "--python",
+        Python.executable(),
+        "--script",
+        Python.script(),
+        "--workers",
+        to_string(workers),
+        "--clients",
+        to_string(callers),
+        "--payload",
+        to_string(payload),
+        "--warmup-ms",
+        to_string(plan.warmup_ms),
+        "--duration-ms",
+        to_string(plan.window_ms),
+        "--handoff",
+        Map.get(plan, :raw_handoff, "barging")
+      ] ++ extra
 
     case System.cmd(binary(), args, cd: Python.root()) do
       {out, 0} ->
@@ -61,6 +62,6 @@ defmodule Bench.RawLimit do
       |> JSON.decode!()
       |> Map.new(fn {key, value} -> {String.to_atom(key), value} end)
 
-    Map.merge(result, %{count: result.requests, errors: 0, first_error: nil})
+    Map.merge(result, %{count: Map.get(result, :requests), errors: 0, first_error: nil})
   end
 end

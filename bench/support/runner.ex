@@ -5,18 +5,18 @@ defmodule Bench.Runner do
     * `--quick` (default): a subset covering every target, about 1–2 minutes;
     * `--full`: every payload × callers × workers case, about 11 minutes; also writes
       BENCHMARKS.md;
-    * `--only json,throughput,startup,memory,nif`: just those sections (for working on one);
+    * `--only json,throughput,pipelined,startup,memory,nif`: just those sections (for working on one);
     * `--benchmarks-md`: write BENCHMARKS.md from a quick run too;
     * `--raw-handoff barging|fifo|dispatch`: how raw_limit's client threads share workers
       (default barging, its highest throughput; see bench/raw_limit/src/sharing.rs).
   """
 
   alias Bench.{JsonCost, Machine, Memory, NifProbe, OS, Plan, Python, RawLimit, SchedMonitor}
-  alias Bench.Startup
+  alias Bench.{Pipelined, Startup}
   alias Bench.{Targets, Throughput}
   alias Bench.Report.{Documents, Tables}
 
-  @sections ~w(json throughput startup memory nif)
+  @sections ~w(json throughput pipelined startup memory nif)
 
   def main(argv) do
     opts = parse_args(argv)
@@ -62,6 +62,7 @@ defmodule Bench.Runner do
     [
       {"json", :json_cost, "JSON codec cost (V2)", &JsonCost.run/1},
       {"throughput", :throughput, "Echo throughput and latency", &Throughput.run/1},
+      {"pipelined", :pipelined, "Echo pipelined per worker (concurrency 8)", &Pipelined.run/1},
       {"startup", :startup, "Start-up (workers import DSPy)", &Startup.run/1},
       {"memory", :memory, "Memory", &Memory.run/1},
       {"nif", :nif_probe, "NIF call durations (traced)", &NifProbe.run/1}

@@ -7,7 +7,7 @@ use crate::sharing::Handoff;
 
 pub const USAGE: &str = "usage: raw_limit [--python PATH] [--script PATH] [--workers N] \
 [--clients N] [--payload BYTES] [--warmup-ms MS] [--duration-ms MS] [--handoff barging|fifo|dispatch] \
-[--pin-cpus true|false]";
+[--pin-cpus true|false] [--bridge-alone true|false]";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Args {
@@ -25,6 +25,8 @@ pub struct Args {
     pub handoff: Handoff,
     /// Pin as the pool does by default (see `workers`).
     pub pin_cpus: bool,
+    /// Measure the bridge alone on pre-written frames (see `alone`).
+    pub bridge_alone: bool,
 }
 
 impl Default for Args {
@@ -39,6 +41,7 @@ impl Default for Args {
             duration: Duration::from_millis(2000),
             handoff: Handoff::Barging,
             pin_cpus: true,
+            bridge_alone: false,
         }
     }
 }
@@ -75,13 +78,8 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     format!("--handoff is barging, fifo or dispatch, got {text:?}")
                 })?;
             }
-            "--pin-cpus" => {
-                args.pin_cpus = match value()?.as_str() {
-                    "true" => true,
-                    "false" => false,
-                    text => return Err(format!("--pin-cpus is true or false, got {text:?}")),
-                }
-            }
+            "--pin-cpus" => args.pin_cpus = boolean(&flag, &value()?)?,
+            "--bridge-alone" => args.bridge_alone = boolean(&flag, &value()?)?,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -90,6 +88,14 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         return Err("--workers, --clients and --duration-ms must be positive".into());
     }
     Ok(args)
+}
+
+fn boolean(flag: &str, text: &str) -> Result<bool, String> {
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{flag} is true or false, got {text:?}")),
+    }
 }
 
 fn number(flag: &str, text: &str) -> Result<usize, String> {
@@ -127,5 +133,6 @@ mod tests {
         assert!(parse(argv("--clients 0")).is_err());
         assert!(parse(argv("--frobnicate 1")).is_err());
         assert!(parse(argv("--handoff lifo")).is_err());
+        assert!(parse(argv("--bridge-alone yes")).is_err());
     }
 }

@@ -8,9 +8,14 @@
 //!  "client_cpu_us_per_req":…,"python_cpu_us_per_req":…}
 //! ```
 //!
+//! With `--bridge-alone true` it measures the second ceiling instead (see `alone`): the bridge
+//! serving request frames already written, with no client, as
+//! `{"impl":"bridge_alone","workers":…,"throughput":…,"per_worker":[…],…}`.
+//!
 //! Run from the repository root (the default script path is relative to it):
 //! `target/release/raw_limit --workers 2 --clients 16 --payload 100`.
 
+mod alone;
 mod args;
 mod checkout;
 mod cpu;
@@ -43,6 +48,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &args::Args) -> std::io::Result<serde_json::Value> {
+    if args.bridge_alone {
+        return alone::run(args);
+    }
     let (workers, pipes) = workers::Workers::start(args)?;
     let startup = workers.startup;
     // Pinning is all or none: whether each worker got a CPU of its own.

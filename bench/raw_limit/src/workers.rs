@@ -97,7 +97,7 @@ impl Workers {
 }
 
 /// The command line and environment the Elixir pool gives its workers.
-fn spec(args: &Args, index: usize) -> SpawnSpec {
+pub fn spec(args: &Args, index: usize) -> SpawnSpec {
     let env = [
         ("PYTHONUNBUFFERED", "1"),
         ("PYTHONDONTWRITEBYTECODE", "1"),

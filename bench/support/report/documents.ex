@@ -104,6 +104,14 @@ defmodule Bench.Report.Documents do
             else: ".\n"
           )
       end),
+      section("Pipelined per worker (`concurrency` above 1)", r[:pipelined], fn p ->
+        Tables.pipelined(p) <>
+          "\nEach peer alone on the machine (a pool pins its workers to CPUs only if no other " <>
+          "pool holds them), back to back in each of #{p.rounds} rounds of #{p.window_ms} ms; " <>
+          "medians. *The limit* is raw_limit with one client thread per worker, pinned; *the " <>
+          "bridge alone* is each worker reading request frames written in advance from a file, " <>
+          "its replies only counted, with no client at all.\n"
+      end),
       section("Where the CPU goes (µs of CPU per request)", r[:throughput], fn cases ->
         Tables.cpu(cases) <>
           "\nCPU time over the measured window divided by the requests completed in it. *VM* is " <>

@@ -63,6 +63,29 @@ defmodule Bench.Report.Tables do
     )
   end
 
+  def pipelined(p) do
+    rate = fn value -> if value, do: Format.int(value), else: "–" end
+    ratio = fn value -> Format.ratio(p.raw && value && value / p.raw) end
+
+    table(
+      ["#{p.workers} workers, #{Format.bytes(p.payload)} echo", "req/s", "÷ the limit"],
+      [
+        ["The limit: raw client, one thread per worker", rate.(p.raw), "1.00×"],
+        [
+          "The bridge alone, frames written in advance",
+          rate.(p.bridge_alone),
+          ratio.(p.bridge_alone)
+        ],
+        ["NativePool, `concurrency: 1`, #{p.callers} callers", rate.(p.serial), ratio.(p.serial)],
+        [
+          "NativePool, `concurrency: #{p.concurrency}`, #{p.callers} callers",
+          rate.(p.pipelined),
+          ratio.(p.pipelined)
+        ]
+      ]
+    )
+  end
+
   def startup(s) do
     rows =
       Enum.map(s.sizes, fn n ->
