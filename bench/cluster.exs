@@ -1,6 +1,6 @@
 # A pool across nodes on this machine, in one run (2-core machine: the nodes share its cores).
 #
-#   mix run bench/cluster.exs [--seconds 3] [--callers 64]
+#   mix run cluster.exs [--seconds 3] [--callers 64]
 #
 # 1. Throughput of a 10 ms sleep command from `--callers` callers on this node: 1 node × 2
 #    workers (a local pool), then 2 nodes × 2 workers (the same pool with `cluster: true` here

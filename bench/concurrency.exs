@@ -1,16 +1,11 @@
 # Echo pipelined per worker, against the raw limit and the bridge-alone ceiling, in one run.
 #
-#   mix run bench/concurrency.exs [--rounds 3] [--window-ms 1500] [--callers 16] [--concurrency 8]
+#   mix run concurrency.exs [--rounds 3] [--window-ms 1500] [--callers 16] [--concurrency 8]
 #
 # The same measurement as the `pipelined` section of bench/run.exs (see Bench.Pipelined):
 # it prints each round and the medians, with the ratios to the raw limit.
 
 Logger.configure(level: :warning)
-
-__DIR__
-|> Path.join("support/**/*.ex")
-|> Path.wildcard()
-|> Kernel.ParallelCompiler.require()
 
 {opts, _, _} =
   OptionParser.parse(System.argv(),

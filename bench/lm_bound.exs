@@ -1,6 +1,6 @@
 # LM-bound benchmark: many concurrent DSPy calls waiting on an LM, few Python processes.
 #
-#   mix run bench/lm_bound.exs [--calls 500] [--latency-ms 200] [--workers 2] [--concurrency 256]
+#   mix run lm_bound.exs [--calls 500] [--latency-ms 200] [--workers 2] [--concurrency 256]
 #
 # A local OpenAI-compatible server (test/support/lm_server.py, on 127.0.0.1) answers after
 # `--latency-ms`. DSPy talks to it through its own HTTP client, cache off. The run:
@@ -17,6 +17,7 @@
 # limit, which makes the limit lower (stricter) than what the workers alone could reach.
 
 Logger.configure(level: :warning)
+# The test suite's LM server (it uses ExUnit's on_exit only from a helper this script avoids).
 Code.require_file("../test/support/lm_server.ex", __DIR__)
 
 defmodule LMBound do
@@ -74,7 +75,7 @@ defmodule LMBound do
 
   defp start_server do
     # LMServer is written for tests (it registers on_exit); start it the same way by hand.
-    python = DSPex.NativePool.PythonEnv.python() |> System.find_executable()
+    python = Bench.Python.executable()
     script = Path.expand("../test/support/lm_server.py", __DIR__)
     port = Port.open({:spawn_executable, python}, [:binary, {:line, 1024}, args: ["-u", script]])
 

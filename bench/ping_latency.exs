@@ -1,6 +1,6 @@
 # Latency of one `ping` round trip, one sequential caller: median (and p99) of N calls.
 #
-#     mix run bench/ping_latency.exs [calls]
+#     mix run ping_latency.exs [calls]
 alias DSPex.NativePool
 
 calls = System.argv() |> List.first("10000") |> String.to_integer()

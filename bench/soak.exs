@@ -1,6 +1,6 @@
 # Soak: many concurrent callers while workers are killed at random.
 #
-#     mix run bench/soak.exs [--requests 100000] [--callers 500] [--workers 4] [--kill-every 100]
+#     mix run soak.exs [--requests 100000] [--callers 500] [--workers 4] [--kill-every 100]
 #                            [--concurrency 1]
 #
 # Checks, and prints: every call returned {:ok, its own echo} or a structured error within its

@@ -1,7 +1,7 @@
 # Streaming benchmark: time to the first chunk, chunk throughput, and what a stalled
 # consumer lets pile up.
 #
-#   mix run bench/streaming.exs [--chunks 100000] [--streams 200]
+#   mix run streaming.exs [--chunks 100000] [--streams 200]
 #
 # A handler generator yields small dicts (`{"i": n}`). For `concurrency` 1 and 4 (one worker):
 #   1. time to first chunk: `execute_stream/3` started and its first chunk in hand, p50 and

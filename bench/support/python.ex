@@ -18,15 +18,29 @@ defmodule Bench.Python do
   defp handler_module(:dspy), do: "bench_dspy_handlers"
   defp handler_module(:sleep), do: "bench_handlers"
 
-  @doc "The interpreter the pool itself would use (DSPEX_PYTHON, bin/setup's venv, python3)."
+  @doc "The interpreter every peer runs: `DSPEX_PYTHON`, else bin/setup's venv, else python3."
   def executable do
-    python = DSPex.NativePool.PythonEnv.python()
+    venv = Path.join(@root, ".venv/bin/python")
+
+    python =
+      System.get_env("DSPEX_PYTHON") ||
+        if(File.exists?(venv), do: venv, else: "python3")
+
     System.find_executable(python) || python
   end
 
-  @doc "The environment the pool gives its workers."
-  def worker_env(python_path \\ []),
-    do: DSPex.NativePool.WorkerSpec.worker_env_defaults(python_path)
+  @doc "The environment the pool gives its workers (its defaults, as its README lists them)."
+  def worker_env(python_path \\ []) do
+    [
+      {"PYTHONUNBUFFERED", "1"},
+      {"PYTHONDONTWRITEBYTECODE", "1"},
+      {"OMP_NUM_THREADS", "1"},
+      {"OPENBLAS_NUM_THREADS", "1"},
+      {"MKL_NUM_THREADS", "1"},
+      {"TOKENIZERS_PARALLELISM", "false"},
+      {"PYTHONPATH", Enum.join(python_path, ":")}
+    ]
+  end
 
   @doc """
   A V2 worker's bridge, `%{python:, args:, env:}`; `handlers` is nil, `:dspy` or `:sleep`.

@@ -1,23 +1,22 @@
 defmodule Bench.RawLimit do
   @moduledoc """
-  The no-BEAM limit: builds `bench/raw_limit` (a workspace member) and runs it for a case. It
+  The no-BEAM limit: builds `bench/raw_limit` (a cargo project of its own) and runs it for a case. It
   spawns the same bridge with the pool's own Rust spawning and framing code, drives it from plain
   threads, and prints one JSON object, parsed here.
   """
 
   alias Bench.{JSON, Python}
 
-  def binary, do: Path.join(Python.root(), "target/release/raw_limit")
+  @project Path.join(Python.root(), "bench/raw_limit")
+
+  def binary, do: Path.join(@project, "target/release/raw_limit")
 
   @doc "Builds the binary (cargo decides whether anything changed)."
   def build! do
     {out, status} =
-      System.cmd("cargo", ["build", "--release", "--quiet", "-p", "raw_limit"],
-        cd: Python.root(),
-        stderr_to_stdout: true
-      )
+      System.cmd("cargo", ["build", "--release", "--quiet"], cd: @project, stderr_to_stdout: true)
 
-    if status != 0, do: raise("cargo build -p raw_limit failed:\n#{out}")
+    if status != 0, do: raise("cargo build in bench/raw_limit failed:\n#{out}")
     :ok
   end
 

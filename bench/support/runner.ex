@@ -1,6 +1,6 @@
 defmodule Bench.Runner do
   @moduledoc """
-  `mix run bench/run.exs [--quick | --full] [--only SECTIONS] [--benchmarks-md]`
+  `mix run run.exs [--quick | --full] [--only SECTIONS] [--benchmarks-md]` in bench/
 
     * `--quick` (default): a subset covering every target, about 1–2 minutes;
     * `--full`: every payload × callers × workers case, about 11 minutes; also writes
@@ -28,7 +28,7 @@ defmodule Bench.Runner do
       "#{machine.nproc} × #{machine.cpu}; load average #{machine.load_average}; python #{Python.executable()}"
     )
 
-    say("building bench/raw_limit (cargo build --release -p raw_limit)")
+    say("building bench/raw_limit (cargo build --release in bench/raw_limit)")
     RawLimit.build!()
     {:ok, _} = SchedMonitor.start_link()
 
@@ -117,7 +117,7 @@ defmodule Bench.Runner do
     Path.join([Python.root(), "bench/results", if(partial?, do: "partial", else: "")])
   end
 
-  defp command(argv), do: Enum.join(["mix run bench/run.exs" | argv], " ")
+  defp command(argv), do: Enum.join(["mix run run.exs" | argv], " ")
 
   defp say(line), do: IO.puts(line)
 end

@@ -32,7 +32,8 @@ pub fn run(args: &Args) -> io::Result<serde_json::Value> {
     for index in 0..args.workers {
         let input = File::open(requests.path())?;
         let (replies, reply_end) = pipe()?;
-        let spawned = process::spawn_with_fds(&spec(args, index), input.as_raw_fd(), reply_end.as_raw_fd())?;
+        let spawned =
+            process::spawn_with_fds(&spec(args, index), input.as_raw_fd(), reply_end.as_raw_fd())?;
         drop((input, reply_end));
         if let Some(cpus) = &cpus {
             affinity::pin(spawned.handle.pid(), cpus[index])?;
@@ -42,7 +43,9 @@ pub fn run(args: &Args) -> io::Result<serde_json::Value> {
     }
     let mut rates = Vec::new();
     for (spawned, counter) in running {
-        let rate = counter.join().map_err(|_| other("a counting thread panicked"))??;
+        let rate = counter
+            .join()
+            .map_err(|_| other("a counting thread panicked"))??;
         spawned.handle.terminate(Duration::from_secs(2));
         rates.push(rate);
     }
@@ -89,7 +92,10 @@ fn count_replies(mut replies: File) -> io::Result<f64> {
             if frames + 1 == REQUESTS {
                 let body = &pending[at..at + len];
                 if !protocol::reply_head(body).map_err(other)?.success {
-                    return Err(other(format!("a request failed: {}", protocol::preview(body))));
+                    return Err(other(format!(
+                        "a request failed: {}",
+                        protocol::preview(body)
+                    )));
                 }
             }
             at += len;
@@ -131,4 +137,3 @@ fn requests_file(body: &[u8]) -> io::Result<RequestsFile> {
     out.flush()?;
     Ok(file)
 }
-

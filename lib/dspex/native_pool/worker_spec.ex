@@ -13,9 +13,8 @@ defmodule DSPex.NativePool.WorkerSpec do
       else: elem(PythonEnv.default(), 1)
   end
 
-  @doc false
-  # What every worker gets unless :env says otherwise (the benchmarks' V2 peer uses it too).
-  def worker_env_defaults(python_path) do
+  # What every worker gets unless :env says otherwise.
+  defp worker_env_defaults(python_path) do
     [
       {"PYTHONUNBUFFERED", "1"},
       {"PYTHONDONTWRITEBYTECODE", "1"},
