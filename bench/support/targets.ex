@@ -192,7 +192,7 @@ defmodule Bench.Targets do
     max = native |> Enum.map(& &1.ms) |> Enum.max(fn -> 0 end)
 
     "long_schedule: #{length(native)} events in native phases (longest #{max} ms), " <>
-      "#{length(count.("v2"))} in V2 phases, which call no NIF (see Long schedules)"
+      "#{length(count.("v2"))} in V2 phases, which call no NIF (see Long schedules in bench/results/results.md)"
   end
 
   defp target(name, value, {op, limit}, note) do
