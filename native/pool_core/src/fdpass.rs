@@ -30,26 +30,42 @@ pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Room for the control message of [`MAX_FDS`] descriptors.
+/// Room for the control message of [`MAX_FDS`] descriptors, aligned as `cmsghdr` needs.
 const CONTROL_SPACE: usize = 64;
+
+#[derive(Default)]
+struct Control([u64; CONTROL_SPACE / 8]);
+
+fn iovec(base: *mut u8, len: usize) -> libc::iovec {
+    libc::iovec {
+        iov_base: base as *mut libc::c_void,
+        iov_len: len,
+    }
+}
+
+/// A header for one buffer and the whole control room; the caller keeps both alive.
+fn header(iov: &mut libc::iovec, control: &mut Control) -> libc::msghdr {
+    // SAFETY: msghdr is plain data, for which all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = CONTROL_SPACE;
+    msg
+}
 
 /// Sends `data` as one message, with `fds` attached (duplicated into the receiver).
 pub fn send(socket: &OwnedFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     assert!(fds.len() <= MAX_FDS);
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let mut control = [0u64; CONTROL_SPACE / 8];
-    // SAFETY: msghdr is plain data; the pointers set below outlive the sendmsg call, and the
-    // control buffer (aligned as cmsghdr needs) is larger than CMSG_SPACE of MAX_FDS ints.
+    let mut iov = iovec(data.as_ptr() as *mut u8, data.len());
+    let mut control = Control::default();
+    // SAFETY: the pointers in the header outlive the sendmsg call, and the control buffer
+    // (aligned as cmsghdr needs) is larger than CMSG_SPACE of MAX_FDS ints.
     unsafe {
-        let mut msg: libc::msghdr = zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        let mut msg = header(&mut iov, &mut control);
+        msg.msg_controllen = 0;
         if !fds.is_empty() {
             let fd_bytes = std::mem::size_of_val(fds);
-            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
             msg.msg_controllen = libc::CMSG_SPACE(fd_bytes as u32) as usize;
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
@@ -61,15 +77,20 @@ pub fn send(socket: &OwnedFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
                 fds.len(),
             );
         }
-        loop {
-            let n = libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
-            if n >= 0 {
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
+        retrying(|| libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)).map(|_| ())
+    }
+}
+
+/// Runs a system call again while a signal interrupts it; its count, or the error.
+fn retrying(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
         }
     }
 }
@@ -78,29 +99,13 @@ pub fn send(socket: &OwnedFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
 /// message with no descriptors is end of file: the peer closed its end.
 pub fn recv(socket: &OwnedFd) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut data = vec![0u8; MAX_MESSAGE];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let mut control = [0u64; CONTROL_SPACE / 8];
+    let mut iov = iovec(data.as_mut_ptr(), data.len());
+    let mut control = Control::default();
     // SAFETY: as in `send`; the kernel writes at most msg_controllen bytes of control data and
     // iov_len bytes of data, and every descriptor it reports is new and ours to own.
     unsafe {
-        let mut msg: libc::msghdr = zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = CONTROL_SPACE;
-        let n = loop {
-            let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
-            if n >= 0 {
-                break n as usize;
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        };
+        let mut msg = header(&mut iov, &mut control);
+        let n = retrying(|| libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC))?;
         let mut fds = Vec::new();
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
