@@ -54,6 +54,21 @@ defmodule DSPex.NativePool.OptionsTest do
     assert invalid(name: "not an atom") =~ "invalid :name"
   end
 
+  test "preload takes :auto, false or Python module names, and nothing else" do
+    assert invalid(name: unique_name(), preload: "dspy") =~
+             "expected :auto, false or a list of Python module names"
+
+    assert invalid(name: unique_name(), preload: true) =~ "invalid :preload"
+
+    assert invalid(name: unique_name(), preload: ["dspy", "os; rm -rf /"]) =~
+             ~s("os; rm -rf /" is not a Python module name)
+
+    assert invalid(name: unique_name(), preload: [nil]) =~ "got nil in the list"
+
+    assert invalid(name: unique_name(), preload: [42]) =~
+             "expected a Python module name, got an integer"
+  end
+
   test "a valid :env reaches the workers" do
     source = ~S'''
     import os
