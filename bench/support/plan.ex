@@ -2,7 +2,7 @@ defmodule Bench.Plan do
   @moduledoc """
   What a run measures. `:quick` is a subset that still covers every target (about 1–2 minutes);
   each case runs in `rounds` rounds of every peer, each with its own warm-up and window;
-  `:full` is the cross product of payloads, callers and workers (about 11 minutes).
+  `:full` is the cross product of payloads, callers and workers (about 15 minutes with the other sections).
   """
 
   @payloads [100, 10 * 1024, 1024 * 1024]

@@ -3,7 +3,7 @@ defmodule Bench.Runner do
   `mix run run.exs [--quick | --full] [--only SECTIONS] [--benchmarks-md]` in bench/
 
     * `--quick` (default): a subset covering every target, about 1–2 minutes;
-    * `--full`: every payload × callers × workers case, about 11 minutes; also writes
+    * `--full`: every payload × callers × workers case, about 15 minutes; also writes
       BENCHMARKS.md;
     * `--only json,throughput,pipelined,startup,memory,nif`: just those sections (for working on one);
     * `--benchmarks-md`: write BENCHMARKS.md from a quick run too;
