@@ -316,6 +316,9 @@ impl Pool {
             s.closing_flag.store(true, Ordering::Release);
         }
         s.shutdown_tx.lock().take();
+        if let Some(forker) = &s.forker {
+            forker.begin_close();
+        }
         // A worker still starting runs no request: no reason to let it finish.
         for slot in &s.slots {
             if matches!(slot.state(), SlotState::Starting | SlotState::Restarting) {

@@ -15,25 +15,21 @@
 //! its workers the ordinary way, with a warning. Workers die with their template
 //! (PR_SET_PDEATHSIG), as they die with the pool.
 
-use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use parking_lot::{Condvar, Mutex};
-use serde_json::{json, Value};
+use parking_lot::Mutex;
+use serde_json::json;
 
 use crate::affinity;
 use crate::fdpass;
 use crate::output::{Output, TEMPLATE};
 use crate::pool::{Event, EventSink};
-use crate::process::{self, ExitStatus, ProcessHandle, Reaper, SpawnSpec, WorkerPipes};
+use crate::process::{self, ProcessHandle, Reaper, SpawnSpec, WorkerPipes};
 
-/// How long the pool waits for a template's report of a worker's exit once the worker's pidfd
-/// says it has exited.
-const EXIT_REPORT: Duration = Duration::from_secs(2);
 /// How long a template that fails to start keeps the next start from trying again: the slots
 /// starting at the same moment share one failure instead of each paying the import.
 const FAILURE_SHARED_FOR: Duration = Duration::from_millis(500);
@@ -43,6 +39,41 @@ pub struct Forker {
     spec: SpawnSpec,
     events: Arc<dyn EventSink>,
     state: Mutex<State>,
+    starting: Starting,
+}
+
+/// A template still importing its preloads, for a pool that stops meanwhile to kill: a pool
+/// that stops does not wait for a second of imports.
+#[derive(Default)]
+struct Starting {
+    process: Mutex<Option<Arc<ProcessHandle>>>,
+    closing: AtomicBool,
+}
+
+impl Starting {
+    /// Under the lock that `close` takes after setting the flag: one of the two kills it.
+    fn register(&self, process: &Arc<ProcessHandle>) {
+        let mut starting = self.process.lock();
+        *starting = Some(process.clone());
+        if self.closing.load(Ordering::Acquire) {
+            process.kill();
+        }
+    }
+
+    fn done(&self) {
+        *self.process.lock() = None;
+    }
+
+    fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        if let Some(process) = self.process.lock().as_ref() {
+            process.kill();
+        }
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
 }
 
 enum State {
@@ -72,6 +103,7 @@ impl Forker {
             spec,
             events,
             state: Mutex::new(State::NotStarted),
+            starting: Starting::default(),
         }
     }
 
@@ -97,6 +129,9 @@ impl Forker {
 
     fn template(&self, id: usize, deadline: Instant) -> Result<Option<Arc<Template>>, String> {
         let mut state = self.state.lock();
+        if self.starting.closing() {
+            return Err(format!("worker {id}: the pool is stopping"));
+        }
         match &*state {
             State::Running(t) if t.link.alive() => return Ok(Some(t.clone())),
             State::Unfit | State::Closed => return Ok(None),
@@ -105,7 +140,7 @@ impl Forker {
             }
             _ => {}
         }
-        match Template::start(&self.spec, deadline, self.events.clone()) {
+        match Template::start(&self.spec, deadline, self.events.clone(), &self.starting) {
             Ok(Started::Fit(t)) => {
                 *state = State::Running(t.clone());
                 Ok(Some(t))
@@ -132,6 +167,11 @@ impl Forker {
         }
     }
 
+    /// Starts no template from now on, and kills one still starting.
+    pub fn begin_close(&self) {
+        self.starting.close();
+    }
+
     /// Ends the template (after the pool's workers are gone: it reports their exits).
     pub fn close(&self) {
         let old = std::mem::replace(&mut *self.state.lock(), State::Closed);
@@ -147,7 +187,7 @@ enum Started {
 }
 
 struct Template {
-    process: ProcessHandle,
+    process: Arc<ProcessHandle>,
     /// Keeps the thread that spawned it alive: see [`spawn_on_own_thread`]. Declared after
     /// `process`, so the process is reaped before the thread ends.
     _parent: Sender<()>,
@@ -158,32 +198,12 @@ struct Template {
     output: Output,
 }
 
-/// The pool's end of the template's socket, shared with the workers' handles.
-struct Link {
-    control: OwnedFd,
-    exits: Mutex<HashMap<i32, ExitStatus>>,
-    exited: Condvar,
-    alive: AtomicBool,
-}
-
-enum Reply {
-    Ready {
-        unfit: Option<String>,
-    },
-    NotReady(String),
-    Forked {
-        id: String,
-        pid: i32,
-        pidfd: OwnedFd,
-    },
-    ForkFailed(String),
-}
-
 impl Template {
     fn start(
         spec: &SpawnSpec,
         deadline: Instant,
         events: Arc<dyn EventSink>,
+        starting: &Starting,
     ) -> Result<Started, String> {
         let (ours, theirs) = fdpass::socket_pair().map_err(|e| format!("no socket: {e}"))?;
         let null = std::fs::File::open("/dev/null").map_err(|e| e.to_string())?;
@@ -194,7 +214,7 @@ impl Template {
             )
         })?;
         drop(theirs);
-        let process = spawned.handle;
+        let process = Arc::new(spawned.handle);
         let output = Output::start(
             spawned.stdout,
             spawned.stderr,
@@ -202,12 +222,7 @@ impl Template {
             TEMPLATE,
             events,
         );
-        let link = Arc::new(Link {
-            control: ours,
-            exits: Mutex::new(HashMap::new()),
-            exited: Condvar::new(),
-            alive: AtomicBool::new(true),
-        });
+        let link = Arc::new(Link::new(ours));
         let (tx, replies) = bounded(1);
         let reader = link.clone();
         std::thread::Builder::new()
@@ -222,7 +237,10 @@ impl Template {
             forking: Mutex::new(()),
             output,
         };
-        match template.reply(deadline) {
+        starting.register(&template.process);
+        let ready = template.reply(deadline);
+        starting.done();
+        match ready {
             Ok(Reply::Ready { unfit: None }) => Ok(Started::Fit(Arc::new(template))),
             Ok(Reply::Ready { unfit: Some(why) }) => {
                 template.close();
@@ -316,89 +334,5 @@ fn spawn_on_own_thread(
     Ok((spawned, keep))
 }
 
-impl Link {
-    /// The reader thread: routes the template's messages until its socket closes.
-    fn read_messages(&self, replies: Sender<Reply>) {
-        loop {
-            let (data, mut fds) = match fdpass::recv(&self.control) {
-                Ok((data, fds)) if !data.is_empty() => (data, fds),
-                _ => break,
-            };
-            let message: Value = match serde_json::from_slice(&data) {
-                Ok(message) => message,
-                Err(_) => break, // not our template's words: treat it as gone
-            };
-            let reply = if let Some(pid) = message["exited"].as_i64() {
-                self.record_exit(pid as i32, &message);
-                continue;
-            } else if let Some(ready) = message["ready"].as_bool() {
-                match ready {
-                    true => Reply::Ready {
-                        unfit: message["unfit"].as_str().map(String::from),
-                    },
-                    false => Reply::NotReady(text(&message["error"])),
-                }
-            } else if let (Some(id), Some(pid), Some(pidfd)) = (
-                message["forked"].as_str(),
-                message["pid"].as_i64(),
-                fds.pop(),
-            ) {
-                Reply::Forked {
-                    id: id.to_owned(),
-                    pid: pid as i32,
-                    pidfd,
-                }
-            } else {
-                Reply::ForkFailed(text(&message["error"]))
-            };
-            if replies.send(reply).is_err() {
-                break;
-            }
-        }
-        self.alive.store(false, Ordering::Release);
-        let _exits = self.exits.lock();
-        self.exited.notify_all();
-    }
-
-    fn record_exit(&self, pid: i32, message: &Value) {
-        let status = match (message["code"].as_i64(), message["signal"].as_i64()) {
-            (Some(code), _) => ExitStatus::Exited(code as i32),
-            (None, Some(signal)) => ExitStatus::Signaled(signal as i32),
-            _ => ExitStatus::Unknown,
-        };
-        self.exits.lock().insert(pid, status);
-        self.exited.notify_all();
-    }
-}
-
-impl Reaper for Link {
-    fn exit_status(&self, pid: i32) -> ExitStatus {
-        let until = Instant::now() + EXIT_REPORT;
-        let mut exits = self.exits.lock();
-        loop {
-            if let Some(status) = exits.remove(&pid) {
-                return status;
-            }
-            if !self.alive() || self.exited.wait_until(&mut exits, until).timed_out() {
-                return ExitStatus::Unknown;
-            }
-        }
-    }
-
-    fn release(&self, pid: i32) {
-        if self.alive() {
-            let message = json!({ "release": pid }).to_string();
-            let _ = fdpass::send(&self.control, message.as_bytes(), &[]);
-        }
-    }
-
-    fn alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
-    }
-}
-
-fn text(value: &Value) -> String {
-    value
-        .as_str()
-        .map_or_else(|| value.to_string(), String::from)
-}
+mod link;
+use link::{Link, Reply};

@@ -566,3 +566,51 @@ fn forked_workers_report_real_exit_statuses_and_leave_no_zombie() {
         assert_eq!(parent_of(*pid), None, "{pid} outlived its pool");
     }
 }
+
+#[test]
+fn a_pool_stopped_while_its_template_imports_does_not_wait_for_the_imports() {
+    let dir = std::env::temp_dir().join(format!("dspex_slow_preload_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("slow_preload.py"), "import time\ntime.sleep(60)\n").unwrap();
+    let mut config = forked(2);
+    config.startup_timeout = Duration::from_secs(60);
+    config.spawn.env = vec![("PYTHONPATH".into(), dir.clone().into_os_string())];
+    config.template = Some(vec![
+        "--template".into(),
+        "--preload".into(),
+        "slow_preload".into(),
+    ]);
+    let (tx, _events) = unbounded();
+    let pool = Pool::start(config, Arc::new(Events(tx))).unwrap();
+    // The template is importing once one of its children's command lines says so.
+    let importing_by = Instant::now() + Duration::from_secs(10);
+    while !template_running() {
+        assert!(Instant::now() < importing_by, "no template started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let started = Instant::now();
+    pool.close(Duration::from_secs(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "close waited {:?} for the template's imports",
+        started.elapsed()
+    );
+    assert!(!template_running(), "the template outlived its pool");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Whether a child of this process is a template preloading `slow_preload`.
+fn template_running() -> bool {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            return false;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        parent_of(pid) == Some(me)
+            && String::from_utf8_lossy(&cmdline).contains("slow_preload")
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+    })
+}
