@@ -7,14 +7,14 @@ defmodule DSPex.NativePool.TemplateTest do
 
   alias DSPex.NativePool.TestHelpers
 
+  # The parent pid from /proc/PID/stat: "PID (NAME) STATE PPID ...".
   defp parent_of(os_pid) do
-    "/proc/#{os_pid}/stat"
-    |> File.read!()
-    |> String.split(") ")
-    |> List.last()
-    |> String.split(" ")
-    |> Enum.at(1)
-    |> String.to_integer()
+    stat = File.read!("/proc/#{os_pid}/stat")
+
+    case Regex.run(~r/\) \S+ (\d+) /, stat) do
+      [_, ppid] -> String.to_integer(ppid)
+      nil -> flunk("no parent pid for #{os_pid} in #{inspect(stat)}")
+    end
   end
 
   defp vm_os_pid, do: String.to_integer(System.pid())
