@@ -320,45 +320,47 @@ defmodule DSPex.NativePool.Options do
 
   defp check(:require_dspy, value) when value in [:auto, true, false], do: {:ok, value}
 
+  defp check(:require_dspy, other),
+    do: {:error, "expected :auto, true or false, got #{describe(other)}"}
+
   defp check(:preload, value) when value in [:auto, false], do: {:ok, value}
 
   defp check(:preload, modules) when is_list(modules) do
-    Enum.reduce_while(modules, {:ok, []}, fn mod, {:ok, acc} ->
-      case check(:python_module, mod) do
-        {:ok, nil} -> {:halt, {:error, "expected Python module names, got nil in the list"}}
-        {:ok, name} -> {:cont, {:ok, acc ++ [name]}}
-        {:error, _} = error -> {:halt, error}
-      end
+    each_ok(modules, fn
+      nil -> {:error, "expected Python module names, got nil in the list"}
+      mod -> check(:python_module, mod)
     end)
   end
 
   defp check(:preload, other),
     do: {:error, "expected :auto, false or a list of Python module names, got #{describe(other)}"}
 
-  defp check(:require_dspy, other),
-    do: {:error, "expected :auto, true or false, got #{describe(other)}"}
-
   defp check(:env, env) when is_map(env), do: check(:env, Map.to_list(env))
 
   defp check(:env, env) when is_list(env) do
-    Enum.reduce_while(env, {:ok, []}, fn
-      {key, value}, {:ok, acc} ->
-        case env_pair(key, value) do
-          {:ok, pair} -> {:cont, {:ok, [pair | acc]}}
-          {:error, message} -> {:halt, {:error, message}}
-        end
-
-      _other, _acc ->
-        {:halt, {:error, "expected a map or keyword list of variable names to strings"}}
+    each_ok(env, fn
+      {key, value} -> env_pair(key, value)
+      _other -> {:error, "expected a map or keyword list of variable names to strings"}
     end)
-    |> case do
-      {:ok, pairs} -> {:ok, Enum.reverse(pairs)}
-      error -> error
-    end
   end
 
   defp check(:env, other),
     do: {:error, "expected a map of variable names to strings, got #{describe(other)}"}
+
+  # Checks each element with `fun`: the values it returned, in order, or its first error.
+  defp each_ok(list, fun) do
+    list
+    |> Enum.reduce_while({:ok, []}, fn item, {:ok, acc} ->
+      case fun.(item) do
+        {:ok, value} -> {:cont, {:ok, [value | acc]}}
+        error -> {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, values} -> {:ok, Enum.reverse(values)}
+      error -> error
+    end
+  end
 
   defp env_pair(key, value) do
     name = if is_atom(key) and not is_nil(key), do: Atom.to_string(key), else: key
