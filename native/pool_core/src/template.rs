@@ -113,18 +113,9 @@ impl Forker {
             Some(template) => template,
             None => return Ok(Launch::Spawn),
         };
-        match template.fork(id, cpus, deadline) {
-            Ok(worker) => Ok(Launch::Forked(worker)),
-            Err(why) => {
-                // A template that cannot fork is replaced at the next start.
-                let mut state = self.state.lock();
-                if matches!(&*state, State::Running(t) if Arc::ptr_eq(t, &template)) {
-                    *state = State::NotStarted;
-                }
-                template.process.kill();
-                Err(why)
-            }
-        }
+        // A template that broke while forking was killed (see `Template::fork`): the next start
+        // sees it gone and starts another. One whose fork merely failed stays.
+        template.fork(id, cpus, deadline).map(Launch::Forked)
     }
 
     fn template(&self, id: usize, deadline: Instant) -> Result<Option<Arc<Template>>, String> {
@@ -136,7 +127,7 @@ impl Forker {
             State::Running(t) if t.link.alive() => return Ok(Some(t.clone())),
             State::Unfit | State::Closed => return Ok(None),
             State::Failed { why, at } if at.elapsed() < FAILURE_SHARED_FOR => {
-                return Err(why.clone())
+                return Err(format!("worker {id}: {why}"))
             }
             _ => {}
         }
@@ -157,12 +148,12 @@ impl Forker {
                 Ok(None)
             }
             Err(why) => {
-                let why = format!("worker {id}: {why}");
+                let failed = format!("worker {id}: {why}");
                 *state = State::Failed {
-                    why: why.clone(),
+                    why,
                     at: Instant::now(),
                 };
-                Err(why)
+                Err(failed)
             }
         }
     }
