@@ -19,6 +19,17 @@ class WorkerArgv(unittest.TestCase):
         )
 
 
+class Release(unittest.TestCase):
+    def test_a_worker_released_before_its_exit_is_remembered_and_an_unknown_one_ignored(self):
+        children, exited = {10: 123}, {}
+        template._release(children, exited, 123)
+        self.assertIn(123, template._released_early)
+        template._release(children, exited, 999)
+        self.assertNotIn(999, template._released_early)
+        self.assertEqual(children, {10: 123}, "its pidfd stays watched until it exits")
+        template._released_early.discard(123)
+
+
 class ExitMessages(unittest.TestCase):
     def _status_of(self, code):
         pid = os.fork()

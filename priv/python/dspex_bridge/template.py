@@ -129,7 +129,11 @@ def _serve(control, settings):
                 poller.unregister(fd)
                 status = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOWAIT)
                 exited[pid] = fd
-                _send(control, _exit_message(pid, status))
+                if pid in _released_early:
+                    _released_early.discard(pid)
+                    _release(children, exited, pid)
+                else:
+                    _send(control, _exit_message(pid, status))
 
 
 def _on_message(control, poller, children, exited, settings):
@@ -152,12 +156,20 @@ def _on_message(control, poller, children, exited, settings):
         os.close(fd)
 
 
+# Workers the pool released before their exit reached it (it stops waiting for a report after
+# a while): reaped as soon as they exit, with no report nobody waits for.
+_released_early = set()
+
+
 def _release(children, exited, pid):
     fd = exited.pop(pid, None)
-    if fd is not None:
-        del children[fd]
-        os.waitid(os.P_PIDFD, fd, os.WEXITED)
-        os.close(fd)
+    if fd is None:
+        if pid in children.values():
+            _released_early.add(pid)
+        return
+    del children[fd]
+    os.waitid(os.P_PIDFD, fd, os.WEXITED)
+    os.close(fd)
 
 
 def _fork(control, poller, children, message, fds, settings):
