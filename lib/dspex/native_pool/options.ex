@@ -5,7 +5,7 @@ defmodule DSPex.NativePool.Options do
   # through a test, the README's copy of that table. Nothing here ever quotes an option's
   # value in an error: `:env` may carry secrets.
 
-  alias DSPex.NativePool.PythonEnv
+  alias DSPex.NativePool.Options.Types
 
   @mib 1024 * 1024
   # The longest wait `receive ... after` accepts (about 49.7 days), and so every ms option's
@@ -227,16 +227,12 @@ defmodule DSPex.NativePool.Options do
   def validate(opts) do
     with :ok <- keyword(opts, "options"),
          :ok <- known(opts, Keyword.keys(@schema)) do
-      Enum.reduce_while(@schema, {:ok, []}, fn {key, spec}, {:ok, acc} ->
-        case check(spec[:type], Keyword.get(opts, key, spec[:default])) do
-          {:ok, value} -> {:cont, {:ok, [{key, value} | acc]}}
-          {:error, message} -> {:halt, {:error, "invalid #{inspect(key)}: #{message}"}}
+      Types.each_ok(@schema, fn {key, spec} ->
+        case Types.check(spec[:type], Keyword.get(opts, key, spec[:default])) do
+          {:ok, value} -> {:ok, {key, value}}
+          {:error, message} -> {:error, "invalid #{inspect(key)}: #{message}"}
         end
       end)
-      |> case do
-        {:ok, acc} -> {:ok, Enum.reverse(acc)}
-        error -> error
-      end
     end
   end
 
@@ -250,131 +246,6 @@ defmodule DSPex.NativePool.Options do
     case Keyword.keys(opts) -- known do
       [] -> :ok
       unknown -> {:error, "unknown options #{inspect(unknown)}; known: #{inspect(known)}"}
-    end
-  end
-
-  # Every message names the type or bound that was missed, never the value given.
-  defp check({:integer, min, max}, n) when is_integer(n) and n >= min and n <= max, do: {:ok, n}
-
-  defp check({:integer, min, max}, n) when is_integer(n),
-    do: {:error, "expected an integer from #{min} to #{max}, got #{n}"}
-
-  defp check({:integer, min, max}, other),
-    do: {:error, "expected an integer from #{min} to #{max}, got #{describe(other)}"}
-
-  defp check(:pool_size, nil), do: {:ok, System.schedulers_online()}
-  defp check(:pool_size, n), do: check({:integer, 1, 1024}, n)
-
-  defp check({:integer_or_nil, _min, _max}, nil), do: {:ok, nil}
-  defp check({:integer_or_nil, min, max}, n), do: check({:integer, min, max}, n)
-
-  defp check(:boolean, bool) when is_boolean(bool), do: {:ok, bool}
-  defp check(:boolean, other), do: {:error, "expected true or false, got #{describe(other)}"}
-
-  defp check(:name, name) when is_atom(name) and name not in [nil, true, false], do: {:ok, name}
-  defp check(:name, other), do: {:error, "expected an atom, got #{describe(other)}"}
-
-  defp check(:python, nil), do: find_python(elem(PythonEnv.default(), 0))
-  defp check(:python, python) when is_binary(python) and python != "", do: find_python(python)
-  defp check(:python, other), do: {:error, "expected a path, got #{describe(other)}"}
-
-  defp check(:python_module, nil), do: {:ok, nil}
-  defp check(:python_module, mod) when is_atom(mod), do: python_module(Atom.to_string(mod))
-  defp check(:python_module, mod) when is_binary(mod), do: python_module(mod)
-
-  defp check(:python_module, other),
-    do: {:error, "expected a Python module name, got #{describe(other)}"}
-
-  defp check(:paths, paths) when is_list(paths) do
-    if Enum.all?(paths, &(is_binary(&1) and String.valid?(&1))),
-      do: {:ok, Enum.map(paths, &Path.expand(&1, PythonEnv.app_root()))},
-      else: {:error, "expected a list of directory paths (strings)"}
-  end
-
-  defp check(:paths, other),
-    do: {:error, "expected a list of directories, got #{describe(other)}"}
-
-  defp check(:dir, nil), do: {:ok, nil}
-
-  defp check(:dir, dir) when is_binary(dir) and dir != "" do
-    path = Path.expand(dir, PythonEnv.app_root())
-
-    if File.dir?(path),
-      do: {:ok, path},
-      else: {:error, "#{inspect(path)} is not a directory"}
-  end
-
-  defp check(:dir, other), do: {:error, "expected a directory path, got #{describe(other)}"}
-
-  defp check(:path, nil), do: {:ok, nil}
-
-  defp check(:path, path) when is_binary(path) and path != "" do
-    if String.valid?(path) and not String.contains?(path, <<0>>),
-      do: {:ok, Path.expand(path, PythonEnv.app_root())},
-      else: {:error, "expected a path (a UTF-8 string without NUL bytes)"}
-  end
-
-  defp check(:path, other), do: {:error, "expected a path, got #{describe(other)}"}
-
-  defp check(:tools, tools), do: DSPex.NativePool.Tools.validate(tools)
-
-  defp check(:require_dspy, value) when value in [:auto, true, false], do: {:ok, value}
-
-  defp check(:require_dspy, other),
-    do: {:error, "expected :auto, true or false, got #{describe(other)}"}
-
-  defp check(:preload, value) when value in [:auto, false], do: {:ok, value}
-
-  defp check(:preload, modules) when is_list(modules) do
-    each_ok(modules, fn
-      nil -> {:error, "expected Python module names, got nil in the list"}
-      mod -> check(:python_module, mod)
-    end)
-  end
-
-  defp check(:preload, other),
-    do: {:error, "expected :auto, false or a list of Python module names, got #{describe(other)}"}
-
-  defp check(:env, env) when is_map(env), do: check(:env, Map.to_list(env))
-
-  defp check(:env, env) when is_list(env) do
-    each_ok(env, fn
-      {key, value} -> env_pair(key, value)
-      _other -> {:error, "expected a map or keyword list of variable names to strings"}
-    end)
-  end
-
-  defp check(:env, other),
-    do: {:error, "expected a map of variable names to strings, got #{describe(other)}"}
-
-  # Checks each element with `fun`: the values it returned, in order, or its first error.
-  defp each_ok(list, fun) do
-    list
-    |> Enum.reduce_while({:ok, []}, fn item, {:ok, acc} ->
-      case fun.(item) do
-        {:ok, value} -> {:cont, {:ok, [value | acc]}}
-        error -> {:halt, error}
-      end
-    end)
-    |> case do
-      {:ok, values} -> {:ok, Enum.reverse(values)}
-      error -> error
-    end
-  end
-
-  defp env_pair(key, value) do
-    name = if is_atom(key) and not is_nil(key), do: Atom.to_string(key), else: key
-
-    cond do
-      not (is_binary(name) and name != "" and String.valid?(name) and
-               not String.contains?(name, ["=", <<0>>])) ->
-        {:error, "a variable name must be a non-empty string without \"=\", got #{describe(key)}"}
-
-      not (is_binary(value) and String.valid?(value) and not String.contains?(value, <<0>>)) ->
-        {:error, "the value of #{inspect(name)} must be a string without NUL bytes"}
-
-      true ->
-        {:ok, {name, value}}
     end
   end
 
@@ -393,21 +264,4 @@ defmodule DSPex.NativePool.Options do
   def describe(value) when is_reference(value), do: "a reference"
   def describe(value) when is_function(value), do: "a function"
   def describe(_value), do: "an unsupported term"
-
-  defp python_module(mod) do
-    if mod =~ ~r/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/,
-      do: {:ok, mod},
-      else: {:error, "#{inspect(mod)} is not a Python module name"}
-  end
-
-  defp find_python(python) do
-    case System.find_executable(python) do
-      nil ->
-        {:error,
-         "Python executable #{inspect(python)} was not found; run bin/setup or pass python: \"/path/to/python3\""}
-
-      path ->
-        {:ok, path}
-    end
-  end
 end

@@ -1,0 +1,155 @@
+defmodule DSPex.NativePool.Options.Types do
+  @moduledoc false
+  # What each type of the options schema (`DSPex.NativePool.Options`) accepts, and the message
+  # for a value it refuses. Every message names the type or bound that was missed, never the
+  # value given: `:env` may carry secrets.
+
+  import DSPex.NativePool.Options, only: [describe: 1]
+
+  alias DSPex.NativePool.PythonEnv
+
+  @doc false
+  # `{:ok, value}` (normalized) or `{:error, message}`.
+  @spec check(term, term) :: {:ok, term} | {:error, String.t()}
+  def check({:integer, min, max}, n) when is_integer(n) and n >= min and n <= max, do: {:ok, n}
+
+  def check({:integer, min, max}, n) when is_integer(n),
+    do: {:error, "expected an integer from #{min} to #{max}, got #{n}"}
+
+  def check({:integer, min, max}, other),
+    do: {:error, "expected an integer from #{min} to #{max}, got #{describe(other)}"}
+
+  def check(:pool_size, nil), do: {:ok, System.schedulers_online()}
+  def check(:pool_size, n), do: check({:integer, 1, 1024}, n)
+
+  def check({:integer_or_nil, _min, _max}, nil), do: {:ok, nil}
+  def check({:integer_or_nil, min, max}, n), do: check({:integer, min, max}, n)
+
+  def check(:boolean, bool) when is_boolean(bool), do: {:ok, bool}
+  def check(:boolean, other), do: {:error, "expected true or false, got #{describe(other)}"}
+
+  def check(:name, name) when is_atom(name) and name not in [nil, true, false], do: {:ok, name}
+  def check(:name, other), do: {:error, "expected an atom, got #{describe(other)}"}
+
+  def check(:python, nil), do: find_python(elem(PythonEnv.default(), 0))
+  def check(:python, python) when is_binary(python) and python != "", do: find_python(python)
+  def check(:python, other), do: {:error, "expected a path, got #{describe(other)}"}
+
+  def check(:python_module, nil), do: {:ok, nil}
+  def check(:python_module, mod) when is_atom(mod), do: python_module(Atom.to_string(mod))
+  def check(:python_module, mod) when is_binary(mod), do: python_module(mod)
+
+  def check(:python_module, other),
+    do: {:error, "expected a Python module name, got #{describe(other)}"}
+
+  def check(:paths, paths) when is_list(paths) do
+    if Enum.all?(paths, &(is_binary(&1) and String.valid?(&1))),
+      do: {:ok, Enum.map(paths, &Path.expand(&1, PythonEnv.app_root()))},
+      else: {:error, "expected a list of directory paths (strings)"}
+  end
+
+  def check(:paths, other),
+    do: {:error, "expected a list of directories, got #{describe(other)}"}
+
+  def check(:dir, nil), do: {:ok, nil}
+
+  def check(:dir, dir) when is_binary(dir) and dir != "" do
+    path = Path.expand(dir, PythonEnv.app_root())
+
+    if File.dir?(path),
+      do: {:ok, path},
+      else: {:error, "#{inspect(path)} is not a directory"}
+  end
+
+  def check(:dir, other), do: {:error, "expected a directory path, got #{describe(other)}"}
+
+  def check(:path, nil), do: {:ok, nil}
+
+  def check(:path, path) when is_binary(path) and path != "" do
+    if String.valid?(path) and not String.contains?(path, <<0>>),
+      do: {:ok, Path.expand(path, PythonEnv.app_root())},
+      else: {:error, "expected a path (a UTF-8 string without NUL bytes)"}
+  end
+
+  def check(:path, other), do: {:error, "expected a path, got #{describe(other)}"}
+
+  def check(:tools, tools), do: DSPex.NativePool.Tools.validate(tools)
+
+  def check(:require_dspy, value) when value in [:auto, true, false], do: {:ok, value}
+
+  def check(:require_dspy, other),
+    do: {:error, "expected :auto, true or false, got #{describe(other)}"}
+
+  def check(:preload, value) when value in [:auto, false], do: {:ok, value}
+
+  def check(:preload, modules) when is_list(modules) do
+    each_ok(modules, fn
+      nil -> {:error, "expected Python module names, got nil in the list"}
+      mod -> check(:python_module, mod)
+    end)
+  end
+
+  def check(:preload, other),
+    do: {:error, "expected :auto, false or a list of Python module names, got #{describe(other)}"}
+
+  def check(:env, env) when is_map(env), do: check(:env, Map.to_list(env))
+
+  def check(:env, env) when is_list(env) do
+    each_ok(env, fn
+      {key, value} -> env_pair(key, value)
+      _other -> {:error, "expected a map or keyword list of variable names to strings"}
+    end)
+  end
+
+  def check(:env, other),
+    do: {:error, "expected a map of variable names to strings, got #{describe(other)}"}
+
+  @doc false
+  # Checks each element with `fun`: the values it returned, in order, or its first error.
+  def each_ok(list, fun) do
+    list
+    |> Enum.reduce_while({:ok, []}, fn item, {:ok, acc} ->
+      case fun.(item) do
+        {:ok, value} -> {:cont, {:ok, [value | acc]}}
+        error -> {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, values} -> {:ok, Enum.reverse(values)}
+      error -> error
+    end
+  end
+
+  defp env_pair(key, value) do
+    name = if is_atom(key) and not is_nil(key), do: Atom.to_string(key), else: key
+
+    cond do
+      not (is_binary(name) and name != "" and String.valid?(name) and
+               not String.contains?(name, ["=", <<0>>])) ->
+        {:error, "a variable name must be a non-empty string without \"=\", got #{describe(key)}"}
+
+      not (is_binary(value) and String.valid?(value) and not String.contains?(value, <<0>>)) ->
+        {:error, "the value of #{inspect(name)} must be a string without NUL bytes"}
+
+      true ->
+        {:ok, {name, value}}
+    end
+  end
+
+  defp python_module(mod) do
+    if mod =~ ~r/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/,
+      do: {:ok, mod},
+      else: {:error, "#{inspect(mod)} is not a Python module name"}
+  end
+
+  defp find_python(python) do
+    case System.find_executable(python) do
+      nil ->
+        {:error,
+         "Python executable #{inspect(python)} was not found; run bin/setup or pass python: \"/path/to/python3\""}
+
+      path ->
+        {:ok, path}
+    end
+  end
+end
