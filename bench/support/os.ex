@@ -9,19 +9,15 @@ defmodule Bench.OS do
   def beam_pid, do: String.to_integer(System.pid())
 
   @doc "VmRSS of a process, in bytes, or nil if it is gone."
-  def rss_bytes(pid) do
-    with {:ok, status} <- File.read("/proc/#{pid}/status"),
-         [_, kb] <- Regex.run(~r/^VmRSS:\s+(\d+) kB/m, status) do
-      String.to_integer(kb) * 1024
-    else
-      _ -> nil
-    end
-  end
+  def rss_bytes(pid), do: kb_field("/proc/#{pid}/status", "VmRSS")
 
   @doc "Proportional set size of a process (shared pages divided among their sharers), in bytes."
-  def pss_bytes(pid) do
-    with {:ok, rollup} <- File.read("/proc/#{pid}/smaps_rollup"),
-         [_, kb] <- Regex.run(~r/^Pss:\s+(\d+) kB/m, rollup) do
+  def pss_bytes(pid), do: kb_field("/proc/#{pid}/smaps_rollup", "Pss")
+
+  # A `Name:   N kB` line of a /proc file, in bytes; nil if the file or the line is missing.
+  defp kb_field(path, name) do
+    with {:ok, text} <- File.read(path),
+         [_, kb] <- Regex.run(~r/^#{name}:\s+(\d+) kB/m, text) do
       String.to_integer(kb) * 1024
     else
       _ -> nil
