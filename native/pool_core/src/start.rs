@@ -9,7 +9,7 @@ use crate::affinity;
 use crate::frame::{self, FrameError, FrameReader};
 use crate::output::Output;
 use crate::pool::{Event, Shared};
-use crate::process::{self, ExitStatus};
+use crate::process::{self, ExitStatus, ProcessHandle};
 use crate::protocol;
 use crate::template::Launch;
 use crate::worker::{Live, OUTPUT_DRAIN};
@@ -127,11 +127,18 @@ fn replay(shared: &Shared, index: usize, live: &mut Live, deadline: Instant) -> 
 
 /// Kills a worker that failed to start and describes why, quoting its stderr.
 fn abandon(shared: &Shared, index: usize, live: Live, why: &str) -> String {
-    live.process.kill();
-    let status = live.process.reap();
+    let described = kill_and_describe(&live.process, &live.output, why);
     *shared.slots[index].process.lock() = None;
-    live.output.drain(OUTPUT_DRAIN);
-    describe(why, status, &live.output.tail.text())
+    described
+}
+
+/// Kills a process that failed (a worker or a template), reaps it, and says why with the last
+/// lines of its stderr.
+pub(crate) fn kill_and_describe(process: &ProcessHandle, output: &Output, why: &str) -> String {
+    process.kill();
+    let status = process.reap();
+    output.drain(OUTPUT_DRAIN);
+    describe(why, status, &output.tail.text())
 }
 
 pub(crate) fn describe(why: &str, status: ExitStatus, stderr: &str) -> String {

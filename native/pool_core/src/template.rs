@@ -284,10 +284,7 @@ impl Template {
 
     /// Kills a template that failed, and says why with its stderr.
     fn fail(&self, why: &str) -> String {
-        self.process.kill();
-        let status = self.process.reap();
-        self.output.drain(crate::worker::OUTPUT_DRAIN);
-        crate::start::describe(why, status, &self.output.tail.text())
+        crate::start::kill_and_describe(&self.process, &self.output, why)
     }
 
     fn close(&self) {
