@@ -73,10 +73,7 @@ defmodule Bench.Pipelined do
     args = %{"data" => String.duplicate("x", @payload)}
 
     call = fn ->
-      case DSPex.NativePool.execute("echo", args, pool: pool) do
-        {:ok, ^args} -> :ok
-        other -> {:error, other}
-      end
+      Bench.Throughput.echoed(DSPex.NativePool.execute("echo", args, pool: pool), args)
     end
 
     pids = pool |> DSPex.NativePool.stats() |> Map.fetch!(:workers) |> Enum.map(& &1.os_pid)

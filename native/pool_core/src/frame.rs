@@ -216,9 +216,9 @@ impl FrameReader {
             // Large: no growing, compacting or copying out of `buf`; the body is read in place.
             let buffered = self.end - self.start - HEADER_LEN;
             self.large_buf.clear();
-            self.large_buf.resize(len, 0);
-            self.large_buf[..buffered]
-                .copy_from_slice(&self.buf[self.start + HEADER_LEN..self.end]);
+            self.large_buf.reserve(len);
+            self.large_buf
+                .extend_from_slice(&self.buf[self.start + HEADER_LEN..self.end]);
             self.start = 0;
             self.end = 0;
             self.large = Some((len, buffered));
@@ -255,7 +255,7 @@ impl FrameReader {
                     return Err(e);
                 }
             }
-            match self.file.read(&mut self.large_buf[filled..len]) {
+            match read_into_spare(&self.file, &mut self.large_buf, len) {
                 Ok(0) => {
                     self.large = None;
                     return Err(FrameError::Truncated {
@@ -319,6 +319,22 @@ impl FrameReader {
         }
         Ok(())
     }
+}
+
+/// Reads from `file` onto the end of `buf`, never past `upto` bytes in all. The bytes go
+/// straight into the vector's spare capacity: zeroing a megabyte first, only to read over it,
+/// cost as much as checking the reply's UTF-8.
+fn read_into_spare(file: &File, buf: &mut Vec<u8>, upto: usize) -> io::Result<usize> {
+    let have = buf.len();
+    let spare = &mut buf.spare_capacity_mut()[..upto - have];
+    // SAFETY: `read` writes at most `spare.len()` bytes into memory the vector owns, and the
+    // length grows by exactly the count it reports written.
+    let n = unsafe { libc::read(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    unsafe { buf.set_len(have + n as usize) };
+    Ok(n as usize)
 }
 
 /// Waits until `file` is ready for `events`, or the process behind the pidfd `exit_watch`
