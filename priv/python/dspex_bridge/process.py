@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+from . import known_secrets
 from .protocol import REPLY_FD, REQUEST_FD
 
 
@@ -87,6 +88,13 @@ def line_buffered_stdio():
                 reconfigure(line_buffering=True)
             except (ValueError, OSError):
                 pass
+
+
+def redacting_stdio():
+    """Known secrets never reach the Logger through Python's own streams (see
+    ``known_secrets``)."""
+    sys.stdout = known_secrets.RedactingStream(sys.stdout)
+    sys.stderr = known_secrets.RedactingStream(sys.stderr)
 
 
 def watch_parent(interval=0.5):

@@ -58,6 +58,7 @@ def run(worker_id, pool, handlers=None, max_frame=DEFAULT_MAX_FRAME, concurrency
         process.exit_now(2)
     process.default_signals()
     process.line_buffered_stdio()
+    process.redacting_stdio()
     process.watch_parent()
 
     table = _load_commands(prefix, handlers)

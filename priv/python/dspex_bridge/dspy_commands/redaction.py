@@ -1,53 +1,15 @@
 """Secrets never leave a worker: LM options shown redacted, and errors whose text would
 contain a known secret replaced."""
 
-import os
-import re
-
 from .. import errors
+# The secrets themselves are kept by ..known_secrets, which redacts every error reply and printed
+# line; here DSPy's own errors also lose their traceback if it held one.
+from ..known_secrets import REDACTED, is_secret_name
+from ..known_secrets import known as known_secrets
+from ..known_secrets import redact as redact_text
+from ..known_secrets import remember as remember_secrets  # noqa: F401 (used by lm)
 from . import RedactedError
 from .values import jsonable
-
-REDACTED = "[REDACTED]"
-# Option names whose values are credentials: api_key, apiKey, x-api-key,
-# token, access_token, aws_secret_access_key, password, Authorization, ...
-_SECRET_NAME = re.compile(
-    r"(?:^|[_\-.])(?:api_?key|key|secret|secret_access_key|password|passwd|token|"
-    r"credentials?|authorization|auth)$|^apikey$|secret",
-    re.IGNORECASE,
-)
-_SECRET_ENV = re.compile(r"(?:KEY|TOKEN|SECRET|PASSWORD|CREDENTIALS?)$|SECRET", re.IGNORECASE)
-_seen_secrets = set()   # secret values received by configure_lm
-
-
-def is_secret_name(name):
-    return isinstance(name, str) and _SECRET_NAME.search(name) is not None
-
-
-def remember_secrets(value):
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if is_secret_name(key) and isinstance(item, str) and len(item) >= 4:
-                _seen_secrets.add(item)
-            else:
-                remember_secrets(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            remember_secrets(item)
-
-
-def known_secrets():
-    found = set(_seen_secrets)
-    for name, value in os.environ.items():
-        if _SECRET_ENV.search(name) and len(value) >= 8:
-            found.add(value)
-    return found
-
-
-def redact_text(text, secrets):
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
 
 
 def raise_redacted_if_secret(exc):
