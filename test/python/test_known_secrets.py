@@ -41,6 +41,18 @@ class KnownSecrets(unittest.TestCase):
         )
         self.assertEqual(known_secrets.redact("model m"), "model m")
 
+    def test_what_looks_like_a_credential_is_replaced_too(self):
+        cases = {
+            "bad key sk-abcdef1234567890abcdef": "bad key [REDACTED]",
+            "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.x": "Authorization: Bearer [REDACTED]",
+            "api_key=hunter2 sent": "api_key=[REDACTED] sent",
+            "{'password': 'hunter22'}": "{'password': '[REDACTED]'}",
+            "max_tokens=100, tokens: 12, sk-short": "max_tokens=100, tokens: 12, sk-short",
+        }
+        for text, expected in cases.items():
+            self.assertEqual(known_secrets.redact(text), expected, text)
+        self.assertEqual(known_secrets.redact(expected), expected, "idempotent")
+
     def test_a_redacting_stream_replaces_what_it_writes(self):
         os.environ["PRINTED_PASSWORD"] = "hunter2-hunter2"
         out = io.StringIO()

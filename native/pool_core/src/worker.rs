@@ -17,7 +17,7 @@ use crate::frame::FrameReader;
 use crate::lifecycle::{self, Change};
 use crate::output::Output;
 use crate::pool::Shared;
-use crate::process::ProcessHandle;
+use crate::process::{ExitStatus, ProcessHandle};
 use crate::request::{Failure, FailureKind, Request};
 use crate::start::describe;
 
@@ -220,7 +220,14 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Vec<Requ
         End::Replace(_) => {
             process.kill();
             let status = process.reap();
-            (status, format!("killed by the pool ({status})"))
+            let stop = match status {
+                ExitStatus::Signaled(libc::SIGKILL) => {
+                    "the pool killed it with SIGKILL".to_string()
+                }
+                // It had ended by itself before the signal reached it.
+                other => format!("the pool killed it, but it had already ended ({other})"),
+            };
+            (status, stop)
         }
         _ => {
             let stopped = process.terminate(EXIT_GRACE);

@@ -7,7 +7,8 @@ characters).  Every error reply, whatever command raised it, and every line
 written through ``sys.stdout``/``sys.stderr`` has them replaced by
 ``[REDACTED]``: an exception that quotes the key it was given, or a library
 that logs its request headers, cannot carry one to the pool's Logger or to
-a caller.  (Bytes written to fd 1 or 2 below Python, by C code, are not
+a caller.  So is anything that looks like a credential: ``sk-...`` keys,
+bearer tokens, ``api_key=...``/``password: ...``.  (Bytes written to fd 1 or 2 below Python, by C code, are not
 seen.)
 """
 
@@ -83,13 +84,32 @@ def known():
     return secrets
 
 
+# Credentials by their look, for those the worker was never told of (a key read from a file,
+# quoted back by a provider): "sk-..." keys, bearer tokens, and credential-like names given a
+# value ("api_key=...", "password: ...").
+_LOOKS_SECRET = (
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"), REDACTED),
+    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/\-]{12,}=*"), r"\1" + REDACTED),
+    (
+        re.compile(
+            r"(?i)\b(api[_\-]?key|access[_\-]?token|secret|password|passwd|token)"
+            r"([\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{4,}"
+        ),
+        r"\1\2" + REDACTED,
+    ),
+)
+
+
 def redact(text, secrets=None):
-    """``text`` with every known secret (or every one of ``secrets``) replaced."""
+    """``text`` with every known secret (or every one of ``secrets``), and anything that
+    looks like a credential, replaced."""
     if not isinstance(text, str) or not text:
         return text
     for secret in known() if secrets is None else secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    for pattern, replacement in _LOOKS_SECRET:
+        text = pattern.sub(replacement, text)
     return text
 
 

@@ -328,10 +328,8 @@ def error_frame(rid, type_name, message, traceback_text, max_frame, details=None
     """Complete frame for an error reply; texts are truncated if it would not fit.
     ``details`` (from ``errors.details``) are added to the error object.  Known secrets
     (see ``known_secrets``) are replaced in both texts, whatever command raised the error."""
-    known = known_secrets.known()
-    if known:
-        message = known_secrets.redact(message, known)
-        traceback_text = known_secrets.redact(traceback_text, known)
+    message = known_secrets.redact(message)
+    traceback_text = known_secrets.redact(traceback_text)
     for limit in (None, 16384, 1024, 64):
         error = {
             "type": _clean(type_name, 256 if limit else None),

@@ -1,7 +1,7 @@
 defmodule DSPex.NativePool.SecretsTest do
   # A secret the worker knows of (a credential-like variable of its environment, an api_key
-  # given to configure_lm) never comes back in an error reply, whatever command raised it, nor
-  # in a line the worker prints, in either concurrency mode.
+  # given to configure_lm), or one that looks like a key, never comes back in an error reply,
+  # whatever command raised it, nor in a line the worker prints, in either concurrency mode.
   use DSPex.NativePool.PoolCase, async: true
 
   @token "tok-5ecret-7d1e0a9b"
@@ -17,6 +17,9 @@ defmodule DSPex.NativePool.SecretsTest do
   def leak_given(args):
       sys.stderr.write("retrying with key " + args["key"] + "\n")
       raise RuntimeError("bad key " + args["key"])
+
+  def leak_shaped(args):
+      raise PermissionError("Incorrect API key provided: sk-proj-" + "q" * 24)
 
   def marker(args):
       print("stdout marker " + args["tag"])
@@ -55,6 +58,12 @@ defmodule DSPex.NativePool.SecretsTest do
 
       assert message == "RuntimeError: bad key [REDACTED]"
       refute inspect(context) =~ @api_key
+
+      # A key nobody told the worker of is still caught by its look.
+      assert {:error, {:system_error, :python_exception, message, _}} =
+               NativePool.execute("leak_shaped", %{}, pool: pool)
+
+      assert message == "PermissionError: Incorrect API key provided: [REDACTED]"
 
       # Each stream is forwarded in order: once both markers arrive, every line before them has.
       assert {:ok, "ok"} = NativePool.execute("marker", %{tag: "end"}, pool: pool)
