@@ -142,7 +142,9 @@ def serve(table, async_table, max_frame, prefix, concurrency):
             if streaming.is_stream(result):
                 try:
                     wait_credit = credits.waiter(rid, event)
-                    result = streaming.drive(result, rid, window, send, wait_credit, max_frame)
+                    result = streaming.drive(
+                        result, rid, window, send, wait_credit, max_frame, event.is_set
+                    )
                 finally:
                     credits.done(rid)
         except SystemExit as exc:

@@ -7,7 +7,8 @@ null). Frames: ``{"id": N, "chunk": value}`` from the worker; ``{"id": N, "credi
 the pool, as the consumer takes chunks. A request carries ``"stream": window``, the chunks
 it may send before its first credit; a generator waits at ``yield`` while it has none left,
 and stops (``GeneratorExit`` at its ``yield``) when the pool cancels the request. Called
-without ``"stream"`` (``execute/3``), a generator runs to its end and only its result is sent.
+without ``"stream"`` (``execute/3``), a generator runs to its end and only its result is sent
+(with ``concurrency`` above 1, a cancel still stops it at its next ``yield``).
 """
 
 import asyncio
@@ -82,16 +83,20 @@ def _chunk_frame(rid, value, max_frame):
     return len(payload).to_bytes(4, "big") + payload
 
 
-def drive(stream, rid, window, write, wait_credit, max_frame):
+def drive(stream, rid, window, write, wait_credit, max_frame, cancelled=None):
     """Runs ``stream`` to its end and returns its result, sending chunks if ``window`` is
     set; ``wait_credit()`` blocks until the pool grants more (returns how many) or raises
-    ``StreamCancelled``."""
+    ``StreamCancelled``.  ``cancelled()``, looked at after each value, stops the stream
+    early the same way: a generator run through by ``execute/3`` is cancelled at its next
+    ``yield`` rather than left running until its worker is replaced."""
     loop_holder = {}
     credits = window or 0
     try:
         for value in _items(stream, loop_holder):
             if isinstance(value, Result):
                 return value.value
+            if cancelled is not None and cancelled():
+                raise StreamCancelled("the pool cancelled the request")
             if window is None:
                 continue
             while credits <= 0:

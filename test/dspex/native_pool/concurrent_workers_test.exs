@@ -50,6 +50,16 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
       print("saw cancel", flush=True)
       return "stopped"
 
+  def counts_forever(args):
+      # A generator run through by execute/3: it never ends by itself.
+      n = 0
+      try:
+          while True:
+              n += 1
+              yield n
+      finally:
+          print("generator closed", flush=True)
+
   def ignores_cancel(args):
       time.sleep(args["s"])
       return "late"
@@ -130,6 +140,24 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
     assert rest =~ "saw cancel"
     eventually(fn -> NativePool.stats(pool).in_flight == 0 end)
     assert worker_os_pids(pool) == [os_pid]
+  end
+
+  test "a generator run through by execute/3 stops at its next yield when cancelled" do
+    # cancel_grace far above the test's own waits: the worker must not be replaced to end it.
+    pool = pool!(concurrency: 2, cancel_grace: 60_000)
+    attach_logs(pool)
+    [os_pid] = worker_os_pids(pool)
+
+    assert {:error, {:timeout_error, :request_timeout, _, _}} =
+             NativePool.execute("counts_forever", %{}, pool: pool, timeout: 300)
+
+    assert_receive {:pool_log, ^pool, _, "[python] [request " <> rest, _}, 5_000
+    assert rest =~ "generator closed"
+    eventually(fn -> NativePool.stats(pool).in_flight == 0 end)
+    assert worker_os_pids(pool) == [os_pid]
+
+    assert {:ok, %{"tag" => "after"}} =
+             NativePool.execute("wait_thread", %{s: 0, tag: :after}, pool: pool)
   end
 
   test "a cancelled request that does not end within cancel_grace gets its worker replaced" do
