@@ -45,6 +45,17 @@ defmodule DSPex.NativePool.OptionsTest do
              ~s("not-a-module" is not a Python module name)
 
     assert invalid(name: unique_name(), python_path: "/tmp") =~ "invalid :python_path"
+
+    # A NUL byte would only fail later, when the worker is spawned.
+    for bad <- [
+          [python_path: ["/tmp\0x"]],
+          [python_path: [""]],
+          [cwd: "/tmp\0x"],
+          [python: "py\0"]
+        ] do
+      assert invalid([name: unique_name()] ++ bad) =~ "without NUL bytes"
+    end
+
     assert invalid(name: unique_name(), env: %{"A" => 1}) =~ "invalid :env"
     assert invalid(name: unique_name(), startup_timeout: 0) =~ "invalid :startup_timeout"
     assert invalid(name: unique_name(), max_frame: -1) =~ "invalid :max_frame"

@@ -32,7 +32,13 @@ defmodule DSPex.NativePool.Options.Types do
   def check(:name, other), do: {:error, "expected an atom, got #{describe(other)}"}
 
   def check(:python, nil), do: find_python(elem(PythonEnv.default(), 0))
-  def check(:python, python) when is_binary(python) and python != "", do: find_python(python)
+
+  def check(:python, python) when is_binary(python) and python != "" do
+    if path_text?(python),
+      do: find_python(python),
+      else: {:error, "expected a path (a UTF-8 string without NUL bytes)"}
+  end
+
   def check(:python, other), do: {:error, "expected a path, got #{describe(other)}"}
 
   def check(:python_module, nil), do: {:ok, nil}
@@ -43,9 +49,10 @@ defmodule DSPex.NativePool.Options.Types do
     do: {:error, "expected a Python module name, got #{describe(other)}"}
 
   def check(:paths, paths) when is_list(paths) do
-    if Enum.all?(paths, &(is_binary(&1) and String.valid?(&1))),
+    if Enum.all?(paths, &(is_binary(&1) and &1 != "" and path_text?(&1))),
       do: {:ok, Enum.map(paths, &Path.expand(&1, PythonEnv.app_root()))},
-      else: {:error, "expected a list of directory paths (strings)"}
+      else:
+        {:error, "expected a list of directory paths (non-empty UTF-8 strings without NUL bytes)"}
   end
 
   def check(:paths, other),
@@ -54,11 +61,13 @@ defmodule DSPex.NativePool.Options.Types do
   def check(:dir, nil), do: {:ok, nil}
 
   def check(:dir, dir) when is_binary(dir) and dir != "" do
-    path = Path.expand(dir, PythonEnv.app_root())
+    path = if path_text?(dir), do: Path.expand(dir, PythonEnv.app_root())
 
-    if File.dir?(path),
-      do: {:ok, path},
-      else: {:error, "#{inspect(path)} is not a directory"}
+    cond do
+      path == nil -> {:error, "expected a path (a UTF-8 string without NUL bytes)"}
+      File.dir?(path) -> {:ok, path}
+      true -> {:error, "#{inspect(path)} is not a directory"}
+    end
   end
 
   def check(:dir, other), do: {:error, "expected a directory path, got #{describe(other)}"}
@@ -66,7 +75,7 @@ defmodule DSPex.NativePool.Options.Types do
   def check(:path, nil), do: {:ok, nil}
 
   def check(:path, path) when is_binary(path) and path != "" do
-    if String.valid?(path) and not String.contains?(path, <<0>>),
+    if path_text?(path),
       do: {:ok, Path.expand(path, PythonEnv.app_root())},
       else: {:error, "expected a path (a UTF-8 string without NUL bytes)"}
   end
@@ -135,6 +144,9 @@ defmodule DSPex.NativePool.Options.Types do
         {:ok, {name, value}}
     end
   end
+
+  # A file name the OS can take: no NUL byte, and text that prints in an error.
+  defp path_text?(path), do: String.valid?(path) and not String.contains?(path, <<0>>)
 
   defp python_module(mod) do
     if mod =~ ~r/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/,
