@@ -7,13 +7,13 @@
 //! accepts requests, takes it back before it stops, and watches the deadlines, cancels and
 //! health of every request in the table, however it started.
 //!
-//! The write never blocks: only a frame of at most `PIPE_BUF` bytes is written here, and only
-//! once `poll` says the pipe has room; a pipe write of that size is then whole (POSIX). Anything
-//! else goes through the worker's queue as before.
+//! The write never blocks: only a frame of at most `PIPE_BUF` bytes is written here, to the
+//! non-blocking request pipe, and such a write is whole or refused (`EAGAIN`, POSIX), never
+//! partial; a refused request goes back unstarted, and through the worker's queue. Anything
+//! larger goes through the queue too.
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::Sender;
@@ -60,7 +60,7 @@ pub(crate) fn start(shared: &Shared, index: usize, request: Request) -> Result<b
         return Err(request);
     };
     let idle = slot.in_flight.load(Ordering::Acquire) == 0;
-    if !has_room(&wire.requests) || !slot.reserve(shared.config.concurrency) {
+    if !slot.reserve(shared.config.concurrency) {
         return Err(request);
     }
     match write_reserved(shared, index, wire, request) {
@@ -87,7 +87,7 @@ pub(crate) fn refill(shared: &Shared, index: usize) {
     };
     loop {
         // Counted in flight before it leaves the queue's count (see `multiplex`).
-        if !has_room(&wire.requests) || !slot.reserve(shared.config.concurrency) {
+        if !slot.reserve(shared.config.concurrency) {
             return;
         }
         let Some(request) = slot.queue.try_pop() else {
@@ -144,7 +144,7 @@ fn write_reserved(
     );
     match (&wire.requests).write(&frame) {
         Ok(n) if n == frame.len() => {}
-        // Not expected after `has_room`; the request goes back, unstarted.
+        // A full pipe (its worker is not reading): the request goes back, unstarted.
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             return Err(unstart(shared, index, wire, id, frame));
         }
@@ -167,15 +167,4 @@ fn unstart(shared: &Shared, index: usize, wire: &Wire, id: u64, frame: Vec<u8>) 
     running.request.frame = frame;
     running.request.ticket.requeue();
     running.request
-}
-
-/// Whether a write of up to `PIPE_BUF` bytes would be taken whole now.
-fn has_room(pipe: &File) -> bool {
-    let mut fd = libc::pollfd {
-        fd: pipe.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
-    ready == 1 && fd.revents & libc::POLLOUT != 0
 }

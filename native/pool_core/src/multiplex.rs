@@ -151,8 +151,7 @@ impl Serving<'_> {
                 draining: self.closing,
             };
             lifecycle::change(shared, self.index, serving);
-            let room = slot.in_flight.load(Ordering::Acquire) < config.concurrency as u64;
-            let accepting = !self.closing && !retiring && room;
+            let accepting = !self.closing && !retiring && self.room_or_park();
             if self.closing || retiring {
                 drop(slot.wire.lock().take());
             }
@@ -200,10 +199,28 @@ impl Serving<'_> {
                 },
                 default(TICK) => Ok(()),
             };
+            slot.parked_full.store(false, Ordering::Relaxed);
             if let Err(end) = step.and_then(|()| self.look_around()) {
                 return end;
             }
         }
+    }
+
+    /// Whether its worker has room for another request. If not, the slot is marked parked
+    /// before a second look, so that the reply that makes room either is seen here or sees
+    /// the mark (and wakes this thread): without the mark, replies need not wake it.
+    fn room_or_park(&self) -> bool {
+        let slot = &self.shared.slots[self.index];
+        let max = self.shared.config.concurrency as u64;
+        if slot.in_flight.load(Ordering::Acquire) < max {
+            return true;
+        }
+        slot.parked_full.store(true, Ordering::SeqCst);
+        if slot.in_flight.load(Ordering::SeqCst) < max {
+            slot.parked_full.store(false, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     fn news(&mut self, news: News) -> Result<(), End> {

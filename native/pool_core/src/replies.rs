@@ -88,7 +88,9 @@ fn answer(shared: &Shared, index: usize, table: &Table, id: u64, body: &[u8]) ->
     let Some(running) = running else {
         return News::Other(id);
     };
-    let before = shared.slots[index].in_flight.fetch_sub(1, Ordering::AcqRel);
+    let slot = &shared.slots[index];
+    // Sequentially consistent with the slot thread's mark (see `Serving::room_or_park`).
+    slot.in_flight.fetch_sub(1, Ordering::SeqCst);
     let request = running.request;
     // A cancelled request's reply (its result, or the worker's "Cancelled") is dropped.
     if request.ticket.finish() {
@@ -96,16 +98,17 @@ fn answer(shared: &Shared, index: usize, table: &Table, id: u64, body: &[u8]) ->
             return News::Broken(why);
         }
     }
-    // The slot thread needs waking when it may have stopped taking requests for want of the
-    // room this reply made (queued ones are started from here first), or when it waits for
-    // its worker to run dry (to stop, or to retire); else it sees the change at its next
-    // look, at most a tick away.
-    let full = before >= shared.config.concurrency as u64;
-    if full {
+    // Queued requests are started from here as soon as there is room. The slot thread needs
+    // waking only when it stopped taking requests for want of the room this reply made, or
+    // when it waits for its worker to run dry (to stop, or to retire): a wake-up per reply
+    // cost more than the reply.
+    if !slot.queue.is_empty() {
         crate::direct::refill(shared, index);
     }
+    let parked =
+        slot.parked_full.load(Ordering::SeqCst) && slot.parked_full.swap(false, Ordering::SeqCst);
     let waits_for_dry = left == 0 && (shared.is_closing() || shared.config.max_requests.is_some());
-    if full || waits_for_dry {
+    if parked || waits_for_dry {
         News::Answered
     } else {
         News::Quiet

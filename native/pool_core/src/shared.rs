@@ -171,6 +171,9 @@ pub struct Slot {
     /// Set while its multiplexed worker accepts requests straight from callers (see
     /// [`crate::direct`]); every write to that worker's request pipe holds this lock.
     pub(crate) wire: Mutex<Option<crate::direct::Wire>>,
+    /// Set while its multiplexed worker's slot thread waits without taking requests, for want
+    /// of room: the reply that makes room must wake it (see `replies::answer`).
+    pub(crate) parked_full: AtomicBool,
 }
 
 impl Slot {
@@ -190,6 +193,7 @@ impl Slot {
             in_flight: AtomicU64::new(0),
             outbox: crate::tools::Outbox::new(),
             wire: Mutex::new(None),
+            parked_full: AtomicBool::new(false),
         }
     }
 

@@ -173,6 +173,28 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
     eventually(fn -> all_idle?(pool) and worker_os_pids(pool) != [os_pid] end)
   end
 
+  test "requests that find the worker's pipe full wait in its queue and all run" do
+    pool = pool!(concurrency: 4096, health_interval: 60_000)
+    [os_pid] = worker_os_pids(pool)
+    # A stopped worker reads nothing: 400 requests of 4 KB overflow its 1 MB request pipe.
+    {_, 0} = System.cmd("kill", ["-STOP", "#{os_pid}"])
+    data = String.duplicate("x", 3_900)
+
+    handles =
+      for i <- 1..400,
+          do: NativePool.execute_async("echo", %{data: data, i: i}, pool: pool, timeout: 60_000)
+
+    assert NativePool.stats(pool).queue_length > 0
+    {_, 0} = System.cmd("kill", ["-CONT", "#{os_pid}"])
+
+    for {handle, i} <- Enum.with_index(handles, 1) do
+      assert {:ok, %{"i" => ^i, "data" => ^data}} = NativePool.await(handle)
+    end
+
+    assert %{in_flight: 0, queue_length: 0} = NativePool.stats(pool)
+    assert worker_os_pids(pool) == [os_pid]
+  end
+
   test "a worker that dies fails every request it held at once; queued ones run elsewhere" do
     pool = pool!(pool_size: 2, concurrency: 3)
     {:ok, _} = NativePool.execute("pid", %{}, pool: pool)
