@@ -11,6 +11,11 @@ Modules, one idea each:
 * ``state``    - worker identity and counters
 * ``worker``   - start-up sequence and the request loop
 * ``concurrent`` - the request loop of a worker that runs many requests at once
+* ``streaming`` - generator commands: chunks, credits and cancellation
+* ``elixir``   - calling the application's Elixir tools
+* ``known_secrets`` - the secrets kept out of error replies and printed lines
+* ``template`` - the warm interpreter that workers are forked from
+* ``programs`` and ``dspy_commands`` - DSPy programs by session, and the DSPy commands
 
 The entry point is ``priv/python/dspex_worker.py``.
 
