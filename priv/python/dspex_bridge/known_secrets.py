@@ -8,8 +8,8 @@ written through ``sys.stdout``/``sys.stderr`` has them replaced by
 ``[REDACTED]``: an exception that quotes the key it was given, or a library
 that logs its request headers, cannot carry one to the pool's Logger or to
 a caller.  So is anything that looks like a credential: ``sk-...`` keys,
-bearer tokens, ``api_key=...``/``password: ...``.  (Bytes written to fd 1 or 2 below Python, by C code, are not
-seen.)
+bearer tokens, ``api_key=...``/``password: ...``.  (Bytes written to fd 1 or
+2 below Python, by C code, are not seen.)
 """
 
 import os
