@@ -65,12 +65,23 @@ pub(crate) fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> 
             "worker {index} did not answer its init ping within {} ms",
             config.startup_timeout.as_millis()
         ),
-        Err(FrameError::Eof) | Err(FrameError::Truncated { .. }) => {
-            format!("worker {index} exited during start-up")
-        }
+        Err(e) if gone_before_answering(&e) => format!(
+            "worker {index} ({:?}) exited during start-up",
+            spec.program.to_string_lossy()
+        ),
         Err(e) => format!("worker {index} broke the protocol during start-up: {e}"),
     };
     Err(abandon(shared, index, live, &why))
+}
+
+/// Whether the init ping failed because the worker had exited: before it could read the ping
+/// (a closed pipe), or before it answered.
+fn gone_before_answering(e: &FrameError) -> bool {
+    match e {
+        FrameError::Eof | FrameError::Truncated { .. } => true,
+        FrameError::Io(e) => e.kind() == std::io::ErrorKind::BrokenPipe,
+        _ => false,
+    }
 }
 
 /// Forks the worker from the pool's template, or spawns it.

@@ -239,7 +239,11 @@ impl Template {
             }
             Ok(Reply::NotReady(why)) => Err(template.fail(&format!("the template failed: {why}"))),
             Ok(_) => Err(template.fail("the template answered out of turn")),
-            Err(why) => Err(template.fail(&why)),
+            // Which interpreter it was says the most when it left without a word.
+            Err(why) => Err(template.fail(&format!(
+                "{why} before it was ready (interpreter {:?})",
+                spec.program.to_string_lossy()
+            ))),
         }
     }
 

@@ -137,6 +137,23 @@ defmodule DSPex.NativePool.StartTest do
       assert message =~ "No module named 'np_no_such_module_xyz'"
     end
 
+    test "an interpreter that exits at once without a word is named in the error" do
+      # A program that is no Python at all: it exits 0 and prints nothing.
+      true_bin = System.find_executable("true")
+
+      for preload <- [:auto, false] do
+        {:error, {reason, _child}} =
+          start_supervised(
+            {NativePool, name: unique_name(), python: true_bin, preload: preload},
+            id: preload
+          )
+
+        assert {:resource_error, :worker_start_failed, message, _} = reason
+        assert message =~ inspect(true_bin)
+        assert message =~ "exited with status 0; no stderr output"
+      end
+    end
+
     test "a handler that clashes with a built-in command fails start_link" do
       source = ~S'''
       def ping(args):
