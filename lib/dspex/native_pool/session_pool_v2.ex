@@ -173,6 +173,14 @@ defmodule DSPex.NativePool.SessionPoolV2 do
 
   defp resolve(_pool_name), do: :error
 
+  # The pool `name` stands for, or nil if none is running: then nothing is left to free.
+  defp running_pool(name) do
+    case resolve(name) do
+      {:ok, pool} -> pool
+      :error -> nil
+    end
+  end
+
   defp running?(pool), do: match?({:ok, _resource, _config}, DSPex.NativePool.Call.lookup(pool))
 
   ## Session tracking (V2's, for observability)
@@ -196,7 +204,7 @@ defmodule DSPex.NativePool.SessionPoolV2 do
 
     pool =
       case Keyword.fetch(opts, :pool_name) do
-        {:ok, name} -> elem(resolve(name), 1)
+        {:ok, name} -> running_pool(name)
         :error -> ran_on
       end
 

@@ -145,6 +145,17 @@ defmodule DSPex.NativePool.SessionPoolV2Test do
     assert :ets.whereis(:dspex_pool_sessions) != :undefined
   end
 
+  test "V2's session calls take any id and any pool name, and answer :ok" do
+    for id <- [nil, 42, "not-tracked"] do
+      assert :ok = SessionPoolV2.track_session(id)
+      assert :ok = SessionPoolV2.update_session_activity(id)
+      assert :ok = SessionPoolV2.end_session(id, pool_name: :no_such_pool)
+      assert :ok = SessionPoolV2.end_session(id, pool_name: "not an atom")
+    end
+
+    assert SessionPoolV2.get_session_info() == []
+  end
+
   test "end_session/1 frees the session on the worker of the pool it ran on", ctx do
     {:ok, _} = SessionPoolV2.execute_in_session("s4", :echo, %{}, pool_name: ctx.pool)
 

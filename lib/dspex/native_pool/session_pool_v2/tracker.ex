@@ -20,7 +20,12 @@ defmodule DSPex.NativePool.SessionPoolV2.Tracker do
   end
 
   @doc "Starts tracking `session_id` (again, from zero operations)."
-  def track(session_id, pool \\ nil) do
+  def track(session_id, pool \\ nil)
+
+  # Only sessions the pool could run are tracked; V2's callers still get `:ok`.
+  def track(session_id, _pool) when not is_binary(session_id), do: :ok
+
+  def track(session_id, pool) do
     now = System.monotonic_time(:millisecond)
     info = %{session_id: session_id, started_at: now, last_activity: now, operations: 0}
     :ets.insert(@table, {session_id, info, pool})
@@ -39,6 +44,8 @@ defmodule DSPex.NativePool.SessionPoolV2.Tracker do
   end
 
   @doc "Counts one more operation of `session_id` (tracking it if it was not)."
+  def touch(session_id) when not is_binary(session_id), do: :ok
+
   def touch(session_id) do
     now = System.monotonic_time(:millisecond)
 
