@@ -24,7 +24,7 @@ defmodule DSPex.NativePool.Error do
      "every worker keeps failing to start; fails at once until one starts"},
     {:resource_error, :pool_closed, "the pool stopped before (or while) the request ran"},
     {:resource_error, :reply_too_large,
-     "the command's result encodes to more than `:max_frame`; the worker stays"},
+     "the command's result, or a chunk it streamed, encodes to more than `:max_frame`; the worker stays"},
     {:resource_error, :worker_start_failed,
      "a worker could not start (from `start_link/1`; the message quotes its stderr)"},
     {:resource_error, :dspy_missing,
@@ -64,7 +64,7 @@ defmodule DSPex.NativePool.Error do
     {:system_error, :python_exception,
      "the command raised; `context` has `:python_type` and `:traceback`"},
     {:system_error, :unserializable_result,
-     "the command returned something JSON cannot carry (including integers beyond 64 bits, or nesting deeper than 512 levels)"}
+     "the command returned or streamed something JSON cannot carry (including integers beyond 64 bits, or nesting deeper than 512 levels)"}
   ]
 
   # The kinds the bridge gives an error it classified (a fixed table: no atom is made from

@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import threading
 
-from . import codec, elixir
+from . import codec, elixir, errors
 
 CANCEL = "__cancel__"
 
@@ -76,10 +76,33 @@ def _close(stream, loop_holder):
             loop.run_until_complete(stream.aclose())
 
 
+class UnsendableChunk(ValueError):
+    """A value the generator yielded that JSON cannot carry: the request fails as a result
+    that cannot be sent would (``:unserializable_result``)."""
+
+    dspex_error_type = "SerializationError"
+
+
+class ChunkTooLarge(ValueError):
+    """A chunk over the pool's frame limit (``:reply_too_large``, as a result would be)."""
+
+    dspex_error_type = "FrameTooLarge"
+
+
 def _chunk_frame(rid, value, max_frame):
-    payload = codec.dumps({"id": rid, "chunk": value})
+    try:
+        payload = codec.dumps({"id": rid, "chunk": value})
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        what = errors.type_name(value)
+        raise UnsendableChunk(
+            f"a chunk (a {what}) cannot be sent as JSON: {errors.type_name(exc)}: "
+            f"{errors.message(exc)}"
+        ) from None
     if len(payload) > max_frame:
-        raise ValueError(f"a chunk of {len(payload)} bytes is over the pool's max_frame")
+        raise ChunkTooLarge(
+            f"a chunk encodes to {len(payload)} bytes of JSON, more than the {max_frame}-byte "
+            f"frame limit; yield smaller chunks, or raise the pool's max_frame"
+        )
     return len(payload).to_bytes(4, "big") + payload
 
 

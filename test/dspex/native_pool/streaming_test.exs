@@ -43,6 +43,16 @@ defmodule DSPex.NativePool.StreamingTest do
   def broken_stream(args):
       yield 1
       raise ValueError("broke after one")
+
+
+  def unsendable_stream(args):
+      yield 1
+      yield {"when": object()}
+      return "never"
+
+
+  def huge_chunk_stream(args):
+      yield "x" * 70_000
   '''
 
   defp pool!(opts) do
@@ -134,6 +144,23 @@ defmodule DSPex.NativePool.StreamingTest do
         error = assert_raise DSPex.NativePool.Error, fn -> Enum.to_list(stream) end
         assert error.type == :python_exception
         assert error.message =~ "broke after one"
+      end
+
+      test "a chunk JSON cannot carry, or over max_frame, fails as a result would" do
+        pool = pool!(concurrency: unquote(concurrency), max_frame: 65_536)
+
+        stream = NativePool.execute_stream("unsendable_stream", %{}, pool: pool)
+        error = assert_raise DSPex.NativePool.Error, fn -> Enum.to_list(stream) end
+        assert {error.category, error.type} == {:system_error, :unserializable_result}
+        assert error.message =~ "a chunk (a dict) cannot be sent as JSON"
+
+        stream = NativePool.execute_stream("huge_chunk_stream", %{}, pool: pool)
+        error = assert_raise DSPex.NativePool.Error, fn -> Enum.to_list(stream) end
+        assert {error.category, error.type} == {:resource_error, :reply_too_large}
+        assert error.message =~ "65536-byte frame limit"
+
+        # The worker stays: the stream failed, not its pipes.
+        assert {:ok, %{"x" => 1}} = NativePool.execute("echo", %{x: 1}, pool: pool)
       end
 
       test "stream_to/4 sends the chunks and the result to a process" do
