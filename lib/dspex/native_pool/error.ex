@@ -80,7 +80,10 @@ defmodule DSPex.NativePool.Error do
     "program_not_found" => {:validation_error, :program_not_found},
     "lm_not_configured" => {:validation_error, :lm_not_configured},
     "invalid_signature" => {:validation_error, :invalid_signature},
-    "dspy_unavailable" => {:resource_error, :dspy_unavailable}
+    "dspy_unavailable" => {:resource_error, :dspy_unavailable},
+    # What a result would get: a streamed chunk that cannot be sent (dspex_bridge.streaming).
+    "unserializable_result" => {:system_error, :unserializable_result},
+    "reply_too_large" => {:resource_error, :reply_too_large}
   }
 
   @table Enum.join(

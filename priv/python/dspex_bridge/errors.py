@@ -15,13 +15,8 @@ import traceback as _traceback
 
 
 def type_name(obj):
-    """``"ValueError"`` for built-in types, ``"module.QualName"`` otherwise; an exception
-    class of the bridge's may name the error type the pool knows it by
-    (``dspex_error_type``)."""
+    """``"ValueError"`` for built-in types, ``"module.QualName"`` otherwise."""
     cls = type(obj)
-    own = getattr(cls, "dspex_error_type", None)
-    if isinstance(own, str) and isinstance(obj, BaseException):
-        return own
     module = getattr(cls, "__module__", None)
     qualname = getattr(cls, "__qualname__", cls.__name__)
     if module in (None, "builtins", "__builtin__"):

@@ -80,13 +80,13 @@ class UnsendableChunk(ValueError):
     """A value the generator yielded that JSON cannot carry: the request fails as a result
     that cannot be sent would (``:unserializable_result``)."""
 
-    dspex_error_type = "SerializationError"
+    dspex_details = {"kind": "unserializable_result"}
 
 
 class ChunkTooLarge(ValueError):
     """A chunk over the pool's frame limit (``:reply_too_large``, as a result would be)."""
 
-    dspex_error_type = "FrameTooLarge"
+    dspex_details = {"kind": "reply_too_large"}
 
 
 def _chunk_frame(rid, value, max_frame):
