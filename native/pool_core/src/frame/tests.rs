@@ -1,4 +1,5 @@
 use super::*;
+use std::io::Read;
 use std::time::Duration;
 
 fn pipe() -> (File, File) {
