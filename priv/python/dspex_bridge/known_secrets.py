@@ -113,10 +113,6 @@ def redact(text, secrets=None):
     return text
 
 
-def contains_secret(text):
-    return isinstance(text, str) and any(secret in text for secret in known())
-
-
 class RedactingStream:
     """A text stream whose writes have known secrets replaced; everything else is the
     wrapped stream's."""
