@@ -31,6 +31,23 @@ def message(exc):
         return f"<exception str() failed for {type(exc).__name__}>"
 
 
+
+# A result and a streamed chunk fail to be sent for the same two reasons; one wording for both.
+def unsendable(subject, value, exc):
+    """Why ``value`` (``subject``: "the result of 'cmd'", "a chunk") cannot be JSON."""
+    return (
+        f"{subject} (a {type_name(value)}) cannot be sent as JSON: "
+        f"{type_name(exc)}: {message(exc)}"
+    )
+
+
+def too_large(subject, size, max_frame, advice):
+    """Why a ``size``-byte encoding of ``subject`` cannot be one frame."""
+    return (
+        f"{subject} encodes to {size} bytes of JSON, more than the {max_frame}-byte "
+        f"frame limit (the pool's max_frame); {advice}"
+    )
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # Only the dispatch loop and the handler loader: frames of built-in command
 # modules (commands.py, dspy_commands/) are real code worth showing.

@@ -93,16 +93,10 @@ def _chunk_frame(rid, value, max_frame):
     try:
         payload = codec.dumps({"id": rid, "chunk": value})
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        what = errors.type_name(value)
-        raise UnsendableChunk(
-            f"a chunk (a {what}) cannot be sent as JSON: {errors.type_name(exc)}: "
-            f"{errors.message(exc)}"
-        ) from None
+        raise UnsendableChunk(errors.unsendable("a chunk", value, exc)) from None
     if len(payload) > max_frame:
-        raise ChunkTooLarge(
-            f"a chunk encodes to {len(payload)} bytes of JSON, more than the {max_frame}-byte "
-            f"frame limit; yield smaller chunks, or raise the pool's max_frame"
-        )
+        advice = "yield smaller chunks, or raise it"
+        raise ChunkTooLarge(errors.too_large("a chunk", len(payload), max_frame, advice))
     return len(payload).to_bytes(4, "big") + payload
 
 

@@ -242,15 +242,10 @@ def result_frame(rid, name, result, max_frame):
     frame = success_frame(rid, body, max_frame)
     if frame is None:
         state.errors += 1
-        frame = error_frame(
-            rid,
-            "FrameTooLarge",
-            f"the result of {name!r} encodes to {len(body)} bytes of JSON, more than the "
-            f"{max_frame}-byte frame limit (--max-frame); return less data, or raise the "
-            f"pool's max frame",
-            "",
-            max_frame,
+        message = errors.too_large(
+            f"the result of {name!r}", len(body), max_frame, "return less data, or raise it"
         )
+        frame = error_frame(rid, "FrameTooLarge", message, "", max_frame)
     return frame
 
 
@@ -268,12 +263,5 @@ def unknown_command_frame(rid, name, table, max_frame):
 def _serialization_error(rid, name, result, exc, max_frame):
     # No traceback: it would only show the JSON encoder's internals; the
     # message names the command, the result's type and the encoder's complaint.
-    what = errors.type_name(result)
-    return error_frame(
-        rid,
-        "SerializationError",
-        f"the result of {name!r} (a {what}) cannot be sent as JSON: "
-        f"{errors.type_name(exc)}: {errors.message(exc)}",
-        "",
-        max_frame,
-    )
+    message = errors.unsendable(f"the result of {name!r}", result, exc)
+    return error_frame(rid, "SerializationError", message, "", max_frame)
