@@ -136,10 +136,14 @@ defmodule DSPex.NativePool.Call do
       else:
         invalid(
           :invalid_session,
-          "a session id must be a non-empty UTF-8 string, got #{Options.describe(session_id)}",
+          "a session id must be a non-empty UTF-8 string, got #{describe_session(session_id)}",
           context
         )
   end
+
+  defp describe_session(""), do: "an empty string"
+  defp describe_session(id) when is_binary(id), do: "a binary that is not valid UTF-8"
+  defp describe_session(id), do: Options.describe(id)
 
   @doc false
   def lookup(pool) do

@@ -48,6 +48,21 @@ defmodule DSPex.NativePool.HostileCallersTest do
     refute_stray_messages()
   end
 
+  test "a session id that cannot be used is described, never quoted", %{pool: pool} do
+    for {id, got} <- [
+          {"", "an empty string"},
+          {<<0xFF, "secret">>, "a binary that is not valid UTF-8"},
+          {42, "an integer"}
+        ] do
+      assert {:error, {:validation_error, :invalid_session, message, _}} =
+               NativePool.execute_in_session(id, "echo", %{}, pool: pool)
+
+      assert message == "a session id must be a non-empty UTF-8 string, got #{got}"
+    end
+
+    refute_stray_messages()
+  end
+
   test "await with a bad timeout, or awaited twice, answers at once", %{pool: pool} do
     handle = NativePool.execute_async("echo", %{a: 1}, pool: pool, timeout: :infinity)
 
