@@ -100,9 +100,10 @@ defmodule DSPex.NativePool.LifecycleTest do
     assert_receive {:DOWN, ^ref, :process, ^old_pid, :killed}
 
     # The supervisor restarts the pool under the same name; its init returns once the new
-    # workers are ready, so a system call on it waits for that.
+    # workers are ready, so a system call on it waits for that: as long as a start may take
+    # (:startup_timeout), not the call's default 5 s, which a loaded machine's start can pass.
     new_pid = eventually(fn -> (pid = Process.whereis(pool)) && pid != old_pid && pid end)
-    :sys.get_state(new_pid)
+    :sys.get_state(new_pid, 30_000)
 
     new_os_pids = worker_os_pids(pool)
     assert length(new_os_pids) == 2
