@@ -13,7 +13,7 @@ defmodule DSPex.NativePool.Cluster do
   # * pool-wide state (`configure_lm`, global programs) runs on every member and is recorded
   #   in every directory; a member that joins later replays it before it takes calls.
 
-  alias DSPex.NativePool.{Call, CallOptions, DSPy, Replay, Telemetry}
+  alias DSPex.NativePool.{Call, CallOptions, DSPy, Options, Replay, Telemetry}
   alias DSPex.NativePool.Cluster.{Directory, Member, Runner}
 
   @known [:pool, :timeout, :tools, :node]
@@ -67,6 +67,7 @@ defmodule DSPex.NativePool.Cluster do
 
     with :ok <- Call.check_command(command, context),
          :ok <- check_keys(opts, context),
+         :ok <- check_node(opts, context),
          {:ok, timeout} <- Call.timeout_option(opts, context),
          {:ok, opts} <- tools_here(opts, context) do
       {:ok, Keyword.get(opts, :pool, DSPex.NativePool), timeout, opts}
@@ -88,6 +89,24 @@ defmodule DSPex.NativePool.Cluster do
           "a call with its own :tools runs on this node's member only, not on another node",
           context
         )
+    end
+  end
+
+  defp check_node(opts, context) do
+    case Keyword.fetch(opts, :node) do
+      {:ok, node} when is_atom(node) and node not in [nil, true, false] ->
+        :ok
+
+      {:ok, other} ->
+        Call.invalid(
+          :invalid_options,
+          "invalid :node: expected a node name (an atom such as :\"py1@host\"), got " <>
+            Options.describe(other),
+          context
+        )
+
+      :error ->
+        :ok
     end
   end
 

@@ -35,7 +35,9 @@ defmodule DSPex.NativePool.HostileCallersTest do
         NativePool.execute_in_session("s", "create_program", %{program_id: self()}, pool: pool)
       end,
       fn -> NativePool.execute_async("echo", %{}, pool: pool, timeout: -1) end,
-      fn -> NativePool.broadcast("ping", %{}, [:pool]) end
+      fn -> NativePool.broadcast("ping", %{}, [:pool]) end,
+      fn -> NativePool.execute("echo", %{}, pool: :not_on_this_node, node: "py1@host") end,
+      fn -> NativePool.execute("echo", %{}, pool: :not_on_this_node, node: nil) end
     ]
 
     for call <- calls do
