@@ -10,7 +10,9 @@ defmodule DSPex.NativePool.ClusterTest do
 
   setup_all do
     TestCluster.ensure_distributed!()
-    %{dir: TestCluster.handlers_dir!()}
+    dir = TestCluster.handlers_dir!()
+    on_exit(fn -> File.rm_rf!(dir) end)
+    %{dir: dir}
   end
 
   setup %{dir: dir} do
