@@ -319,12 +319,24 @@ defmodule DSPex.NativePool.Cluster do
 
   ## Running on a member
 
-  defp run_on(%{node: node}, pool, session, command, args, deadline, opts) when node == node() do
+  # Every error of a routed call says which node's member ran it (or would have).
+  defp run_on(member, pool, session, command, args, deadline, opts) do
+    case run_on_member(member, pool, session, command, args, deadline, opts) do
+      {:error, {category, type, message, context}} when is_map(context) ->
+        {:error, {category, type, message, Map.put_new(context, :node, member.node)}}
+
+      outcome ->
+        outcome
+    end
+  end
+
+  defp run_on_member(%{node: node}, pool, session, command, args, deadline, opts)
+       when node == node() do
     opts = [pool: pool, timeout: Call.remaining(deadline)] ++ Keyword.take(opts, [:tools])
     Runner.local(pool, session, command, args, opts)
   end
 
-  defp run_on(%{node: node} = member, pool, session, command, args, deadline, _opts) do
+  defp run_on_member(%{node: node} = member, pool, session, command, args, deadline, _opts) do
     pid = Map.get(member, :pid)
     if pid, do: Directory.sent(pool, pid, 1)
 

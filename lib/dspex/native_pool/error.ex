@@ -112,8 +112,9 @@ defmodule DSPex.NativePool.Error do
       `:system_error`, `:validation_error`;
     * `type` — an atom naming the exact failure (table below);
     * `message` — a sentence for humans;
-    * `context` — a map with `:pool`, `:command` and `:worker_id` where known, and for
-      Python exceptions `:python_type` and `:traceback`.
+    * `context` — a map with `:pool`, `:command` and `:worker_id` where known, for
+      Python exceptions `:python_type` and `:traceback`, and for a clustered pool's call
+      that reached a member, that member's `:node`.
 
   #{@table}
   """

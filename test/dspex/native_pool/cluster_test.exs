@@ -51,6 +51,10 @@ defmodule DSPex.NativePool.ClusterTest do
 
     assert message =~ "no member"
 
+    # An error of a call that ran on a member names the member's node.
+    assert {:error, {:validation_error, :unknown_command, _, %{node: ^b, pool: ^pool}}} =
+             NativePool.execute("no_such_command", %{}, pool: pool, node: b)
+
     assert {:error, {:validation_error, :invalid_command, _, _}} =
              NativePool.execute(self(), %{}, pool: pool)
 
