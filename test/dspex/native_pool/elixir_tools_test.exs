@@ -84,6 +84,40 @@ defmodule DSPex.NativePool.ElixirToolsTest do
         refute Process.alive?(runner)
       end
 
+      test "each tool call emits [:dspex, :native_pool, :tool, :stop]" do
+        pool = pool!(concurrency: unquote(concurrency))
+        test_pid = self()
+        handler = {__MODULE__, pool}
+        event = [:dspex, :native_pool, :tool, :stop]
+
+        :telemetry.attach(
+          handler,
+          event,
+          fn
+            ^event, measurements, %{pool: ^pool} = metadata, _ ->
+              send(test_pid, {:tool_stop, measurements, metadata})
+
+            _event, _measurements, _metadata, _ ->
+              :ok
+          end,
+          nil
+        )
+
+        on_exit(fn -> :telemetry.detach(handler) end)
+
+        {:ok, _} =
+          NativePool.execute("use_tool", %{tool: "lookup_order", args: %{id: "1"}}, pool: pool)
+
+        assert_receive {:tool_stop, %{duration: duration}, metadata}, 5_000
+        assert is_integer(duration) and duration >= 0
+
+        assert %{worker_id: 0, tool: "lookup_order", ok: true, request_id: id} = metadata
+        assert is_integer(id)
+
+        {:ok, _} = NativePool.execute("tool_error", %{tool: "boom"}, pool: pool)
+        assert_receive {:tool_stop, _, %{tool: "boom", ok: false}}, 5_000
+      end
+
       test "an exception, an unknown name and a timeout raise ElixirToolError" do
         pool = pool!(concurrency: unquote(concurrency))
 
