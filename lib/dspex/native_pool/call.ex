@@ -321,7 +321,23 @@ defmodule DSPex.NativePool.Call do
       :running ->
         {:error,
          {:timeout_error, :request_timeout,
-          "the worker did not answer within #{timeout} ms; its reply will be dropped", context}}
+          "the worker did not answer within #{timeout} ms; #{after_timeout(context.pool)}",
+          context}}
+    end
+  end
+
+  # What the pool does with a request still running at its deadline (see :kill_on_timeout).
+  defp after_timeout(pool) do
+    case :persistent_term.get({DSPex.NativePool, pool}, nil) do
+      {_resource, config} ->
+        cond do
+          config[:concurrency] > 1 -> "the request is cancelled in the worker, which carries on"
+          config[:kill_on_timeout] -> "the worker is replaced (kill_on_timeout)"
+          true -> "its reply will be dropped"
+        end
+
+      nil ->
+        "its reply will be dropped"
     end
   end
 

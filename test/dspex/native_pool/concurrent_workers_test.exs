@@ -119,8 +119,10 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
     [os_pid] = worker_os_pids(pool)
     other = NativePool.execute_async("wait_async", %{s: 0.3, tag: :other}, pool: pool)
 
-    assert {:error, {:timeout_error, :request_timeout, _, _}} =
+    assert {:error, {:timeout_error, :request_timeout, message, _}} =
              NativePool.execute("wait_async", %{s: 30}, pool: pool, timeout: 500)
+
+    assert message =~ "the request is cancelled in the worker, which carries on"
 
     assert {:ok, %{"tag" => "other"}} = NativePool.await(other)
     eventually(fn -> NativePool.stats(pool).in_flight == 0 end)
