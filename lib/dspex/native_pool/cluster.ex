@@ -319,7 +319,7 @@ defmodule DSPex.NativePool.Cluster do
 
   ## Running on a member
 
-  # Every error of a routed call says which node's member ran it (or would have).
+  # Every error of a call that reached a member says which node's member that was.
   defp run_on(member, pool, session, command, args, deadline, opts) do
     case run_on_member(member, pool, session, command, args, deadline, opts) do
       {:error, {category, type, message, context}} when is_map(context) ->

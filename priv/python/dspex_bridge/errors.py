@@ -31,7 +31,6 @@ def message(exc):
         return f"<exception str() failed for {type(exc).__name__}>"
 
 
-
 # A result and a streamed chunk fail to be sent for the same two reasons; one wording for both.
 def unsendable(subject, value, exc):
     """Why ``value`` (``subject``: "the result of 'cmd'", "a chunk") cannot be JSON."""
