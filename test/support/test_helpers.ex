@@ -234,13 +234,28 @@ defmodule DSPex.NativePool.TestHelpers do
   end
 
   @doc "True when every worker of the pool is idle with a live OS process."
-  def all_idle?(pool) do
-    %{workers: workers, pool_size: size} = NativePool.stats(pool)
+  def all_idle?(pool), do: idle_stats(pool) != nil
 
-    length(workers) == size and
-      Enum.all?(workers, fn w ->
-        w.state == :idle and is_integer(w.os_pid) and os_process_exists?(w.os_pid)
-      end)
+  @doc """
+  The pool's stats if every worker is idle with a live OS process, else nil. Conditions on
+  the workers belong on this one snapshot: checked on two, "all idle" can be read before a
+  worker's death is noticed and "its os_pid changed" after it, with no replacement yet.
+  """
+  def idle_stats(pool) do
+    %{workers: workers, pool_size: size} = stats = NativePool.stats(pool)
+
+    ready? =
+      length(workers) == size and
+        Enum.all?(workers, fn w ->
+          w.state == :idle and is_integer(w.os_pid) and os_process_exists?(w.os_pid)
+        end)
+
+    if ready?, do: stats
+  end
+
+  @doc "The OS pids of an idle pool's workers (see `idle_stats/1`), else nil."
+  def idle_os_pids(pool) do
+    with %{workers: workers} <- idle_stats(pool), do: Enum.map(workers, & &1.os_pid)
   end
 
   @doc "A JSON round trip's view of a term: string keys, atoms (but nil/booleans) as strings."

@@ -172,7 +172,7 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
 
     assert {:error, {:communication_error, :worker_exited, message, _}} = NativePool.await(held)
     assert message =~ "cancel_grace"
-    eventually(fn -> all_idle?(pool) and worker_os_pids(pool) != [os_pid] end)
+    eventually(fn -> (pids = idle_os_pids(pool)) && pids != [os_pid] end)
   end
 
   test "requests that find the worker's pipe full wait in its queue and all run" do
@@ -240,7 +240,7 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
              NativePool.execute("hog", %{}, pool: pool, timeout: 60_000)
 
     assert message =~ "health check"
-    eventually(fn -> all_idle?(pool) and worker_os_pids(pool) != [os_pid] end, 10_000)
+    eventually(fn -> (pids = idle_os_pids(pool)) && pids != [os_pid] end, 10_000)
   end
 
   describe "DSPy over HTTP" do

@@ -119,7 +119,7 @@ defmodule DSPex.NativePool.DSPyProgressTest do
     [%{id: "s1", worker: worker}] = NativePool.sessions(pool)
     os_pid = Enum.at(worker_os_pids(pool), worker)
     System.cmd("kill", ["-9", to_string(os_pid)])
-    eventually(fn -> all_idle?(pool) and Enum.at(worker_os_pids(pool), worker) != os_pid end)
+    eventually(fn -> (pids = idle_os_pids(pool)) && Enum.at(pids, worker) != os_pid end)
 
     assert {:ok, %{"outputs" => %{"answer" => "42"}}} =
              NativePool.execute_in_session("s1", "execute_program", run, pool: pool)

@@ -94,7 +94,7 @@ defmodule DSPex.NativePool.HostileWorkersTest do
 
     assert message =~ "exited with status 7"
     # The forked child was in the worker's process group: it went with the worker.
-    eventually(fn -> all_idle?(pool) and worker_os_pids(pool) != [os_pid] end)
+    eventually(fn -> (pids = idle_os_pids(pool)) && pids != [os_pid] end)
     assert {:ok, _} = NativePool.execute("pid", %{}, pool: pool)
   end
 

@@ -12,7 +12,7 @@ defmodule DSPex.NativePool.ReplayTest do
     System.cmd("kill", ["-9", to_string(os_pid)])
 
     eventually(
-      fn -> all_idle?(pool) and Enum.at(worker_os_pids(pool), worker) != os_pid end,
+      fn -> (pids = idle_os_pids(pool)) && Enum.at(pids, worker) != os_pid end,
       30_000
     )
   end

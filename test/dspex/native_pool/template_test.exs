@@ -39,8 +39,12 @@ defmodule DSPex.NativePool.TemplateTest do
     # A worker killed after real work is forked again at once, with its real exit status.
     assert {:ok, %{"pid" => victim}} = NativePool.execute("whoami", %{}, pool: pool)
     System.cmd("kill", ["-9", Integer.to_string(victim)])
-    eventually(fn -> all_idle?(pool) and victim not in worker_os_pids(pool) end)
-    replaced = NativePool.stats(pool).workers |> Enum.find(&(&1.os_pid not in pids))
+    replaced =
+      eventually(fn ->
+        stats = idle_stats(pool)
+        stats && Enum.find(stats.workers, &(&1.os_pid not in pids))
+      end)
+
     assert replaced.last_exit =~ "killed by signal 9 (SIGKILL)"
     assert parent_of(replaced.os_pid) == template
     assert {:ok, "os._exit"} = exit_code_reported(pool)
@@ -111,12 +115,10 @@ defmodule DSPex.NativePool.TemplateTest do
     [template] = pids |> Enum.map(&parent_of/1) |> Enum.uniq()
     System.cmd("kill", ["-9", Integer.to_string(template)])
 
-    eventually(fn ->
-      new = worker_os_pids(pool)
-      all_idle?(pool) and Enum.all?(new, &(&1 not in pids))
-    end)
+    new =
+      eventually(fn -> (new = idle_os_pids(pool)) && Enum.all?(new, &(&1 not in pids)) && new end)
 
-    [successor] = pool |> worker_os_pids() |> Enum.map(&parent_of/1) |> Enum.uniq()
+    [successor] = new |> Enum.map(&parent_of/1) |> Enum.uniq()
     assert successor != template and successor != vm_os_pid()
     refute os_process_exists?(template)
     assert {:ok, %{"status" => "ok"}} = NativePool.execute("ping", %{}, pool: pool)

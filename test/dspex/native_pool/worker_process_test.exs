@@ -60,8 +60,8 @@ defmodule DSPex.NativePool.WorkerProcessTest do
     stats =
       eventually(
         fn ->
-          stats = NativePool.stats(pool)
-          all_idle?(pool) and Enum.at(stats.workers, worker_id).os_pid != dead and stats
+          stats = idle_stats(pool)
+          stats && Enum.at(stats.workers, worker_id).os_pid != dead && stats
         end,
         10_000
       )
