@@ -144,6 +144,26 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
     assert worker_os_pids(pool) == [os_pid]
   end
 
+  test "a request whose caller dies is cancelled in the worker, which carries on" do
+    pool = pool!(concurrency: 2)
+    attach_logs(pool)
+    [os_pid] = worker_os_pids(pool)
+
+    # Started on an idle worker by the caller's own write; nobody gives up on it but the
+    # pool, which watches the caller.
+    caller =
+      spawn(fn -> NativePool.execute("until_cancelled", %{}, pool: pool, timeout: 60_000) end)
+
+    eventually(fn -> NativePool.stats(pool).in_flight == 1 end)
+    Process.exit(caller, :kill)
+
+    assert_receive {:pool_log, ^pool, _, "[python] [request " <> rest, _}, 5_000
+    assert rest =~ "saw cancel"
+    eventually(fn -> NativePool.stats(pool).in_flight == 0 end)
+    assert worker_os_pids(pool) == [os_pid]
+    assert NativePool.stats(pool).counters.dropped == 1
+  end
+
   test "a generator run through by execute/3 stops at its next yield when cancelled" do
     # cancel_grace far above the test's own waits: the worker must not be replaced to end it.
     pool = pool!(concurrency: 2, cancel_grace: 60_000)

@@ -39,6 +39,7 @@ defmodule DSPex.NativePool.TemplateTest do
     # A worker killed after real work is forked again at once, with its real exit status.
     assert {:ok, %{"pid" => victim}} = NativePool.execute("whoami", %{}, pool: pool)
     System.cmd("kill", ["-9", Integer.to_string(victim)])
+
     replaced =
       eventually(fn ->
         stats = idle_stats(pool)
