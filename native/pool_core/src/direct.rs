@@ -20,7 +20,7 @@ use crossbeam_channel::Sender;
 
 use crate::multiplex::{Running, Table};
 use crate::request::Request;
-use crate::shared::Shared;
+use crate::shared::{Shared, Slot};
 use crate::worker;
 
 /// The largest frame a caller's thread writes (Linux's `PIPE_BUF`: such a write is atomic).
@@ -40,6 +40,8 @@ pub(crate) struct Wire {
     /// Queued requests the reader thread took but could not start: the slot thread starts
     /// them.
     pub(crate) overflow: Sender<Request>,
+    /// Wakes a dozing slot thread (see `wake_if_dozing`).
+    pub(crate) wake: Sender<()>,
 }
 
 /// Starts `request` on the worker of slot `index` if it has room now; gives it back otherwise
@@ -152,6 +154,8 @@ fn write_reserved(
         // thread finds out from the reply pipe and fails what the table holds.
         _ => {}
     }
+    // After the write: the request goes first, the wake-up (a system call) after it.
+    wake_if_dozing(slot, wire);
     crate::buffers::give_back(frame);
     Ok(())
 }
@@ -167,4 +171,13 @@ fn unstart(shared: &Shared, index: usize, wire: &Wire, id: u64, frame: Vec<u8>) 
     running.request.frame = frame;
     running.request.ticket.requeue();
     running.request
+}
+
+/// A slot thread dozes only with nothing in flight, and this request now is (its place was
+/// reserved before this look, sequentially consistent with the thread's mark): its deadline
+/// and its caller must be watched, so the thread is woken.
+fn wake_if_dozing(slot: &Slot, wire: &Wire) {
+    if slot.dozing.load(Ordering::SeqCst) && slot.dozing.swap(false, Ordering::SeqCst) {
+        let _ = wire.wake.try_send(());
+    }
 }

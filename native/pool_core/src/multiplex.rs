@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{never, select, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, never, select, unbounded, Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::direct::Wire;
@@ -22,6 +22,8 @@ use crate::pool::Shared;
 use crate::protocol;
 use crate::request::Request;
 use crate::worker::{self, End, Live};
+
+mod watch;
 
 /// The command that tells a worker to cancel the request with the frame's id.
 pub const CANCEL_COMMAND: &str = "__cancel__";
@@ -73,6 +75,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, index: usize, live: &mut Live) -> (End
     }
     let cancels = unbounded();
     let overflow = unbounded();
+    let wake = bounded(1);
     let slot = &shared.slots[index];
     // Callers start requests here themselves while it accepts them (see `crate::direct`).
     *slot.wire.lock() = live.requests.try_clone().ok().map(|requests| Wire {
@@ -80,6 +83,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, index: usize, live: &mut Live) -> (End
         table: table.clone(),
         cancels: cancels.0.clone(),
         overflow: overflow.0.clone(),
+        wake: wake.0.clone(),
     });
     let mut serving = Serving {
         shared,
@@ -94,7 +98,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, index: usize, live: &mut Live) -> (End
         last_ping: Instant::now(),
         last_caller_check: Instant::now(),
     };
-    let end = serving.run(&news);
+    let end = serving.run(&news, &wake.1);
     // Taken under the lock callers start requests with: none is added to the table after.
     drop(slot.wire.lock().take());
     // Taken from the queue for this worker and never started: back in line (the worker's
@@ -130,7 +134,7 @@ struct Serving<'a> {
 }
 
 impl Serving<'_> {
-    fn run(&mut self, news: &Receiver<News>) -> End {
+    fn run(&mut self, news: &Receiver<News>, wake: &Receiver<()>) -> End {
         let shared = self.shared;
         let slot = &shared.slots[self.index];
         let config = &shared.config;
@@ -177,7 +181,9 @@ impl Serving<'_> {
             };
             let cancels = self.cancels.1.clone();
             let outbox = slot.outbox.rx.clone();
+            let wait = self.wait(running);
             let step = select! {
+                recv(wake) -> _ => Ok(()),
                 recv(news) -> n => self.news(n.unwrap_or(News::Died)),
                 recv(outbox) -> m => m.map_or(Ok(()), |(id, frame)| self.write_tool_result(id, &frame)),
                 recv(cancels) -> id => id.map_or(Ok(()), |id| self.cancel_in_worker(id)),
@@ -197,9 +203,10 @@ impl Serving<'_> {
                     Ok(request) => self.take(request, Some(&shared.queue)),
                     Err(_) => Ok(()),
                 },
-                default(TICK) => Ok(()),
+                default(wait) => Ok(()),
             };
             slot.parked_full.store(false, Ordering::Relaxed);
+            slot.dozing.store(false, Ordering::Relaxed);
             if let Err(end) = step.and_then(|()| self.look_around()) {
                 return end;
             }
@@ -330,70 +337,5 @@ impl Serving<'_> {
             .map_err(|e| End::Replace(format!("cannot write a cancel: {e}")))?;
         self.write(&frame, Instant::now() + config.cancel_grace)
             .map_err(|_| End::Died)
-    }
-
-    /// Deadlines, dead callers, cancels past their grace, and the health ping.
-    fn look_around(&mut self) -> Result<(), End> {
-        let now = Instant::now();
-        let config = &self.shared.config;
-        let counters = &self.shared.counters;
-        let check_callers = now.duration_since(self.last_caller_check) >= CALLER_CHECK;
-        if check_callers {
-            self.last_caller_check = now;
-        }
-        let mut to_cancel = Vec::new();
-        for (id, running) in self.table.lock().iter() {
-            match running.cancelled_at {
-                Some(at) if now.duration_since(at) >= config.cancel_grace => {
-                    return Err(End::Replace(format!(
-                        "request {id} ({:?}) did not end within {} ms of its cancel (cancel_grace)",
-                        running.request.command,
-                        config.cancel_grace.as_millis()
-                    )));
-                }
-                Some(_) => {}
-                None if now >= running.request.deadline => {
-                    running.request.ticket.cancel();
-                    counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                    to_cancel.push(*id);
-                }
-                None if check_callers && !running.request.caller.is_alive() => {
-                    running.request.ticket.cancel();
-                    counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    to_cancel.push(*id);
-                }
-                None => {}
-            }
-        }
-        for id in to_cancel {
-            self.cancel_in_worker(id)?;
-        }
-        self.health(now)
-    }
-
-    /// Pings the worker every `health_interval`, busy or not: a worker whose interpreter is
-    /// stuck (a C loop holding the GIL) answers neither the ping nor anything else.
-    fn health(&mut self, now: Instant) -> Result<(), End> {
-        let config = &self.shared.config;
-        if let Some((_, sent)) = self.ping {
-            if now.duration_since(sent) >= config.health_timeout {
-                return Err(End::Replace(format!(
-                    "no answer to a health check within {} ms",
-                    config.health_timeout.as_millis()
-                )));
-            }
-            return Ok(());
-        }
-        if now.duration_since(self.last_ping) < config.health_interval {
-            return Ok(());
-        }
-        let id = crate::pool::next_request_id();
-        let frame = protocol::request(id, "ping", b"{}", config.max_frame)
-            .map_err(|e| End::Replace(format!("cannot write a health check: {e}")))?;
-        self.write(&frame, now + config.health_timeout)
-            .map_err(|_| End::Died)?;
-        self.ping = Some((id, now));
-        self.last_ping = now;
-        Ok(())
     }
 }

@@ -174,6 +174,9 @@ pub struct Slot {
     /// Set while its multiplexed worker's slot thread waits without taking requests, for want
     /// of room: the reply that makes room must wake it (see `replies::answer`).
     pub(crate) parked_full: AtomicBool,
+    /// Set while that slot thread sleeps until its next health check, with nothing in flight:
+    /// a request a caller starts meanwhile must wake it (see `direct::wake_if_dozing`).
+    pub(crate) dozing: AtomicBool,
 }
 
 impl Slot {
@@ -194,6 +197,7 @@ impl Slot {
             outbox: crate::tools::Outbox::new(),
             wire: Mutex::new(None),
             parked_full: AtomicBool::new(false),
+            dozing: AtomicBool::new(false),
         }
     }
 
@@ -209,7 +213,8 @@ impl Slot {
     /// Callers, the reader thread and the slot thread all start requests: only this counts.
     pub(crate) fn reserve(&self, concurrency: usize) -> bool {
         self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            // Sequentially consistent with the slot thread's look before it dozes.
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < concurrency as u64).then_some(n + 1)
             })
             .is_ok()
