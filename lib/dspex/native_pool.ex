@@ -355,8 +355,10 @@ defmodule DSPex.NativePool do
   @doc """
   A snapshot of the pool: `:pool_size`, `:queue_length`, `:available` (`false` once every
   worker keeps failing to start, or while the pool stops), `:sessions`, `:uptime_ms`,
-  `:counters` (`:completed`, `:timed_out`, `:rejected`, `:dropped`, `:worker_exited`,
-  `:invalid_reply`, `:pool_closed`, `:pool_unavailable`) and one map per worker with `:id`,
+  `:counters` (`:completed`; `:timed_out`, requests still running at their deadline;
+  `:rejected`, refused with `:pool_saturated`; `:dropped`, requests whose caller died or gave
+  up before they ran, or died while they ran; `:worker_exited`, `:invalid_reply`,
+  `:pool_closed`, `:pool_unavailable`) and one map per worker with `:id`,
   `:os_pid`, `:state` (`:starting`, `:idle`, `:busy`, `:draining` (the pool is stopping; it finishes what it runs), `:restarting`, `:stopped`), `:requests`,
   `:restarts`, `:last_exit`, `:backoff_ms` (the wait before its latest restart), `:queue_length`
   and `:cpu` (the CPU it is pinned to, or `nil`; see "CPU pinning").

@@ -41,6 +41,17 @@ pub(crate) struct Running {
 
 pub(crate) type Table = Arc<Mutex<HashMap<u64, Running>>>;
 
+/// Why a running request is cancelled in its worker: what it counts as in the pool's stats.
+#[derive(Clone, Copy)]
+enum Cancel {
+    /// Its deadline passed, seen by the slot thread.
+    Deadline,
+    /// Its caller died.
+    CallerGone,
+    /// Its caller gave up on it: at its deadline (a timeout), or earlier (a stream it ended).
+    GaveUp,
+}
+
 /// What the reader thread tells the slot thread.
 pub(crate) enum News {
     Answered,
@@ -186,7 +197,7 @@ impl Serving<'_> {
                 recv(wake) -> _ => Ok(()),
                 recv(news) -> n => self.news(n.unwrap_or(News::Died)),
                 recv(outbox) -> m => m.map_or(Ok(()), |(id, frame)| self.write_tool_result(id, &frame)),
-                recv(cancels) -> id => id.map_or(Ok(()), |id| self.cancel_in_worker(id)),
+                recv(cancels) -> id => id.map_or(Ok(()), |id| self.cancel_in_worker(id, Cancel::GaveUp)),
                 recv(shutdown) -> _ => {
                     self.closing = true;
                     Ok(())
@@ -321,8 +332,9 @@ impl Serving<'_> {
             .map_err(|e| End::Replace(format!("cannot write a tool's result: {e}")))
     }
 
-    /// Tells the worker to cancel request `id`, once.
-    fn cancel_in_worker(&mut self, id: u64) -> Result<(), End> {
+    /// Tells the worker to cancel request `id`, once, and counts it once, whoever saw first
+    /// that it had to go.
+    fn cancel_in_worker(&mut self, id: u64, why: Cancel) -> Result<(), End> {
         let mut table = self.table.lock();
         let Some(running) = table.get_mut(&id) else {
             return Ok(()); // answered meanwhile
@@ -330,8 +342,17 @@ impl Serving<'_> {
         if running.cancelled_at.is_some() {
             return Ok(());
         }
-        running.cancelled_at = Some(Instant::now());
+        let now = Instant::now();
+        running.cancelled_at = Some(now);
+        let past_deadline = now >= running.request.deadline;
         drop(table);
+        let counters = &self.shared.counters;
+        match why {
+            Cancel::Deadline => counters.timed_out.fetch_add(1, Ordering::Relaxed),
+            Cancel::GaveUp if past_deadline => counters.timed_out.fetch_add(1, Ordering::Relaxed),
+            Cancel::CallerGone => counters.dropped.fetch_add(1, Ordering::Relaxed),
+            Cancel::GaveUp => 0,
+        };
         let config = &self.shared.config;
         let frame = protocol::request(id, CANCEL_COMMAND, b"{}", config.max_frame)
             .map_err(|e| End::Replace(format!("cannot write a cancel: {e}")))?;

@@ -203,6 +203,7 @@ fn run(
                 if !request.caller.is_alive() {
                     caller_gone = true;
                     request.ticket.cancel();
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
                     let cancel = tools::control_frame(request.id, None);
                     let until = Some(Instant::now() + shared.config.health_timeout);
                     if frame::write_frame(&mut live.requests, &cancel, until).is_err() {

@@ -127,6 +127,8 @@ defmodule DSPex.NativePool.ConcurrentWorkersTest do
     assert {:ok, %{"tag" => "other"}} = NativePool.await(other)
     eventually(fn -> NativePool.stats(pool).in_flight == 0 end)
     assert worker_os_pids(pool) == [os_pid]
+    # Counted once, whether the caller or the pool saw the deadline first.
+    assert %{timed_out: 1, completed: 1, dropped: 0} = NativePool.stats(pool).counters
     refute_received _stray
   end
 

@@ -186,6 +186,8 @@ defmodule DSPex.NativePool.HostileWorkersTest do
       eventually(fn -> all_idle?(pool) end, 5_000)
     end
 
+    assert %{dropped: 3, completed: 0} = NativePool.stats(pool).counters
+
     for _ <- 1..5 do
       handle = NativePool.execute_async("pid", %{}, pool: pool)
       assert {:ok, _} = NativePool.await(handle)

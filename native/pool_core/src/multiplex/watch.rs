@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Serving, CALLER_CHECK, TICK};
+use super::{Cancel, Serving, CALLER_CHECK, TICK};
 use crate::protocol;
 use crate::worker::End;
 
@@ -48,7 +48,6 @@ impl Serving<'_> {
     pub(super) fn look_around(&mut self) -> Result<(), End> {
         let now = Instant::now();
         let config = &self.shared.config;
-        let counters = &self.shared.counters;
         let check_callers = now.duration_since(self.last_caller_check) >= CALLER_CHECK;
         if check_callers {
             self.last_caller_check = now;
@@ -66,19 +65,17 @@ impl Serving<'_> {
                 Some(_) => {}
                 None if now >= running.request.deadline => {
                     running.request.ticket.cancel();
-                    counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                    to_cancel.push(*id);
+                    to_cancel.push((*id, Cancel::Deadline));
                 }
                 None if check_callers && !running.request.caller.is_alive() => {
                     running.request.ticket.cancel();
-                    counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    to_cancel.push(*id);
+                    to_cancel.push((*id, Cancel::CallerGone));
                 }
                 None => {}
             }
         }
-        for id in to_cancel {
-            self.cancel_in_worker(id)?;
+        for (id, why) in to_cancel {
+            self.cancel_in_worker(id, why)?;
         }
         self.health(now)
     }
