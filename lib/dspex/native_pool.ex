@@ -339,7 +339,7 @@ defmodule DSPex.NativePool do
       raise ArgumentError, "a handle can only be awaited by the process that started it"
     end
 
-    Call.await_handle(handle, timeout)
+    Handle.await(handle, timeout)
   end
 
   def await(other, _timeout) do

@@ -4,7 +4,7 @@ defmodule DSPex.NativePool.Call do
   # to the NIF, the wait for the reply, and giving up at the deadline. No process sits between
   # the caller and the worker's native thread, which sends the reply straight here.
 
-  alias DSPex.NativePool.{CallOptions, Error, Handle, Nif, Options, Telemetry}
+  alias DSPex.NativePool.{CallOptions, Error, Nif, Options, Telemetry}
 
   @default_timeout 60_000
   # Deadlines are tracked in Rust too; :infinity there is this long.
@@ -282,8 +282,9 @@ defmodule DSPex.NativePool.Call do
     end
   end
 
-  defp min_timeout(a, :infinity), do: a
-  defp min_timeout(a, b), do: min(a, b)
+  @doc false
+  def min_timeout(a, :infinity), do: a
+  def min_timeout(a, b), do: min(a, b)
 
   @doc false
   # Waits up to `wait` ms for the reply; `timeout` is the call's own, for the message.
@@ -375,31 +376,4 @@ defmodule DSPex.NativePool.Call do
   @doc false
   def remaining(:infinity), do: :infinity
   def remaining(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
-
-  @doc false
-  # Waits for an `execute_async/3` handle's reply: until its deadline, or `timeout` ms if that
-  # comes first; a handle is claimed once.
-  def await_handle(%Handle{} = handle, timeout) do
-    %Handle{ref: ref, ticket: ticket, context: context} = handle
-
-    with {:ok, timeout} <- await_timeout(timeout, context),
-         :ok <- claim(ticket, context) do
-      wait = min_timeout(remaining(handle.deadline), timeout)
-      shown = min_timeout(handle.timeout, timeout)
-      await_reply(ref, ticket, wait, shown, context)
-    end
-  end
-
-  defp await_timeout(timeout, context) do
-    case CallOptions.check_timeout(timeout) do
-      {:ok, timeout} -> {:ok, timeout}
-      {:error, message} -> invalid(:invalid_options, message, context)
-    end
-  end
-
-  defp claim(ticket, context) do
-    if Nif.claim_await(ticket),
-      do: :ok,
-      else: invalid(:already_awaited, "this handle was already awaited", context)
-  end
 end

@@ -11,4 +11,31 @@ defmodule DSPex.NativePool.Handle do
           owner: pid,
           context: map
         }
+
+  alias DSPex.NativePool.{Call, CallOptions, Nif}
+
+  @doc false
+  # Waits for the handle's reply (see `DSPex.NativePool.await/2`): until its deadline, or
+  # `timeout` ms if that comes first; a handle is claimed once.
+  def await(%__MODULE__{ref: ref, ticket: ticket, context: context} = handle, timeout) do
+    with {:ok, timeout} <- await_timeout(timeout, context),
+         :ok <- claim(ticket, context) do
+      wait = Call.min_timeout(Call.remaining(handle.deadline), timeout)
+      shown = Call.min_timeout(handle.timeout, timeout)
+      Call.await_reply(ref, ticket, wait, shown, context)
+    end
+  end
+
+  defp await_timeout(timeout, context) do
+    case CallOptions.check_timeout(timeout) do
+      {:ok, timeout} -> {:ok, timeout}
+      {:error, message} -> Call.invalid(:invalid_options, message, context)
+    end
+  end
+
+  defp claim(ticket, context) do
+    if Nif.claim_await(ticket),
+      do: :ok,
+      else: Call.invalid(:already_awaited, "this handle was already awaited", context)
+  end
 end
