@@ -329,15 +329,15 @@ defmodule DSPex.NativePool.Call do
 
   # What the pool does with a request still running at its deadline (see :kill_on_timeout).
   defp after_timeout(pool) do
-    case :persistent_term.get({DSPex.NativePool, pool}, nil) do
-      {_resource, config} ->
+    case lookup(pool) do
+      {:ok, _resource, config} ->
         cond do
           config[:concurrency] > 1 -> "the request is cancelled in the worker, which carries on"
           config[:kill_on_timeout] -> "the worker is replaced (kill_on_timeout)"
           true -> "its reply will be dropped"
         end
 
-      nil ->
+      {:error, _} ->
         "its reply will be dropped"
     end
   end
