@@ -347,12 +347,15 @@ impl Serving<'_> {
         let past_deadline = now >= running.request.deadline;
         drop(table);
         let counters = &self.shared.counters;
-        match why {
-            Cancel::Deadline => counters.timed_out.fetch_add(1, Ordering::Relaxed),
-            Cancel::GaveUp if past_deadline => counters.timed_out.fetch_add(1, Ordering::Relaxed),
-            Cancel::CallerGone => counters.dropped.fetch_add(1, Ordering::Relaxed),
-            Cancel::GaveUp => 0,
+        let counted = match why {
+            Cancel::Deadline => Some(&counters.timed_out),
+            Cancel::GaveUp if past_deadline => Some(&counters.timed_out),
+            Cancel::CallerGone => Some(&counters.dropped),
+            Cancel::GaveUp => None,
         };
+        if let Some(counter) = counted {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         let config = &self.shared.config;
         let frame = protocol::request(id, CANCEL_COMMAND, b"{}", config.max_frame)
             .map_err(|e| End::Replace(format!("cannot write a cancel: {e}")))?;
