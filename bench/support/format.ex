@@ -30,6 +30,12 @@ defmodule Bench.Format do
   def memory(b) when abs(b) >= 1024, do: "#{decimals(b / 1024, 1)} KiB"
   def memory(b), do: "#{round(b)} B"
 
+  @doc "The hypervisor's steal over a run (see `Bench.OS.steal_ms/0`)."
+  def steal(%{ms: ms, of_ms: of}) when of > 0,
+    do: "#{decimals(100 * ms / of, 1)}% of the CPU time (#{decimals(ms / 1000, 1)} s)"
+
+  def steal(_), do: "not measured"
+
   def ratio(nil), do: "–"
   def ratio(x), do: "#{decimals(x, 2)}×"
 

@@ -5,7 +5,8 @@ defmodule Bench.Load do
   it started (so long requests cannot inflate the window), which is how `raw_limit` counts too.
 
   While the callers run, this process samples CPU time over the window: the VM's own (schedulers
-  plus every NIF thread) and the Python workers', so a result can say where the CPU went.
+  plus every NIF thread) and the Python workers', so a result can say where the CPU went, and
+  the hypervisor's steal, so it can say how noisy the machine was.
   """
 
   alias Bench.{OS, Stats}
@@ -78,10 +79,17 @@ defmodule Bench.Load do
   defp sample_cpu(from, until, python_pids) do
     sleep_until(from)
     beam = OS.beam_pid()
-    before = {OS.cpu_us(beam), OS.cpu_us_total(python_pids)}
+    before = {OS.cpu_us(beam), OS.cpu_us_total(python_pids), OS.steal_ms()}
     sleep_until(until)
-    {beam_after, python_after} = {OS.cpu_us(beam), OS.cpu_us_total(python_pids)}
-    %{client_us: beam_after - elem(before, 0), python_us: python_after - elem(before, 1)}
+
+    {beam_after, python_after, steal_after} =
+      {OS.cpu_us(beam), OS.cpu_us_total(python_pids), OS.steal_ms()}
+
+    %{
+      client_us: beam_after - elem(before, 0),
+      python_us: python_after - elem(before, 1),
+      steal_ms: steal_after - elem(before, 2)
+    }
   end
 
   defp sleep_until(time) do
@@ -101,7 +109,9 @@ defmodule Bench.Load do
       errors: errors,
       first_error: first_error,
       client_cpu_us_per_req: per_request(cpu.client_us, stats.count),
-      python_cpu_us_per_req: per_request(cpu.python_us, stats.count)
+      python_cpu_us_per_req: per_request(cpu.python_us, stats.count),
+      # Of all the machine's CPU time in the window, the share the hypervisor gave elsewhere.
+      steal_share: cpu.steal_ms / 1000 / (window_s * Bench.Startup.cores())
     })
   end
 

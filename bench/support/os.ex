@@ -77,6 +77,21 @@ defmodule Bench.OS do
     end
   end
 
+  @doc """
+  CPU time the hypervisor gave to other guests while this machine's processors wanted it
+  ("steal", all processors, since boot), in ms. On a shared virtual machine it is the noise a
+  result cannot show by itself, so runs record how much of it they had.
+  """
+  def steal_ms do
+    with {:ok, text} <- File.read("/proc/stat"),
+         ["cpu" | fields] <- text |> String.split("\n", parts: 2) |> hd() |> String.split(),
+         {ticks, ""} <- fields |> Enum.at(7, "") |> Integer.parse() do
+      div(ticks * 1000, clock_ticks())
+    else
+      _ -> 0
+    end
+  end
+
   @doc "The 1-minute load average (the machine is shared; recorded with the results)."
   def load_average do
     case File.read("/proc/loadavg") do

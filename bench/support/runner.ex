@@ -23,6 +23,7 @@ defmodule Bench.Runner do
     plan = Plan.get(opts.mode, opts.overrides)
     say("DSPex.NativePool benchmarks, #{plan.mode} run: #{length(plan.cases)} echo cases")
     machine = Machine.describe()
+    clock = {System.monotonic_time(:millisecond), OS.steal_ms()}
 
     say(
       "#{machine.nproc} × #{machine.cpu}; load average #{machine.load_average}; python #{Python.executable()}"
@@ -46,7 +47,8 @@ defmodule Bench.Runner do
     results =
       Map.merge(results, %{
         long_schedule: events,
-        machine: Map.put(machine, :load_average_end, OS.load_average()),
+        machine:
+          Map.merge(machine, %{load_average_end: OS.load_average(), steal: steal(clock, machine)}),
         finished_at: DateTime.utc_now() |> DateTime.truncate(:second) |> DateTime.to_string(),
         write_benchmarks_md: opts.only == @sections and (opts.benchmarks_md or plan.mode == :full)
       })
@@ -55,6 +57,14 @@ defmodule Bench.Runner do
     files = Documents.write(results, Python.root(), results_dir(opts))
     say("\nTargets:\n" <> Tables.targets(results.targets))
     say("Wrote " <> Enum.map_join(files, ", ", &Path.relative_to(&1, Python.root())))
+  end
+
+  # The hypervisor's steal over the run, against all the CPU time the machine had in it.
+  defp steal({started, stolen}, machine) do
+    %{
+      ms: OS.steal_ms() - stolen,
+      of_ms: (System.monotonic_time(:millisecond) - started) * machine.nproc
+    }
   end
 
   # In running order: {name for --only, key in the results, title, function of the plan}.

@@ -49,7 +49,7 @@ defmodule Bench.Stats do
           first_error: Enum.find_value(rounds, & &1.first_error),
           client_cpu_us_per_req: mean(Enum.map(rounds, & &1[:client_cpu_us_per_req])),
           python_cpu_us_per_req: mean(Enum.map(rounds, & &1[:python_cpu_us_per_req])),
-          rounds: Enum.map(rounds, &Map.take(&1, [:throughput, :p50_us, :p99_us]))
+          rounds: Enum.map(rounds, &Map.take(&1, [:throughput, :p50_us, :p99_us, :steal_share]))
         }
 
       failed ->

@@ -84,7 +84,9 @@ defmodule Bench.Report.Documents do
 
     #{Tables.targets(r.targets)}
     #{chart}Results depend on the machine and on whatever else runs on it: compare runs made on
-    the same, otherwise idle, machine.
+    the same, otherwise idle, machine. On a virtual machine the hypervisor's steal (above, and
+    for each round of the pool's cases as `steal_share` in results.json) is CPU time the run
+    wanted and other guests got: rounds with much of it are noise.
     """
   end
 
@@ -92,12 +94,13 @@ defmodule Bench.Report.Documents do
     "#{m.cpu}, #{m.nproc} logical processors, #{m.memory}; #{m.os}; #{m.erlang} " <>
       "(#{m.schedulers}); Elixir #{m.elixir}; #{m.rust || "Rust ?"}; Python #{m.python}, " <>
       "DSPy #{m.dspy || "?"}, orjson #{m.orjson || "–"}; load average #{m.load_average} at " <>
-      "start, #{m[:load_average_end] || "?"} at end"
+      "start, #{m[:load_average_end] || "?"} at end; CPU time stolen by the hypervisor: #{Format.steal(m[:steal])}"
   end
 
   defp run_line(r) do
     "Mode **#{r.plan.mode}** (`#{r.command}`), #{r.finished_at}, #{r.machine.nproc} × #{r.machine.cpu}; " <>
-      "load average #{r.machine.load_average} at start, #{r.machine[:load_average_end]} at end."
+      "load average #{r.machine.load_average} at start, #{r.machine[:load_average_end]} at end; " <>
+      "CPU time stolen by the hypervisor: #{Format.steal(r.machine[:steal])}."
   end
 
   # The results sections shared by both documents; `chart` is the SVG's path from the document.

@@ -270,7 +270,8 @@ defmodule Bench.Report.Tables do
         [
           "Load average (1/5/15 min)",
           "#{m.load_average} at start, #{m[:load_average_end] || "?"} at end"
-        ]
+        ],
+        ["CPU time stolen by the hypervisor", Format.steal(m[:steal])]
       ]
     )
   end
