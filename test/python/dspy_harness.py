@@ -1,6 +1,11 @@
 """What the DSPy command tests share: a worker case with DummyLM answers and the checks they use.
 
-Workers are spawned exactly as the Rust NIF spawns them (worker_harness.py).
+Workers are spawned exactly as the Rust NIF spawns them (worker_harness.py). The DSPy tests
+need dspy in the interpreter running them, as in:
+
+    .venv/bin/python -m unittest discover -s test/python -v
+
+Under a python without dspy they are skipped.
 """
 
 import importlib.util

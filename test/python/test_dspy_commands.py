@@ -1,11 +1,7 @@
 """The DSPy commands on programs (dspex_bridge/dspy_commands/), offline with a DummyLM:
 configuring an LM, creating, running, listing and deleting programs.
 
-The DSPy tests need dspy in the interpreter running the tests:
-
-    .venv/bin/python -m unittest discover -s test/python -v
-
-Under a python without dspy they are skipped.
+Needs dspy (skipped without it; see dspy_harness.py).
 """
 
 import os

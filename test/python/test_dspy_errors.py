@@ -1,11 +1,8 @@
 """How the DSPy commands fail: their error types and messages, secrets kept out of replies
 and logs, and a worker without DSPy.
 
-The DSPy tests need dspy in the interpreter running the tests:
-
-    .venv/bin/python -m unittest discover -s test/python -v
-
-Under a python without dspy they are skipped, and the "no DSPy" tests still run.
+The DSPy tests need dspy (skipped without it; see dspy_harness.py); the "no DSPy" ones run
+everywhere.
 """
 
 import os

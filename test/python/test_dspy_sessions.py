@@ -1,11 +1,7 @@
 """Sessions in the DSPy commands: isolation, idempotent replay, generated ids, cleanup,
 reset, and the program store on its own.
 
-The DSPy tests need dspy in the interpreter running the tests:
-
-    .venv/bin/python -m unittest discover -s test/python -v
-
-Under a python without dspy they are skipped.
+Needs dspy (skipped without it; see dspy_harness.py).
 """
 
 import os
