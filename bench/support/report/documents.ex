@@ -87,8 +87,15 @@ defmodule Bench.Report.Documents do
     the same, otherwise idle, machine. On a virtual machine the hypervisor's steal (above, and
     for each round of the pool's cases as `steal_share` in results.json) is CPU time the run
     wanted and other guests got: rounds with much of it are noise.
+
+    ## What each change bought
+
+    #{String.trim_trailing(changes())}
     """
   end
+
+  # Kept by hand in bench/changes.md: a run measures the code as it is, not what each change did.
+  defp changes, do: File.read!(Path.join(Bench.Python.root(), "bench/changes.md"))
 
   defp machine_line(m) do
     "#{m.cpu}, #{m.nproc} logical processors, #{m.memory}; #{m.os}; #{m.erlang} " <>
