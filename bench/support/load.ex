@@ -79,16 +79,17 @@ defmodule Bench.Load do
   defp sample_cpu(from, until, python_pids) do
     sleep_until(from)
     beam = OS.beam_pid()
-    before = {OS.cpu_us(beam), OS.cpu_us_total(python_pids), OS.steal_ms()}
+    before = cpu_now(beam, python_pids)
     sleep_until(until)
+    Map.merge(cpu_now(beam, python_pids), before, fn _key, now, then -> now - then end)
+  end
 
-    {beam_after, python_after, steal_after} =
-      {OS.cpu_us(beam), OS.cpu_us_total(python_pids), OS.steal_ms()}
-
+  # The counters sample_cpu/3 takes the difference of.
+  defp cpu_now(beam, python_pids) do
     %{
-      client_us: beam_after - elem(before, 0),
-      python_us: python_after - elem(before, 1),
-      steal_ms: steal_after - elem(before, 2)
+      client_us: OS.cpu_us(beam),
+      python_us: OS.cpu_us_total(python_pids),
+      steal_ms: OS.steal_ms()
     }
   end
 
