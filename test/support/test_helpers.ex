@@ -47,6 +47,10 @@ defmodule DSPex.NativePool.TestHelpers do
         raise CustomError("custom failure " + str(args.get("n")))
 
 
+    def bare_error(args):
+        raise KeyError()
+
+
     def returns_set(args):
         return {"s": {1, 2, 3}}
 

@@ -232,8 +232,12 @@ defmodule DSPex.NativePool.Error do
     context =
       Map.merge(context, %{python_type: python_type, traceback: Map.get(error, "traceback")})
 
-    {:system_error, :python_exception, "#{python_type}: #{message}", context}
+    {:system_error, :python_exception, exception_message(python_type, message), context}
   end
+
+  # `raise KeyboardInterrupt()` has no message: its type alone says it.
+  defp exception_message(python_type, message) when message in [nil, ""], do: python_type
+  defp exception_message(python_type, message), do: "#{python_type}: #{message}"
 
   @doc false
   # Maps a refusal of the NIF's submit to the public shape.

@@ -200,6 +200,11 @@ defmodule DSPex.NativePool.ExecuteTest do
       assert message == "#{context.python_type}: custom failure 7"
     end
 
+    test "an exception raised without a message is named by its type alone", %{pool: pool} do
+      assert {:error, {:system_error, :python_exception, "KeyError", %{python_type: "KeyError"}}} =
+               NativePool.execute("bare_error", %{}, pool: pool)
+    end
+
     test "the worker survives the exception and keeps serving", %{pool: pool} do
       [os_pid] = worker_os_pids(pool)
 
