@@ -187,6 +187,20 @@ class BuiltinCommands(WorkerTestCase):
             self.assertIn(name, err["message"])
         self.assertTrue(w.call("ping")["success"])  # still serving
 
+    def test_requests_naming_control_keys_are_answered_as_requests(self):
+        # The pool's control frames are told apart by the key after the id; a short id and
+        # an empty command once put a request's "credit" argument where a sniffer found it.
+        for extra in ((), ("--concurrency", "4")):
+            with self.subTest(extra=extra):
+                w = self.spawn(extra_args=extra)
+                for rid, key in ((1, "credit"), (2, "tool_result")):
+                    # Compact, as the pool writes it.
+                    w.send_raw(b'{"id":%d,"command":"","args":{"%s":1}}' % (rid, key.encode()))
+                    reply = w.recv()
+                    self.assertEqual(reply["id"], rid)
+                    self.assertEqual(reply["error"]["type"], "UnknownCommand")
+                self.assertTrue(w.call("echo", {"credit": 1, "tool_result": 2})["success"])
+
     def test_not_started_by_pool(self):
         # Without fds 3/4 the worker refuses to run instead of misbehaving.
         proc = subprocess.run(

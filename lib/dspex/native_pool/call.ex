@@ -95,15 +95,30 @@ defmodule DSPex.NativePool.Call do
 
   @doc false
   def check_command(command, context) do
-    if (is_binary(command) and String.valid?(command)) or (is_atom(command) and command != nil),
-      do: :ok,
-      else:
-        invalid(
-          :invalid_command,
-          "the command must be a UTF-8 string or an atom, got #{Options.describe(command)}",
-          context
-        )
+    case command_problem(command) do
+      nil -> :ok
+      problem -> invalid(:invalid_command, problem, context)
+    end
   end
+
+  # The cancel frame's command: a request of that name would never get a reply.
+  @reserved_command "__cancel__"
+
+  defp command_problem(command) when is_atom(command) and command != nil,
+    do: command |> Atom.to_string() |> command_problem()
+
+  defp command_problem(""), do: "the command is an empty string"
+
+  defp command_problem(@reserved_command),
+    do:
+      "#{inspect(@reserved_command)} is the pool's own command (it cancels a request); it cannot be called"
+
+  defp command_problem(command) when is_binary(command) do
+    if String.valid?(command), do: nil, else: "the command is a binary that is not valid UTF-8"
+  end
+
+  defp command_problem(command),
+    do: "the command must be a UTF-8 string or an atom, got #{Options.describe(command)}"
 
   @doc false
   def normalize_args(args, _context) when is_map(args) and not is_struct(args), do: {:ok, args}

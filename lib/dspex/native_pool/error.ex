@@ -4,7 +4,8 @@ defmodule DSPex.NativePool.Error do
   @types [
     {:validation_error, :invalid_args,
      "an argument cannot be encoded as JSON (pid, ref, fun, tuple, struct, non-UTF-8 binary, integer beyond 64 bits, nesting deeper than 128); nothing was sent"},
-    {:validation_error, :invalid_command, "the command is not a UTF-8 string or an atom"},
+    {:validation_error, :invalid_command,
+     "the command is not a non-empty UTF-8 string or an atom, or is the reserved `__cancel__`"},
     {:validation_error, :invalid_options, "a start or call option is not valid"},
     {:validation_error, :invalid_session, "a session id is not a non-empty UTF-8 string"},
     {:validation_error, :request_too_large,

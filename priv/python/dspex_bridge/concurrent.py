@@ -24,7 +24,8 @@ import threading
 
 from . import elixir, errors, process, streaming
 from .protocol import REPLY_FD, REQUEST_FD, ProtocolError, decode_request_full, error_frame
-from .protocol import buffered_frame_reader, frame_writer
+from .protocol import CREDIT_KEY, TOOL_RESULT_KEY, buffered_frame_reader, frame_writer
+from .protocol import second_key
 from .state import STATE
 
 CANCEL = streaming.CANCEL
@@ -204,10 +205,11 @@ def serve(table, async_table, max_frame, prefix, concurrency):
             send(b"".join(answered))
             answered.clear()
         payload = next_payload(read_frame, prefix)
-        if elixir.is_tool_result(payload):
+        key = second_key(payload)
+        if key == TOOL_RESULT_KEY:
             tools.resolve(payload)
             continue
-        if streaming.is_credit(payload):
+        if key == CREDIT_KEY:
             credits.grant(payload)
             continue
         try:

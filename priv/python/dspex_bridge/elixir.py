@@ -30,6 +30,7 @@ import os
 import threading
 
 from . import codec
+from .protocol import TOOL_RESULT_KEY, second_key
 from .state import STATE
 
 _calls = itertools.count(1)
@@ -100,7 +101,7 @@ def _outcome(name, result):
 
 def is_tool_result(payload):
     """Whether a frame from the pool is a tool's result rather than a request."""
-    return b'"tool_result":' in payload[:40]
+    return second_key(payload) == TOOL_RESULT_KEY
 
 
 class _Serial:

@@ -252,7 +252,24 @@ def recover_id(payload):
     return int(m.group(1)) if m else None
 
 
-def _short(value, limit=80):
+_KEY_AFTER_ID = re.compile(rb'\{"id":[0-9]{1,20},"([a-z_]{1,16})":').match
+REQUEST_KEY = b"command"
+CREDIT_KEY = b"credit"
+TOOL_RESULT_KEY = b"tool_result"
+
+
+def second_key(payload):
+    """The key after the leading id of a frame from the pool, as the pool writes them:
+    ``b"command"`` in a request, ``b"credit"`` or ``b"tool_result"`` in a control frame
+    (``{"id":N,"credit":n}``), None in a frame of neither shape (it fails as a request).
+    Only the frame's start is looked at, so nothing in a request's command or arguments
+    can make it pass for a control frame."""
+    m = _KEY_AFTER_ID(payload)
+    return m and m.group(1)
+
+
+def short_repr(value, limit=80):
+    """``repr(value)``, cut to about ``limit`` characters."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -277,11 +294,11 @@ def decode_request_full(payload):
         )
     rid = req.get("id")
     if type(rid) is not int:
-        raise ProtocolError(f"request 'id' must be an integer, got {_short(rid)}", None)
+        raise ProtocolError(f"request 'id' must be an integer, got {short_repr(rid)}", None)
     command = req.get("command")
     if type(command) is not str:
         raise ProtocolError(
-            f"request 'command' must be a string, got {_short(command)}", rid
+            f"request 'command' must be a string, got {short_repr(command)}", rid
         )
     args = req.get("args")
     if type(args) is not dict:

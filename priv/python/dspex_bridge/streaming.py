@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import threading
 
-from . import codec, elixir, errors
+from . import codec, elixir, errors, protocol
 
 CANCEL = "__cancel__"
 
@@ -43,7 +43,7 @@ def is_stream(value):
 
 def is_credit(payload):
     """Whether a frame from the pool is a streaming request's credit."""
-    return b'"credit":' in payload[:40]
+    return protocol.second_key(payload) == protocol.CREDIT_KEY
 
 
 def _items(stream, loop_holder):

@@ -25,20 +25,27 @@ from inspect import iscoroutine
 
 from . import commands, elixir, errors, handlers, process, streaming
 from .protocol import (
+    CREDIT_KEY,
     DEFAULT_MAX_FRAME,
     FrameInbox,
     REPLY_FD,
     REQUEST_FD,
     ProtocolError,
     RequestTooLarge,
+    TOOL_RESULT_KEY,
     decode_request_full,
     error_frame,
     frame_reader,
     frame_writer,
+    second_key,
+    short_repr,
     success_frame,
 )
 from .codec import dumps
 from .state import STATE
+
+# Frames from the pool for a request that is running, or has just ended.
+_CONTROL_KEYS = (CREDIT_KEY, TOOL_RESULT_KEY)
 
 
 def run(worker_id, pool, handlers=None, max_frame=DEFAULT_MAX_FRAME, concurrency=1):
@@ -145,7 +152,7 @@ def _serve(table, max_frame, prefix):
 
     while True:
         payload = next_payload(read_frame, prefix)
-        if elixir.is_tool_result(payload) or streaming.is_credit(payload):
+        if second_key(payload) in _CONTROL_KEYS:
             continue  # for a request that has ended
         state.requests += 1
         try:
@@ -254,7 +261,8 @@ def unknown_command_frame(rid, name, table, max_frame):
     return error_frame(
         rid,
         "UnknownCommand",
-        f"unknown command {name!r}; available commands: " + ", ".join(sorted(table)),
+        f"unknown command {short_repr(name, 100)}; available commands: "
+        + ", ".join(sorted(table)),
         "",
         max_frame,
     )

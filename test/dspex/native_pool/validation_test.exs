@@ -135,6 +135,26 @@ defmodule DSPex.NativePool.ValidationTest do
     end
   end
 
+  test "an empty, non-UTF-8 or reserved command is refused before it is sent", %{pool: pool} do
+    before = seen(pool)
+
+    for {command, expected} <- [
+          {"", "the command is an empty string"},
+          {<<0xFF, 0xFE>>, "the command is a binary that is not valid UTF-8"},
+          # The pool's cancel: as a request it would never be answered.
+          {"__cancel__", ~s|"__cancel__" is the pool's own command|},
+          {:__cancel__, ~s|"__cancel__" is the pool's own command|}
+        ] do
+      assert {:error, {:validation_error, :invalid_command, message, _}} =
+               NativePool.execute(command, %{}, pool: pool)
+
+      assert message =~ expected
+    end
+
+    # Only the get_stats of seen/1 itself.
+    assert seen(pool).python_requests == before.python_requests + 1
+  end
+
   test "a call's timeout must be a non-negative integer or :infinity", %{pool: pool} do
     for timeout <- [-1, 1.5, :soon] do
       assert {:error, {:validation_error, :invalid_options, message, _}} =
