@@ -186,6 +186,9 @@ class BuiltinCommands(WorkerTestCase):
         for name in ("echo", "get_stats", "ping"):
             self.assertIn(name, err["message"])
         self.assertTrue(w.call("ping")["success"])  # still serving
+        # A long name is quoted cut short.
+        err = self.assertError(w.call("x" * 100_000), "UnknownCommand", "'xxxx")
+        self.assertLess(len(err["message"]), 1000)
 
     def test_requests_naming_control_keys_are_answered_as_requests(self):
         # The pool's control frames are told apart by the key after the id; a short id and
