@@ -29,7 +29,17 @@ defmodule DSPex.NativePool.Server do
       {:ok, tasks} = Task.Supervisor.start_link()
       # Calls' own tools, by request id (see `DSPex.NativePool.Call.register_tools/1`).
       call_tools = :ets.new(:dspex_call_tools, [:set, :public, read_concurrency: true])
-      start_pool(name, Keyword.merge(config, tasks: tasks, call_tools: call_tools))
+
+      case start_pool(name, Keyword.merge(config, tasks: tasks, call_tools: call_tools)) do
+        {:stop, _reason} = stop ->
+          # Stopped before this process exits with the start's error, which the linked
+          # supervisor would otherwise take for a crash and log as one.
+          Supervisor.stop(tasks)
+          stop
+
+        started ->
+          started
+      end
     end
   end
 

@@ -1,6 +1,8 @@
 defmodule DSPex.NativePool.StartTest do
   use DSPex.NativePool.PoolCase, async: true
 
+  import ExUnit.CaptureLog
+
   describe "start_link/1 and child_spec/1" do
     test "starts pool_size workers, each a live Python process that answered its init ping" do
       %{pool: pool, pid: pid} = start_pool!(pool_size: 2)
@@ -171,12 +173,19 @@ defmodule DSPex.NativePool.StartTest do
     test "start_link returns the error, and a trapping caller gets the matching exit" do
       Process.flag(:trap_exit, true)
       {opts, _dir} = handler_opts("raise ImportError('nope')\n")
+      name = unique_name()
 
-      assert {:error, {:resource_error, :worker_start_failed, message, _}} =
-               NativePool.start_link([name: unique_name()] ++ opts)
+      log =
+        capture_log(fn ->
+          assert {:error, {:resource_error, :worker_start_failed, message, _}} =
+                   NativePool.start_link([name: name] ++ opts)
 
-      assert message =~ "ImportError: nope"
-      assert_receive {:EXIT, _pid, {:resource_error, :worker_start_failed, ^message, _}}
+          assert message =~ "ImportError: nope"
+          assert_receive {:EXIT, _pid, {:resource_error, :worker_start_failed, ^message, _}}
+        end)
+
+      # Said once, by the return value: no process of the pool logs the failure as its crash.
+      refute log =~ ~r/terminating\n\*\* \(stop\) .*#{Regex.escape(inspect(name))}/
     end
 
     # Worker 0 fails at once; worker 1 is still importing (slowly). The pool gives up on the
