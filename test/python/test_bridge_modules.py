@@ -178,11 +178,18 @@ class JsonBackends(unittest.TestCase):
     def check(self, c):
         for value in ({"a": [1, 2.5, None, True, "é🐍"]}, {1: "x", None: "y", 2.5: "z"},
                       2 ** 64 - 1, -(2 ** 63), "null", [], {}, 1e300, "\u2028",
-                      "12345678901234567890123"):
+                      "12345678901234567890123",
+                      # Large outputs, told clean by a walk or a search for null.
+                      {"big": "x" * 10000, "none": None}, [{"n": None}] * 1000,
+                      [[1.5]] * 2000):
             self.assertEqual(json.loads(c.dumps(value)), json.loads(c.std_dumps(value)), value)
         self.assertEqual(c.dumps({"é": 1}), '{"é":1}'.encode())  # compact, raw UTF-8
         for bad in (float("nan"), [float("inf")], {"x": object()}, "\ud800",
-                    {(1, 2): "tuple key"}, 2 ** 64, [{"n": -(2 ** 63) - 1}]):
+                    {(1, 2): "tuple key"}, 2 ** 64, [{"n": -(2 ** 63) - 1}],
+                    # A non-finite float in a large output: found by the walk, or beyond
+                    # its reach and found by a search for null.
+                    ["x" * 10000, float("nan")], [float("-inf")] + list(range(2000)),
+                    [float("nan")] + [{"n": None}] * 1000, [float("inf")] + [[1]] * 2000):
             with self.assertRaises((TypeError, ValueError), msg=repr(bad)):
                 c.dumps(bad)
         self.assertEqual(c.loads(b'{"n": 18446744073709551615, "m": -9223372036854775808}'),
