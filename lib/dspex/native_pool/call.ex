@@ -25,7 +25,7 @@ defmodule DSPex.NativePool.Call do
         with {:ok, timeout} <- timeout_option(opts, context),
              {:ok, tools} <- tools_option(opts, context),
              :ok <- check_command(command, context),
-             {:ok, resource, config} <- lookup(pool),
+             {:ok, resource, config} <- lookup(pool, context),
              {:ok, args} <- normalize_args(args, context) do
           {:ok,
            %__MODULE__{
@@ -159,6 +159,14 @@ defmodule DSPex.NativePool.Call do
   defp describe_session(""), do: "an empty string"
   defp describe_session(id) when is_binary(id), do: "a binary that is not valid UTF-8"
   defp describe_session(id), do: Options.describe(id)
+
+  # A pool not found, in the context of the call that wanted it.
+  defp lookup(pool, context) do
+    case lookup(pool) do
+      {:error, {category, type, message, _}} -> {:error, {category, type, message, context}}
+      found -> found
+    end
+  end
 
   @doc false
   def lookup(pool) do

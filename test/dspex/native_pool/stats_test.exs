@@ -40,10 +40,11 @@ defmodule DSPex.NativePool.StatsTest do
 
     assert message =~ "no pool named #{inspect(name)} is running"
 
-    assert {:error, {:resource_error, :pool_not_found, _, %{pool: ^name}}} =
+    # A call's error names its command too.
+    assert {:error, {:resource_error, :pool_not_found, _, %{pool: ^name, command: "ping"}}} =
              NativePool.execute("ping", %{}, pool: name)
 
-    assert {:error, {:resource_error, :pool_not_found, _, _}} =
-             NativePool.execute_async("ping", %{}, pool: name)
+    assert {:error, {:resource_error, :pool_not_found, _, %{command: "ping"}}} =
+             NativePool.execute_async("ping", %{}, pool: name) |> NativePool.await()
   end
 end
