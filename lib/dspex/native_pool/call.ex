@@ -322,7 +322,7 @@ defmodule DSPex.NativePool.Call do
   @doc false
   # The deadline passed. Once cancel/1 returns, no reply can reach the mailbox, unless one
   # was already sent, in which case it is taken here.
-  def give_up(ref, ticket, timeout, context) do
+  def give_up(ref, ticket, timeout, context, stream? \\ false) do
     case Nif.cancel(ticket) do
       :answered ->
         receive do
@@ -342,22 +342,37 @@ defmodule DSPex.NativePool.Call do
          {:timeout_error, :queue_timeout,
           "no worker became free within #{timeout} ms; the request never ran", context}}
 
+      :running when stream? ->
+        {:error,
+         {:timeout_error, :request_timeout,
+          "the stream did not end within #{timeout} ms; #{after_timeout(context.pool, true)}",
+          context}}
+
       :running ->
         {:error,
          {:timeout_error, :request_timeout,
-          "the worker did not answer within #{timeout} ms; #{after_timeout(context.pool)}",
+          "the worker did not answer within #{timeout} ms; #{after_timeout(context.pool, false)}",
           context}}
     end
   end
 
   # What the pool does with a request still running at its deadline (see :kill_on_timeout).
-  defp after_timeout(pool) do
+  defp after_timeout(pool, stream?) do
     case lookup(pool) do
       {:ok, _resource, config} ->
         cond do
-          config[:concurrency] > 1 -> "the request is cancelled in the worker, which carries on"
-          config[:kill_on_timeout] -> "the worker is replaced (kill_on_timeout)"
-          true -> "its reply will be dropped"
+          config[:concurrency] > 1 ->
+            "the request is cancelled in the worker, which carries on"
+
+          stream? and config[:kill_on_timeout] ->
+            "it is told to stop at its next yield, and its worker replaced if it has not " <>
+              "within #{config[:cancel_grace]} ms (cancel_grace)"
+
+          config[:kill_on_timeout] ->
+            "the worker is replaced (kill_on_timeout)"
+
+          true ->
+            "its reply will be dropped"
         end
 
       {:error, _} ->

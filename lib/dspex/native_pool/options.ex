@@ -147,13 +147,13 @@ defmodule DSPex.NativePool.Options do
       type: {:integer, 0, @max_ms},
       default: 2_000,
       doc:
-        "with `concurrency` above 1: ms a request cancelled at its deadline (or its caller's death) may take to end before its worker is replaced"
+        "ms a request cancelled at its deadline (or its caller's death) may take to end before its worker is replaced: any request with `concurrency` above 1, a stream with `concurrency: 1`"
     ],
     kill_on_timeout: [
       type: :boolean,
       default: true,
       doc:
-        "with `concurrency: 1`: kill (and replace) a worker still running a request at its deadline; `false` keeps it and drops the late reply (above 1, the request is cancelled instead)"
+        "with `concurrency: 1`: kill (and replace) a worker still running a request at its deadline (a stream is told to stop first, and its worker replaced only if it has not within `:cancel_grace`); `false` keeps it and drops the late reply (above 1, the request is cancelled instead)"
     ],
     pin_cpus: [
       type: :boolean,

@@ -108,7 +108,7 @@ defmodule DSPex.NativePool.Streaming do
         end
     after
       wait(state) ->
-        given_up = Call.give_up(ref, state.ticket, call.timeout, call.context)
+        given_up = Call.give_up(ref, state.ticket, call.timeout, call.context, true)
 
         case Replay.follow_up(call, given_up, state.session_id) do
           {:ok, result} -> {[{:done, result}], %{state | done: true}}

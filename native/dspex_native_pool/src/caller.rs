@@ -45,6 +45,10 @@ impl Caller for ProcessCaller {
         answer
     }
 
+    fn streams(&self) -> bool {
+        self.stream_tag.is_some()
+    }
+
     /// `{tag, {:chunk, value, worker, id}}`, for a streaming call (integer tag); others drop
     /// it.
     fn chunk(&mut self, body: &[u8], id: u64, worker: usize) {

@@ -182,6 +182,10 @@ pub trait Caller: Send + 'static {
     /// Sends one chunk of a streaming reply (`{"id":N,"chunk":...}`) from worker `worker`;
     /// called only while the request runs. Callers that do not stream drop it.
     fn chunk(&mut self, _body: &[u8], _id: u64, _worker: usize) {}
+    /// Whether the call streams its reply (and so can be told to stop at a `yield`).
+    fn streams(&self) -> bool {
+        false
+    }
 }
 
 /// A request as it waits in a queue.

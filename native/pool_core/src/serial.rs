@@ -1,6 +1,7 @@
 //! A worker that runs one request at a time (`concurrency: 1`): the slot thread writes a
 //! request, reads its reply, hands it to the caller, and takes the next, the most recently idle
-//! worker first. A request past its deadline kills the worker (`kill_on_timeout`).
+//! worker first. A request past its deadline kills the worker (`kill_on_timeout`); a stream is
+//! told to stop first, and its worker killed only if it has not within `cancel_grace`.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -189,6 +190,8 @@ fn run(
     // A worker may be kept past a deadline (kill_on_timeout: false); its late reply is dropped.
     let mut deadline = Some(request.deadline);
     let mut caller_gone = false;
+    // A stream told to stop at its deadline, which has until this grace deadline to end.
+    let mut told_to_stop = false;
     loop {
         // Woken now and then to see whether its caller is still there (a stream's consumer
         // that died must not leave its generator waiting for credits until the deadline).
@@ -227,9 +230,29 @@ fn run(
                     return Some((end, Some(request)));
                 }
             }
+            Err(FrameError::Timeout) if told_to_stop => {
+                let why = format!(
+                    "it was still running {:?} {} ms after the caller's deadline, though told to stop",
+                    request.command,
+                    shared.config.cancel_grace.as_millis()
+                );
+                return Some((End::Replace(why), None));
+            }
             Err(FrameError::Timeout) => {
                 request.ticket.cancel();
                 counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                // A stream stops at its next `yield` when told, as when its consumer halts:
+                // its worker is kept if it does so within the grace period.
+                if shared.config.kill_on_timeout && request.caller.streams() {
+                    let grace = Instant::now() + shared.config.cancel_grace;
+                    let cancel = tools::control_frame(request.id, None);
+                    if frame::write_frame(&mut live.requests, &cancel, Some(grace)).is_err() {
+                        return Some((End::Died, None));
+                    }
+                    deadline = Some(grace);
+                    told_to_stop = true;
+                    continue;
+                }
                 if shared.config.kill_on_timeout {
                     let why = format!(
                         "it was still running {:?} at the caller's deadline",

@@ -54,6 +54,7 @@ This module only knows bytes and frames; what commands mean lives in
 import io
 import os
 import re
+import select
 
 from . import known_secrets
 from .codec import loads, std_dumps
@@ -198,9 +199,22 @@ class FrameInbox:
     a tool call waits for its result, a stream for its credits, and each keeps what the other
     is waiting for (a cancel, a credit) instead of dropping it."""
 
-    def __init__(self, read_frame):
+    def __init__(self, read_frame, fd=None):
         self.read_frame = read_frame
+        self.fd = fd
         self.kept = []
+
+    def poll(self):
+        """Keeps the frames that arrived, without waiting for any, and returns them; None
+        at EOF."""
+        arrived = []
+        while self.fd is not None and select.select([self.fd], [], [], 0)[0]:
+            payload = self.read_frame()
+            if payload is None:
+                return None
+            arrived.append(payload)
+        self.kept.extend(arrived)
+        return arrived
 
     def next(self, wanted):
         """The first frame for which ``wanted(payload)`` holds, or None at EOF."""

@@ -129,13 +129,35 @@ def drive(stream, rid, window, write, wait_credit, max_frame, cancelled=None):
             loop.close()
 
 
-def serial_credits(rid, inbox):
-    """``wait_credit`` for a worker serving one request at a time: takes this request's
-    credits and cancel from its request pipe (see ``protocol.FrameInbox``)."""
+def serial_control(rid, inbox, window):
+    """``(wait_credit, cancelled)`` for a worker serving one request at a time, from its
+    request pipe (see ``protocol.FrameInbox``): ``wait_credit`` takes this request's credits
+    and cancel; ``cancelled()`` (None unless the reply streams) looks, without waiting, for
+    the cancel the pool sends when the consumer halts or the call's deadline passes, so the
+    stream stops at its next ``yield`` rather than once its window is spent."""
 
     def control(payload):
         return not elixir.is_tool_result(payload)
 
+    def is_cancel(payload):
+        if protocol.second_key(payload) != protocol.REQUEST_KEY:
+            return False
+        message = codec.loads(payload)
+        return message.get("id") == rid and message.get("command") == CANCEL
+
+    stopped = []
+
+    def cancelled():
+        if not stopped:
+            arrived = inbox.poll()
+            if arrived is None or any(is_cancel(payload) for payload in arrived):
+                stopped.append(True)
+        return bool(stopped)
+
+    return _serial_credits(rid, inbox, control), cancelled if window else None
+
+
+def _serial_credits(rid, inbox, control):
     def wait_credit():
         while True:
             payload = inbox.next(control)

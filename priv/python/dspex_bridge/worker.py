@@ -141,7 +141,7 @@ def _load_commands(prefix, handler_module):
 def _serve(table, max_frame, prefix):
     read_frame = frame_reader(REQUEST_FD, max_frame)
     write_frame = frame_writer(REPLY_FD)
-    inbox = FrameInbox(read_frame)
+    inbox = FrameInbox(read_frame, REQUEST_FD)
     elixir.serve_serially(inbox, write_frame)
     table_get = table.get
     state = STATE
@@ -172,9 +172,9 @@ def _serve(table, max_frame, prefix):
                     if iscoroutine(result):  # an async def command, one at a time
                         result = run_coroutine(result)
                     elif streaming.is_stream(result):
-                        credits = streaming.serial_credits(rid, inbox)
+                        credits, stopped = streaming.serial_control(rid, inbox, window)
                         result = streaming.drive(result, rid, window, write_frame, credits,
-                                                 max_frame)
+                                                 max_frame, stopped)
                 except SystemExit:
                     raise
                 except BaseException as exc:

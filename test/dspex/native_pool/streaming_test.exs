@@ -40,6 +40,18 @@ defmodule DSPex.NativePool.StreamingTest do
       yield 2
 
 
+  def ticking(args):
+      # Yields until it is stopped, and then leaves a mark (its tools are gone by then).
+      try:
+          i = 0
+          while True:
+              time.sleep(0.01)
+              i += 1
+              yield i
+      finally:
+          open(args["mark"], "w").close()
+
+
   def broken_stream(args):
       yield 1
       raise ValueError("broke after one")
@@ -135,6 +147,41 @@ defmodule DSPex.NativePool.StreamingTest do
 
         assert_raise DSPex.NativePool.Error, ~r/request_timeout/, fn -> Enum.to_list(stream) end
         refute_received _
+      end
+
+      test "a stream past its deadline stops at its next yield; its worker carries on" do
+        pool = pool!(concurrency: unquote(concurrency), cancel_grace: 10_000)
+        [os_pid] = worker_os_pids(pool)
+
+        mark =
+          Path.join(
+            System.tmp_dir!(),
+            "dspex_stream_stopped_#{System.unique_integer([:positive])}"
+          )
+
+        on_exit(fn -> File.rm(mark) end)
+        stream = NativePool.execute_stream("ticking", %{mark: mark}, pool: pool, timeout: 300)
+
+        error = assert_raise DSPex.NativePool.Error, fn -> Enum.to_list(stream) end
+        assert error.type == :request_timeout
+        assert error.message =~ "the stream did not end within 300 ms"
+        # Stopped long before the grace period is over.
+        eventually(fn -> File.exists?(mark) end, 3_000)
+
+        assert {:ok, %{"total" => 1}} = NativePool.execute("count", %{n: 1}, pool: pool)
+        assert worker_os_pids(pool) == [os_pid]
+        assert NativePool.stats(pool).counters.timed_out == 1
+      end
+
+      test "a stream that does not stop within :cancel_grace has its worker replaced" do
+        pool = pool!(concurrency: unquote(concurrency), cancel_grace: 200)
+        [os_pid] = worker_os_pids(pool)
+        # Asleep in Python after its first chunk: it reaches no yield to stop at.
+        stream = NativePool.execute_stream("slow_stream", %{}, pool: pool, timeout: 300)
+
+        assert_raise DSPex.NativePool.Error, ~r/request_timeout/, fn -> Enum.to_list(stream) end
+        eventually(fn -> match?([pid] when pid not in [nil, os_pid], worker_os_pids(pool)) end)
+        assert {:ok, %{"total" => 1}} = NativePool.execute("count", %{n: 1}, pool: pool)
       end
 
       test "a generator that raises fails the stream with the Python error" do
