@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::unbounded;
+use crossbeam_channel::{unbounded, Receiver};
 use dspex_pool_core::pool::{Event, Placement, Pool, Route, SlotState, SubmitError};
 use dspex_pool_core::request::{Cancelled, FailureKind};
 use serde_json::json;
@@ -229,4 +229,59 @@ fn missing_executable_is_a_clear_start_failure() {
         }
     }
     pool.close(Duration::ZERO);
+}
+
+/// A streaming request for the test worker's `stream` command, which obeys a cancel or not.
+fn stream_request(
+    obey: bool,
+    timeout: Duration,
+) -> (dspex_pool_core::request::Request, Receiver<Outcome>) {
+    let (mut request, _ticket, rx) = request("stream", json!({ "obey": obey }), timeout);
+    let (tx, own_rx) = unbounded();
+    request.caller = Box::new(StreamCaller(TestCaller(tx)));
+    drop(rx);
+    (request, own_rx)
+}
+
+#[test]
+fn a_stream_past_its_deadline_is_told_to_stop_and_keeps_its_worker() {
+    let mut config = config(1);
+    config.cancel_grace = Duration::from_secs(5);
+    let (pool, _events) = start(config);
+    let os_pid = pool.stats().workers[0].os_pid;
+    let (stream, stream_rx) = stream_request(true, Duration::from_millis(200));
+    pool.submit(stream, Route::AnyWorker).unwrap();
+    // Queued behind the stream, so answered only once the stream has stopped.
+    match call(&pool, "echo", json!({"after": 1})) {
+        Outcome::Reply(v) => assert_eq!(v["after"], 1),
+        other => panic!("{other:?}"),
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.workers[0].os_pid, os_pid);
+    assert_eq!(stats.workers[0].restarts, 0);
+    assert_eq!(stats.timed_out, 1);
+    // Its late reply went to nobody: the caller answers a timeout itself.
+    assert!(stream_rx.try_recv().is_err());
+    pool.close(Duration::from_secs(1));
+}
+
+#[test]
+fn a_stream_that_does_not_stop_within_the_grace_has_its_worker_replaced() {
+    let mut config = config(1);
+    config.cancel_grace = Duration::from_millis(300);
+    let (pool, events) = start(config);
+    let (stream, _stream_rx) = stream_request(false, Duration::from_millis(200));
+    pool.submit(stream, Route::AnyWorker).unwrap();
+    let reason = loop {
+        match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+            Event::WorkerExited { reason, .. } => break reason,
+            _ => continue,
+        }
+    };
+    assert!(
+        reason.contains("300 ms after the caller's deadline, though told to stop"),
+        "{reason}"
+    );
+    assert!(matches!(call(&pool, "echo", json!({})), Outcome::Reply(_)));
+    pool.close(Duration::from_secs(1));
 }

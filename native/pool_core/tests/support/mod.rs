@@ -42,6 +42,19 @@ while True:
     if cmd == "garbage":
         os.write(out, b"\x00\x00\x00\x05hello"); continue
     if cmd == "wrong_id": req["id"] += 1
+    if cmd == "stream":
+        # Chunks until told to stop (if it obeys), then its reply.
+        import select
+        i = 0
+        while True:
+            chunk = json.dumps({"id": req["id"], "chunk": i}, separators=(",", ":")).encode()
+            os.write(out, len(chunk).to_bytes(4, "big") + chunk)
+            i += 1
+            time.sleep(0.01)
+            if args["obey"] and select.select([inp], [], [], 0)[0]:
+                if json.loads(read(int.from_bytes(read(4), "big")))["command"] == "__cancel__":
+                    break
+        args = {"stopped_after": i}
     res = {"worker_id": wid} if cmd == "ping" else args
     body = json.dumps({"id": req["id"], "success": True, "result": res}).encode()
     os.write(out, len(body).to_bytes(4, "big") + body)
@@ -83,6 +96,24 @@ impl Caller for TestCaller {
     }
     fn fail(&mut self, failure: Failure) {
         let _ = self.0.send(Outcome::Failed(failure));
+    }
+}
+
+/// A caller whose call streams its reply (chunks are dropped, as a caller that gave up would).
+pub struct StreamCaller(pub TestCaller);
+
+impl Caller for StreamCaller {
+    fn is_alive(&self) -> bool {
+        true
+    }
+    fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<bool, Failure> {
+        self.0.reply(body, id, worker)
+    }
+    fn fail(&mut self, failure: Failure) {
+        self.0.fail(failure)
+    }
+    fn streams(&self) -> bool {
+        true
     }
 }
 
