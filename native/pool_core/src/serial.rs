@@ -190,7 +190,7 @@ fn run(
     // A worker may be kept past a deadline (kill_on_timeout: false); its late reply is dropped.
     let mut deadline = Some(request.deadline);
     let mut caller_gone = false;
-    // A stream told to stop at its deadline, which has until this grace deadline to end.
+    // Set when a stream is told to stop at its deadline; `deadline` is then its grace's end.
     let mut told_to_stop = false;
     loop {
         // Woken now and then to see whether its caller is still there (a stream's consumer
