@@ -166,7 +166,7 @@ defmodule DSPex.NativePool.StreamingTest do
         assert error.type == :request_timeout
         assert error.message =~ "the stream did not end within 300 ms"
         # Stopped long before the grace period is over.
-        eventually(fn -> File.exists?(mark) end, 3_000)
+        eventually(fn -> File.exists?(mark) end)
 
         assert {:ok, %{"total" => 1}} = NativePool.execute("count", %{n: 1}, pool: pool)
         assert worker_os_pids(pool) == [os_pid]
