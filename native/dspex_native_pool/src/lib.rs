@@ -6,6 +6,7 @@ mod atoms;
 mod caller;
 mod config;
 mod events;
+mod fast_reply;
 mod spare_envs;
 mod submit;
 mod term_from_json;

@@ -98,7 +98,7 @@ impl<'de, 'a> Visitor<'de> for TermSeed<'a> {
 const MAX_MAP_FROM_ARRAYS: usize = 32;
 
 /// A map from decoded keys and values; for duplicate keys the last one wins, as in Python's json.
-fn build_map<'a>(
+pub(crate) fn build_map<'a>(
     env: Env<'a>,
     keys: Vec<Term<'a>>,
     values: Vec<Term<'a>>,
@@ -157,6 +157,9 @@ impl<'de, 'a> Visitor<'de> for ReplySeed<'a> {
 }
 
 pub fn decode_reply<'a>(env: Env<'a>, body: &[u8]) -> Result<DecodedReply<'a>, serde_json::Error> {
+    if let Some(reply) = crate::fast_reply::decode(env, body) {
+        return Ok(reply);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     // Our own depth limit (TermSeed) applies instead, counted from the result.
     de.disable_recursion_limit();

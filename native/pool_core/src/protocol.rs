@@ -67,6 +67,23 @@ pub fn needs_escape(bytes: &[u8]) -> bool {
         || rest.iter().any(|&b| flag(b) != 0)
 }
 
+/// How many bytes from the start of a JSON string's text hold none of `"`, `\\` and control
+/// characters: where a string without escapes ends. A block of 64 bytes at a time, as in
+/// [`needs_escape`].
+pub fn plain_run(bytes: &[u8]) -> usize {
+    let special = |b: u8| (b == b'"') | (b == b'\\') | (b < 0x20);
+    let (blocks, _) = bytes.as_chunks::<64>();
+    let clean = blocks
+        .iter()
+        .take_while(|block| !block.iter().fold(false, |acc, &b| acc | special(b)))
+        .count();
+    let run = clean * 64;
+    run + bytes[run..]
+        .iter()
+        .position(|&b| special(b))
+        .unwrap_or(bytes.len() - run)
+}
+
 /// What the pool itself needs to know of a reply; the result stays undecoded.
 #[derive(Debug, PartialEq)]
 pub struct ReplyHead {
@@ -254,6 +271,22 @@ mod tests {
         let frame = request(1, "a\"b\n", b"{}", 1000).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&frame[4..]).unwrap();
         assert_eq!(v["command"], "a\"b\n");
+    }
+
+    #[test]
+    fn plain_run_stops_at_the_first_quote_backslash_or_control_byte() {
+        for len in [0, 1, 63, 64, 65, 200] {
+            let mut text = vec![b'x'; len];
+            assert_eq!(plain_run(&text), len);
+            for stop in [b'"', b'\\', b'\n', 0, 0x1f] {
+                text.push(stop);
+                text.extend_from_slice(b"yy\"");
+                assert_eq!(plain_run(&text), len, "{stop}");
+                text.truncate(len);
+            }
+        }
+        assert_eq!(plain_run("é\"".as_bytes()), 2);
+        assert_eq!(plain_run(&[0x7f, 0x80, 0xff, b'"']), 3);
     }
 
     #[test]
