@@ -95,30 +95,11 @@ defmodule DSPex.NativePool.Call do
 
   @doc false
   def check_command(command, context) do
-    case command_problem(command) do
-      nil -> :ok
-      problem -> invalid(:invalid_command, problem, context)
+    case CallOptions.check_command(command) do
+      :ok -> :ok
+      {:error, message} -> invalid(:invalid_command, message, context)
     end
   end
-
-  # The cancel frame's command: a request of that name would never get a reply.
-  @reserved_command "__cancel__"
-
-  defp command_problem(command) when is_atom(command) and command != nil,
-    do: command |> Atom.to_string() |> command_problem()
-
-  defp command_problem(""), do: "the command is an empty string"
-
-  defp command_problem(@reserved_command),
-    do:
-      "#{inspect(@reserved_command)} is the pool's own command (it cancels a request); it cannot be called"
-
-  defp command_problem(command) when is_binary(command) do
-    if String.valid?(command), do: nil, else: "the command is a binary that is not valid UTF-8"
-  end
-
-  defp command_problem(command),
-    do: "the command must be a UTF-8 string or an atom, got #{Options.describe(command)}"
 
   @doc false
   def normalize_args(args, _context) when is_map(args) and not is_struct(args), do: {:ok, args}
@@ -144,21 +125,12 @@ defmodule DSPex.NativePool.Call do
   def invalid(type, message, context), do: {:error, {:validation_error, type, message, context}}
 
   @doc false
-  # Checks a session id: a non-empty UTF-8 string.
   def check_session(session_id, context) do
-    if is_binary(session_id) and session_id != "" and String.valid?(session_id),
-      do: :ok,
-      else:
-        invalid(
-          :invalid_session,
-          "a session id must be a non-empty UTF-8 string, got #{describe_session(session_id)}",
-          context
-        )
+    case CallOptions.check_session(session_id) do
+      :ok -> :ok
+      {:error, message} -> invalid(:invalid_session, message, context)
+    end
   end
-
-  defp describe_session(""), do: "an empty string"
-  defp describe_session(id) when is_binary(id), do: "a binary that is not valid UTF-8"
-  defp describe_session(id), do: Options.describe(id)
 
   # A pool not found, in the context of the call that wanted it.
   defp lookup(pool, context) do

@@ -1,7 +1,8 @@
 defmodule DSPex.NativePool.CallOptions do
   @moduledoc false
-  # The options of one call (`:pool`, `:timeout`, `:tools`...), checked on every call's path:
-  # one walk of the list, nothing built. Like the pool's options, no message quotes a value.
+  # The options of one call (`:pool`, `:timeout`, `:tools`...), its command and its session id,
+  # checked on every call's path: one walk of the list, nothing built. Like the pool's options,
+  # no message quotes a value.
 
   import DSPex.NativePool.Options, only: [describe: 1]
 
@@ -34,4 +35,42 @@ defmodule DSPex.NativePool.CallOptions do
     {:error,
      "invalid :timeout: expected :infinity or an integer from 0 to #{@max_ms} (ms), got #{got}"}
   end
+
+  @doc false
+  # Checks a command: a non-empty UTF-8 string or an atom, and not the pool's own.
+  @spec check_command(term) :: :ok | {:error, String.t()}
+  def check_command(command) when is_atom(command) and command != nil,
+    do: command |> Atom.to_string() |> check_command()
+
+  def check_command(""), do: {:error, "the command is an empty string"}
+
+  # The cancel frame's command: a request of that name would never get a reply.
+  def check_command("__cancel__"),
+    do:
+      {:error,
+       ~s|"__cancel__" is the pool's own command (it cancels a request); it cannot be called|}
+
+  def check_command(command) when is_binary(command) do
+    if String.valid?(command),
+      do: :ok,
+      else: {:error, "the command is a binary that is not valid UTF-8"}
+  end
+
+  def check_command(command),
+    do: {:error, "the command must be a UTF-8 string or an atom, got #{describe(command)}"}
+
+  @doc false
+  # Checks a session id: a non-empty UTF-8 string.
+  @spec check_session(term) :: :ok | {:error, String.t()}
+  def check_session(id) when is_binary(id) and id != "" do
+    if String.valid?(id),
+      do: :ok,
+      else: session_error("a binary that is not valid UTF-8")
+  end
+
+  def check_session(""), do: session_error("an empty string")
+  def check_session(id), do: session_error(describe(id))
+
+  defp session_error(got),
+    do: {:error, "a session id must be a non-empty UTF-8 string, got #{got}"}
 end
