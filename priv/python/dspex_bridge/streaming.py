@@ -145,14 +145,14 @@ def serial_control(rid, inbox, window):
         message = codec.loads(payload)
         return message.get("id") == rid and message.get("command") == CANCEL
 
-    stopped = []
+    stopped = False
 
     def cancelled():
+        nonlocal stopped
         if not stopped:
             arrived = inbox.poll()
-            if arrived is None or any(is_cancel(payload) for payload in arrived):
-                stopped.append(True)
-        return bool(stopped)
+            stopped = arrived is None or any(is_cancel(payload) for payload in arrived)
+        return stopped
 
     return _serial_credits(rid, inbox, control), cancelled if window else None
 
