@@ -41,11 +41,6 @@ def is_stream(value):
     return inspect.isgenerator(value) or inspect.isasyncgen(value)
 
 
-def is_credit(payload):
-    """Whether a frame from the pool is a streaming request's credit."""
-    return protocol.second_key(payload) == protocol.CREDIT_KEY
-
-
 def _items(stream, loop_holder):
     """The stream's values as a plain iterator, ending with a ``Result``."""
     if inspect.isgenerator(stream):
