@@ -55,32 +55,26 @@ pub fn request(
 }
 
 /// Whether a string needs escaping inside JSON quotes: it holds a control byte, `"` or `\\`.
-/// Each 64-byte block is folded into one flag with no branch per byte, which the compiler turns
-/// into vector compares, so most text, and a megabyte payload, is checked at memory speed and
-/// then copied as it is instead of going through an escape table byte by byte.
+/// Checked at memory speed (see [`plain_run`]), so most text, and a megabyte payload, is then
+/// copied as it is instead of going through an escape table byte by byte.
 pub fn needs_escape(bytes: &[u8]) -> bool {
-    let flag = |b: u8| ((b < 0x20) | (b == b'"') | (b == b'\\')) as u8;
-    let (blocks, rest) = bytes.as_chunks::<64>();
-    blocks
-        .iter()
-        .any(|block| block.iter().fold(0, |acc, &b| acc | flag(b)) != 0)
-        || rest.iter().any(|&b| flag(b) != 0)
+    plain_run(bytes) < bytes.len()
 }
 
 /// How many bytes from the start of a JSON string's text hold none of `"`, `\\` and control
-/// characters: where a string without escapes ends. A block of 64 bytes at a time, as in
-/// [`needs_escape`].
+/// characters: where a string without escapes ends. Each 64-byte block is folded into one flag
+/// with no branch per byte, which the compiler turns into vector compares.
 pub fn plain_run(bytes: &[u8]) -> usize {
-    let special = |b: u8| (b == b'"') | (b == b'\\') | (b < 0x20);
+    let flag = |b: u8| ((b < 0x20) | (b == b'"') | (b == b'\\')) as u8;
     let (blocks, _) = bytes.as_chunks::<64>();
     let clean = blocks
         .iter()
-        .take_while(|block| !block.iter().fold(false, |acc, &b| acc | special(b)))
+        .take_while(|block| block.iter().fold(0, |acc, &b| acc | flag(b)) == 0)
         .count();
     let run = clean * 64;
     run + bytes[run..]
         .iter()
-        .position(|&b| special(b))
+        .position(|&b| flag(b) != 0)
         .unwrap_or(bytes.len() - run)
 }
 
