@@ -16,11 +16,16 @@ defmodule DSPex.NativePool.CallOptions do
   def check_keys([{key, _value} | rest], known, what) when is_atom(key) do
     if key in known,
       do: check_keys(rest, known, what),
-      else: {:error, "unknown option #{inspect(key)}; known: #{inspect(known)}"}
+      else: {:error, "unknown option #{inspect(key)}; known: #{inspect(known)}" <> hint(key)}
   end
 
   def check_keys(opts, _known, what),
     do: {:error, "#{what} must be a keyword list, got #{describe(opts)}"}
+
+  # Options that belong to other calls, or to other pools.
+  defp hint(:node), do: " (:node is for pools started with cluster: true)"
+  defp hint(:session), do: " (use execute_in_session/4 for a session's call)"
+  defp hint(_key), do: ""
 
   @doc false
   # Checks a call's `:timeout`.

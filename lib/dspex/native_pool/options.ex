@@ -243,9 +243,19 @@ defmodule DSPex.NativePool.Options do
   end
 
   defp known(opts, known) do
-    case Keyword.keys(opts) -- known do
-      [] -> :ok
+    keys = Keyword.keys(opts)
+
+    case Enum.uniq(keys) -- known do
+      [] -> once(keys)
       unknown -> {:error, "unknown options #{inspect(unknown)}; known: #{inspect(known)}"}
+    end
+  end
+
+  # Keyword.get would take the first of two and ignore the other without a word.
+  defp once(keys) do
+    case Enum.uniq(keys -- Enum.uniq(keys)) do
+      [] -> :ok
+      twice -> {:error, "options given more than once: #{inspect(twice)}; give each once"}
     end
   end
 

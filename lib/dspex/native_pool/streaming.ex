@@ -22,7 +22,10 @@ defmodule DSPex.NativePool.Streaming do
 
     # The tag is an integer: chunks are built on the worker's side without the reply's
     # environment (see the NIF's ProcessCaller).
-    with {:ok, call} <- Call.prepare(command, args, opts, [:pool, :timeout, :tools]),
+    # :stream_window and :session were taken out above; they are listed for the message.
+    known = [:pool, :timeout, :tools, :stream_window, :session]
+
+    with {:ok, call} <- Call.prepare(command, args, opts, known),
          {:ok, window} <- window(window, call),
          {:ok, call, target, record} <- route(call, session_id),
          ref = System.unique_integer([:positive, :monotonic]),
@@ -80,9 +83,11 @@ defmodule DSPex.NativePool.Streaming do
   defp window(n, _call) when is_integer(n) and n >= 1 and n <= 65_536, do: {:ok, n}
 
   defp window(other, call) do
+    got = if is_integer(other), do: Integer.to_string(other), else: Options.describe(other)
+
     Call.invalid(
       :invalid_options,
-      "invalid :stream_window: expected an integer from 1 to 65536, got #{Options.describe(other)}",
+      "invalid :stream_window: expected an integer from 1 to 65536, got #{got}",
       call.context
     )
   end
@@ -155,7 +160,7 @@ defmodule DSPex.NativePool.Streaming do
   # receiver holds the worker back too; it stops (and cancels the request) if `pid` dies.
   def stream_to(pid, command, args, opts) do
     ref = make_ref()
-    window = (is_list(opts) && Keyword.keyword?(opts) && opts[:stream_window]) || 64
+    window = relay_window(opts)
 
     {:ok, _relay} =
       Task.start(fn ->
@@ -176,6 +181,18 @@ defmodule DSPex.NativePool.Streaming do
       end)
 
     {:ok, ref}
+  end
+
+  # The call's :stream_window, or its pool's; a bad one fails the stream itself.
+  defp relay_window(opts) do
+    {window, _session, opts} = pop_stream_options(opts)
+    pool = if Keyword.keyword?(opts), do: Keyword.get(opts, :pool, DSPex.NativePool)
+
+    case {window, pool && Call.lookup(pool)} do
+      {n, _} when is_integer(n) and n > 0 -> n
+      {_, {:ok, _resource, config}} -> config[:stream_window]
+      _ -> 64
+    end
   end
 
   defp hold_back(pid, monitor, window) do

@@ -20,6 +20,12 @@ defmodule DSPex.NativePool.OptionsTest do
     assert message =~ ":pool_size"
   end
 
+  test "an option given twice is refused, not silently taken from its first" do
+    name = unique_name()
+    message = invalid(name: name, pool_size: 1, pool_size: 4)
+    assert message == "options given more than once: [:pool_size]; give each once"
+  end
+
   test "options must be a keyword list" do
     assert invalid([{"name", :x}]) =~ "keyword list"
     assert invalid(name: unique_name(), pool_size: 1, extra: 1) =~ "[:extra]"

@@ -221,6 +221,28 @@ defmodule DSPex.NativePool.StreamingTest do
         assert_receive {^ref, {:error, {:system_error, :python_exception, message, _}}}, 5_000
         assert message =~ "broke after one"
       end
+
+      test "stream_to/4 holds back to the pool's :stream_window for a receiver that does not read" do
+        pool = pool!(concurrency: unquote(concurrency), stream_window: 2)
+        receiver = spawn(fn -> receive(do: (:never -> :ok)) end)
+        assert {:ok, _ref} = NativePool.stream_to(receiver, "watched", %{n: 1_000}, pool: pool)
+
+        # 2 waiting for the receiver, one in the relay's hands, 2 ahead and one at its yield;
+        # with a window of 64 (the relay's own default before) it would have run far past 10.
+        assert max_progress(-1) < 10
+        Process.exit(receiver, :kill)
+        assert_receive {:progress, %{"closed" => true}}, 5_000
+      end
+    end
+  end
+
+  # The last value a generator reported before it had been still for a second.
+  defp max_progress(last) do
+    receive do
+      {:progress, %{"i" => i}} when i < 10 -> max_progress(i)
+      {:progress, %{"i" => i}} -> i
+    after
+      1_000 -> last
     end
   end
 

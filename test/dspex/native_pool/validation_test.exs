@@ -165,4 +165,31 @@ defmodule DSPex.NativePool.ValidationTest do
 
     assert {:ok, _} = NativePool.execute("ping", %{}, pool: pool, timeout: :infinity)
   end
+
+  test "an unknown call option is named with the options that call accepts", %{pool: pool} do
+    before = seen(pool)
+
+    assert {:error, {:validation_error, :invalid_options, message, _}} =
+             NativePool.execute("ping", %{}, pool: pool, node: node())
+
+    assert message ==
+             "unknown option :node; known: [:pool, :timeout, :tools] " <>
+               "(:node is for pools started with cluster: true)"
+
+    error =
+      assert_raise NativePool.Error, fn ->
+        NativePool.execute_stream("echo", %{}, pool: pool, windw: 2) |> Enum.to_list()
+      end
+
+    assert error.message =~
+             "unknown option :windw; known: [:pool, :timeout, :tools, :stream_window, :session]"
+
+    error =
+      assert_raise NativePool.Error, fn ->
+        NativePool.execute_stream("echo", %{}, pool: pool, stream_window: 0) |> Enum.to_list()
+      end
+
+    assert error.message =~ "invalid :stream_window: expected an integer from 1 to 65536, got 0"
+    assert seen(pool).requests == before.requests + 1
+  end
 end
