@@ -116,7 +116,8 @@ defmodule DSPex.NativePool do
 
     %{
       id: Keyword.get(opts, :name, __MODULE__),
-      start: {__MODULE__, :start_link, [opts]},
+      # Supervisor reports print the start call's arguments: :env's values stay out of them.
+      start: {__MODULE__, :start_link, [Options.Env.hide_in(opts)]},
       shutdown: (is_integer(shutdown) && shutdown + 5_000) || 10_000,
       type: :worker
     }

@@ -77,7 +77,7 @@ defmodule DSPex.NativePool.SessionPoolV2 do
   def child_spec(opts) do
     %{
       NativePool.child_spec(Keyword.drop(opts, @v2_only))
-      | start: {__MODULE__, :start_link, [opts]}
+      | start: {__MODULE__, :start_link, [NativePool.Options.Env.hide_in(opts)]}
     }
   end
 

@@ -3,6 +3,7 @@ defmodule DSPex.NativePool.WorkerSpec do
   # How a pool's workers are started, from its validated options: the NIF's configuration,
   # the worker's command line and the environment it gets.
 
+  alias DSPex.NativePool.Options.Env
   alias DSPex.NativePool.PythonEnv
 
   @doc false
@@ -78,7 +79,7 @@ defmodule DSPex.NativePool.WorkerSpec do
     |> Map.merge(Map.new(worker_env_defaults(python_path)))
     |> Map.merge(cache)
     |> Map.merge(Map.new(DSPex.NativePool.Tools.worker_env(opts[:tools])))
-    |> Map.merge(Map.new(opts[:env]))
+    |> Map.merge(Map.new(Env.pairs(opts[:env])))
     |> Enum.to_list()
   end
 end

@@ -21,6 +21,9 @@ defmodule DSPex.NativePool.SecretsTest do
   def leak_shaped(args):
       raise PermissionError("Incorrect API key provided: sk-proj-" + "q" * 24)
 
+  def has_token(args):
+      return os.environ.get("BILLING_SERVICE_TOKEN") == args["expected"]
+
   def marker(args):
       print("stdout marker " + args["tag"])
       sys.stderr.write("stderr marker " + args["tag"] + "\n")
@@ -72,6 +75,19 @@ defmodule DSPex.NativePool.SecretsTest do
       assert Enum.any?(lines, &(&1 =~ "retrying with key [REDACTED]"))
       refute Enum.any?(lines, &(&1 =~ @token or &1 =~ @api_key))
     end
+  end
+
+  test ":env's values stay out of the child spec and the pool's state, and reach the workers" do
+    spec = NativePool.child_spec(name: :env_pool, env: [BILLING_SERVICE_TOKEN: @token])
+    refute inspect(spec) =~ @token
+    assert inspect(spec) =~ "BILLING_SERVICE_TOKEN"
+
+    # Supervisor reports print the start call; a crash report prints the pool's state.
+    %{pool: pool, pid: pid} =
+      start_pool!(handlers_source: @handlers, env: %{"BILLING_SERVICE_TOKEN" => @token})
+
+    refute inspect(:sys.get_state(pid), limit: :infinity) =~ @token
+    assert {:ok, true} = NativePool.execute("has_token", %{expected: @token}, pool: pool)
   end
 
   # The pool's log lines up to the ones ending with each of `markers` (in any order).

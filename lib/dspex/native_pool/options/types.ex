@@ -6,6 +6,7 @@ defmodule DSPex.NativePool.Options.Types do
 
   import DSPex.NativePool.Options, only: [describe: 1]
 
+  alias DSPex.NativePool.Options.Env
   alias DSPex.NativePool.PythonEnv
 
   @doc false
@@ -101,13 +102,22 @@ defmodule DSPex.NativePool.Options.Types do
   def check(:preload, other),
     do: {:error, "expected :auto, false or a list of Python module names, got #{describe(other)}"}
 
-  def check(:env, env) when is_map(env), do: check(:env, Map.to_list(env))
+  # Checked whatever the caller wrapped, kept wrapped (see `DSPex.NativePool.Options.Env`).
+  def check(:env, %Env{pairs: pairs}), do: check(:env, pairs)
+
+  def check(:env, env) when is_map(env) and not is_struct(env),
+    do: check(:env, Map.to_list(env))
 
   def check(:env, env) when is_list(env) do
-    each_ok(env, fn
+    env
+    |> each_ok(fn
       {key, value} -> env_pair(key, value)
       _other -> {:error, "expected a map or keyword list of variable names to strings"}
     end)
+    |> case do
+      {:ok, pairs} -> {:ok, %Env{pairs: pairs}}
+      error -> error
+    end
   end
 
   def check(:env, other),
