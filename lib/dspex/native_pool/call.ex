@@ -154,11 +154,17 @@ defmodule DSPex.NativePool.Call do
 
       nil ->
         {:error,
-         {:resource_error, :pool_not_found,
-          "no pool named #{inspect(pool)} is running; start one with {DSPex.NativePool, name: #{inspect(pool)}}",
+         {:resource_error, :pool_not_found, not_found(pool),
           %{pool: pool, command: nil, worker_id: nil}}}
     end
   end
+
+  defp not_found(pool) when is_pid(pool),
+    do: "pools are called by name, not by pid: pass pool: with the :name it was started with"
+
+  defp not_found(pool),
+    do:
+      "no pool named #{inspect(pool)} is running; start one with {DSPex.NativePool, name: #{inspect(pool)}}"
 
   @doc false
   # One request, from submit to reply. `target`: nil (any worker), {:worker, i} or {:session, id}; `record`:

@@ -164,6 +164,16 @@ defmodule DSPex.NativePool.ExecuteTest do
       assert %Error{category: :resource_error, type: :pool_not_found} =
                assert_raise(Error, fn -> NativePool.execute!("ping", %{}, pool: unique_name()) end)
     end
+
+    test "a pool given by its pid is not found, and the message says to use its name", %{
+      pid: pid
+    } do
+      assert {:error, {:resource_error, :pool_not_found, message, _}} =
+               NativePool.execute("ping", %{}, pool: pid)
+
+      assert message ==
+               "pools are called by name, not by pid: pass pool: with the :name it was started with"
+    end
   end
 
   describe "errors raised in Python" do
