@@ -14,6 +14,8 @@ from worker_harness import WorkerCase
 
 HAVE_DSPY = importlib.util.find_spec("dspy") is not None
 ERR = "dspex_bridge.dspy_commands."
+# What a command raises for arguments it refuses (the pool's :invalid_args).
+BAD_ARGS = "dspex_bridge.errors.InvalidArguments"
 DUMMY = {"model": "dummy", "answers": [{"answer": "Paris"}, {"answer": "Rome"}]}
 QA_DICT = {
     "inputs": [{"name": "question", "description": "a question about geography"}],

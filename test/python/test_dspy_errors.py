@@ -14,7 +14,7 @@ import textwrap
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dspy_harness import DUMMY, ERR, HAVE_DSPY, Base  # noqa: E402
+from dspy_harness import BAD_ARGS, DUMMY, ERR, HAVE_DSPY, Base  # noqa: E402
 
 
 @unittest.skipUnless(HAVE_DSPY, "dspy is not installed in this python (use .venv/bin/python)")
@@ -27,12 +27,12 @@ class DSPyErrors(Base):
         self.ok(w, "configure_lm", DUMMY)
         self.fail(w, "execute_program", {"program_id": "nope", "inputs": {}},
                   ERR + "ProgramNotFound", "'nope' not found")
-        self.fail(w, "execute_program", {"inputs": {}}, "ValueError", "program_id")
+        self.fail(w, "execute_program", {"inputs": {}}, BAD_ARGS, "program_id")
         self.fail(w, "execute_program", {"program_id": "qa", "inputs": {}},
-                  "ValueError", "missing question")
+                  BAD_ARGS, "missing question")
         self.fail(w, "execute_program", {"program_id": "qa", "inputs": {"question": "q", "lm": 1}},
-                  "ValueError", "unknown lm")
-        self.fail(w, "execute_program", {"program_id": "qa", "inputs": "q"}, "ValueError")
+                  BAD_ARGS, "unknown lm")
+        self.fail(w, "execute_program", {"program_id": "qa", "inputs": "q"}, BAD_ARGS)
         bad_signatures = [
             ("question answer", "->"),
             ("question -> ", None),
@@ -57,15 +57,15 @@ class DSPyErrors(Base):
                                         "signature": "question -> reasoning, answer"},
                   ERR + "InvalidSignature", "reasoning")
         self.fail(w, "create_program", {"signature": "q -> a", "program_type": "ProgramOfThought"},
-                  "ValueError", "unsupported program_type")
+                  BAD_ARGS, "unsupported program_type")
         self.fail(w, "create_program", {"signature": "q -> a", "program_type": "ReAct"},
-                  "ValueError", 'ReAct needs "tools"')
+                  BAD_ARGS, 'ReAct needs "tools"')
         self.fail(w, "create_program", {"signature": "q -> a", "program_type": "BestOfN"},
-                  "ValueError", '"reward"')
+                  BAD_ARGS, '"reward"')
         self.fail(w, "create_program", {"signature": "q -> a", "session_id": 7},
-                  "ValueError", "session_id")
-        self.fail(w, "configure_lm", {}, "ValueError", '"model"')
-        self.fail(w, "configure_lm", {"model": "dummy", "answers": ["Paris"]}, "ValueError", "answers")
+                  BAD_ARGS, "session_id")
+        self.fail(w, "configure_lm", {}, BAD_ARGS, '"model"')
+        self.fail(w, "configure_lm", {"model": "dummy", "answers": ["Paris"]}, BAD_ARGS, "answers")
         listing = self.ok(w, "list_programs")
         self.assertEqual([p["program_id"] for p in listing["programs"]], ["qa"])
         # The worker still serves, and the old LM is still set.

@@ -9,7 +9,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dspy_harness import ERR, HAVE_DSPY, QA_DICT, Base  # noqa: E402
+from dspy_harness import BAD_ARGS, ERR, HAVE_DSPY, QA_DICT, Base  # noqa: E402
 from worker_harness import PYTHON_DIR  # noqa: E402
 
 
@@ -75,7 +75,7 @@ class DSPySessions(Base):
         self.assertEqual(self.ok(w, "cleanup_session", {"session_id": "s1"})["programs_removed"], 0)
         self.assertEqual(self.ok(w, "list_programs", {"session_id": "s1"})["total_count"], 0)
         self.assertEqual(self.ok(w, "list_programs", {"session_id": "s2"})["total_count"], 1)
-        self.fail(w, "cleanup_session", {}, "ValueError", "session_id")
+        self.fail(w, "cleanup_session", {}, BAD_ARGS, "session_id")
         s = self.ok(w, "get_stats")
         self.assertEqual((s["programs_count"], s["sessions_count"]), (1, 1))
 

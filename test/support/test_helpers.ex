@@ -51,6 +51,13 @@ defmodule DSPex.NativePool.TestHelpers do
         raise KeyError()
 
 
+    def needs_n(args):
+        from dspex_bridge.errors import InvalidArguments
+        if not isinstance(args.get("n"), int):
+            raise InvalidArguments('needs_n needs "n", an integer')
+        return args["n"]
+
+
     def returns_set(args):
         return {"s": {1, 2, 3}}
 

@@ -3,7 +3,7 @@ defmodule DSPex.NativePool.Error do
   # checks the README's copy).
   @types [
     {:validation_error, :invalid_args,
-     "an argument cannot be encoded as JSON (pid, ref, fun, tuple, struct, non-UTF-8 binary, integer beyond 64 bits, nesting deeper than 128); nothing was sent"},
+     "an argument cannot be encoded as JSON (pid, ref, fun, tuple, struct, non-UTF-8 binary, integer beyond 64 bits, nesting deeper than 128), and nothing was sent; or the command refused its arguments (a DSPy command's missing `program_id`, inputs that are not the program's, an unknown `program_type`; a handler raising `dspex_bridge.errors.InvalidArguments`), and `context` has `:python_type`"},
     {:validation_error, :invalid_command,
      "the command is not a non-empty UTF-8 string or an atom, or is the reserved `__cancel__`"},
     {:validation_error, :invalid_options, "a start or call option is not valid"},
@@ -81,6 +81,7 @@ defmodule DSPex.NativePool.Error do
     "program_not_found" => {:validation_error, :program_not_found},
     "lm_not_configured" => {:validation_error, :lm_not_configured},
     "invalid_signature" => {:validation_error, :invalid_signature},
+    "invalid_args" => {:validation_error, :invalid_args},
     "dspy_unavailable" => {:resource_error, :dspy_unavailable},
     # What a result would get: a streamed chunk that cannot be sent (dspex_bridge.streaming).
     "unserializable_result" => {:system_error, :unserializable_result},

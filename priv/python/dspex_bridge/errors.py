@@ -91,6 +91,15 @@ def describe(exc):
 _KIND = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
+class InvalidArguments(ValueError):
+    """The command's arguments are wrong (missing, of the wrong type, naming nothing the
+    worker has): the caller gets ``{:validation_error, :invalid_args, message, context}``
+    rather than a ``:python_exception``. The built-in DSPy commands raise it; a handler may
+    too."""
+
+    dspex_details = {"kind": "invalid_args"}
+
+
 def details(exc):
     """What a command said of its error beyond its type, for the pool to classify it: the
     ``dspex_details`` attribute an extension may set on an exception (``{"kind": "lm_...",

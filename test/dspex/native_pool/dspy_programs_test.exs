@@ -86,7 +86,7 @@ defmodule DSPex.NativePool.DSPyProgramsTest do
 
   test "a ReAct tool that is not a handler function is refused, naming the known ones",
        %{pool: pool} do
-    assert {:error, {:system_error, :python_exception, message, _}} =
+    assert {:error, {:validation_error, :invalid_args, message, context}} =
              NativePool.execute(
                "create_program",
                %{signature: "question -> answer", program_type: "ReAct", tools: ["nope"]},
@@ -95,6 +95,7 @@ defmodule DSPex.NativePool.DSPyProgramsTest do
 
     assert message =~ "no handler function named 'nope'"
     assert message =~ "lookup_order"
+    assert context.python_type == "dspex_bridge.errors.InvalidArguments"
   end
 
   test "BestOfN asks the reward function and stops at the threshold", %{

@@ -215,6 +215,18 @@ defmodule DSPex.NativePool.ExecuteTest do
                NativePool.execute("bare_error", %{}, pool: pool)
     end
 
+    test "a handler that refuses its arguments with InvalidArguments gives :invalid_args", %{
+      pool: pool
+    } do
+      assert {:error, {:validation_error, :invalid_args, message, context}} =
+               NativePool.execute("needs_n", %{n: "one"}, pool: pool)
+
+      assert message == ~s(needs_n needs "n", an integer)
+      assert context.python_type == "dspex_bridge.errors.InvalidArguments"
+      assert context.traceback =~ "raise InvalidArguments"
+      assert {:ok, 1} = NativePool.execute("needs_n", %{n: 1}, pool: pool)
+    end
+
     test "the worker survives the exception and keeps serving", %{pool: pool} do
       [os_pid] = worker_os_pids(pool)
 

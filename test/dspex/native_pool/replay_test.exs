@@ -35,7 +35,7 @@ defmodule DSPex.NativePool.ReplayTest do
     %{pool: pool} = start_pool!(startup_timeout: 60_000)
     assert {:ok, _} = NativePool.configure_lm(dummy("good"), pool: pool)
 
-    assert {:error, {:system_error, :python_exception, _, _}} =
+    assert {:error, {:validation_error, :invalid_args, _, _}} =
              NativePool.configure_lm(%{model: "dummy", answers: "not a list"}, pool: pool)
 
     assert {:ok, %{"program_id" => id}} =

@@ -4,6 +4,7 @@ because of it), and the keys DSPy adds to ``get_stats``."""
 import sys
 
 from .. import errors
+from ..errors import InvalidArguments
 from ..commands import command, stats_extension
 from ..programs import STORE
 from . import loader
@@ -46,7 +47,7 @@ def cleanup_session(args):
     configured one; the worker's LM is untouched.
     """
     if args.get("session_id") is None:
-        raise ValueError('cleanup_session needs "session_id"')
+        raise InvalidArguments('cleanup_session needs "session_id"')
     sid = session_id(args)
     CONFIGURED.sessions.pop(sid, None)
     return {"status": "cleaned", "session_id": sid, "programs_removed": STORE.drop_session(sid)}
@@ -63,7 +64,7 @@ def reset_state(args):
     """
     reset_lm = args.get("reset_lm", False)
     if not isinstance(reset_lm, bool):
-        raise ValueError("reset_lm must be true or false")
+        raise InvalidArguments("reset_lm must be true or false")
     programs, sessions = STORE.clear()
     CONFIGURED.sessions.clear()
     if reset_lm:

@@ -3,6 +3,7 @@
 
 import time
 
+from ..errors import InvalidArguments
 from ..commands import async_variant
 from . import accounting
 from . import LMNotConfigured
@@ -110,7 +111,8 @@ def _prepare_execution(dspy, args):
     entry = find_entry(args)
     inputs = args.get("inputs", {})
     if not isinstance(inputs, dict):
-        raise ValueError(f'"inputs" must be an object of input fields, got {jsonable(inputs)!r}')
+        raise InvalidArguments(
+            f'"inputs" must be an object of input fields, got {jsonable(inputs)!r}')
     missing = [name for name in entry.input_names if name not in inputs]
     unknown = sorted(name for name in inputs if name not in entry.input_names)
     if missing or unknown:
@@ -119,7 +121,7 @@ def _prepare_execution(dspy, args):
             problems.append("missing " + ", ".join(missing))
         if unknown:
             problems.append("unknown " + ", ".join(str(n) for n in unknown))
-        raise ValueError(
+        raise InvalidArguments(
             f"program {entry.program_id!r} takes inputs {', '.join(entry.input_names)}: "
             + "; ".join(problems)
         )

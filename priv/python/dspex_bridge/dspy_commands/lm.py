@@ -6,6 +6,7 @@ import itertools
 import json
 import typing
 
+from ..errors import InvalidArguments
 from .loader import dspy_command
 from .redaction import redacted_options, remember_secrets
 from .values import jsonable, session_id
@@ -76,18 +77,18 @@ def build_lm(dspy, args):
     remember_secrets(args)
     model = args.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise ValueError(
+        raise InvalidArguments(
             'configure_lm needs "model": a model string DSPy accepts, such as '
             '"openai/gpt-4o-mini", or "dummy" for the offline DummyLM'
         )
     model = model.strip()
     provider = args.get("provider")
     if provider is not None and not isinstance(provider, str):
-        raise ValueError(f"provider must be a string, got {provider!r}")
+        raise InvalidArguments(f"provider must be a string, got {provider!r}")
     settings = {}
     if "disable_history" in args:
         if not isinstance(args["disable_history"], bool):
-            raise ValueError("disable_history must be true or false")
+            raise InvalidArguments("disable_history must be true or false")
         settings["disable_history"] = args["disable_history"]
 
     if model.lower() == "dummy":
@@ -117,7 +118,7 @@ def _dummy_lm(args):
     answers = args.get("answers", [])
     default = args.get("default")
     if default is not None and not isinstance(default, dict):
-        raise ValueError('the dummy LM\'s "default" must be an object like {"answer": "..."}')
+        raise InvalidArguments('the dummy LM\'s "default" must be an object like {"answer": "..."}')
     if isinstance(answers, list):
         bad = [a for a in answers if not isinstance(a, dict)]
         mode = "cycle"
@@ -127,7 +128,7 @@ def _dummy_lm(args):
     else:
         bad = [answers]
     if bad:
-        raise ValueError(
+        raise InvalidArguments(
             'the dummy LM\'s "answers" must be a list of objects mapping output field '
             'names to values ([{"answer": "Paris"}], used in turn, cycling) or an object '
             'mapping a prompt substring to such an object ({"France": {"answer": "Paris"}}); '
@@ -135,7 +136,7 @@ def _dummy_lm(args):
         )
     follow_examples = args.get("follow_examples", False)
     if not isinstance(follow_examples, bool):
-        raise ValueError("follow_examples must be true or false")
+        raise InvalidArguments("follow_examples must be true or false")
     if follow_examples:
         mode = "follow_examples"
     lm = _get_dummy_class()(answers, follow_examples=follow_examples, default=default)
@@ -212,7 +213,8 @@ def request_lm(dspy, config):
     if config is None:
         return None
     if not isinstance(config, dict):
-        raise ValueError('"lm" must be an object like configure_lm takes, e.g. {"model": "..."}')
+        raise InvalidArguments(
+            '"lm" must be an object like configure_lm takes, e.g. {"model": "..."}')
     key = json.dumps(config, sort_keys=True, default=str)
     lm = _request_lms.get(key)
     if lm is None:

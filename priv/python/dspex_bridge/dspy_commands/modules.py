@@ -4,6 +4,7 @@ called with JSON-able arguments as any command is."""
 
 import re
 
+from ..errors import InvalidArguments
 from .. import commands, elixir
 from ..state import STATE
 from .values import jsonable
@@ -29,7 +30,7 @@ def program_type(value, default="Predict"):
             key = key[4:]
         if key in PROGRAM_TYPES:
             return PROGRAM_TYPES[key]
-    raise ValueError(
+    raise InvalidArguments(
         f"unsupported program_type {value!r}: use one of Predict, ChainOfThought (or "
         f"chain_of_thought, cot), ReAct, BestOfN, Refine"
     )
@@ -45,11 +46,11 @@ def build(dspy, kind, sig, args):
                           max_iters=max_iters)
     inner = program_type(args.get("module"))
     if inner not in _INNER:
-        raise ValueError(f"{kind}'s module must be Predict or ChainOfThought, got {inner}")
+        raise InvalidArguments(f"{kind}'s module must be Predict or ChainOfThought, got {inner}")
     n = _integer(args, "n", 3, 1, 100)
     threshold = args.get("threshold", 1.0)
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
-        raise ValueError(f"threshold must be a number, got {jsonable(threshold)!r}")
+        raise InvalidArguments(f"threshold must be a number, got {jsonable(threshold)!r}")
     reward = _reward(args.get("reward"))
     return getattr(dspy, kind)(getattr(dspy, inner)(sig), N=n, reward_fn=reward,
                                threshold=float(threshold))
@@ -58,14 +59,15 @@ def build(dspy, kind, sig, args):
 def _integer(args, key, default, low, high):
     value = args.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{key} must be an integer from {low} to {high}, got {jsonable(value)!r}")
+        raise InvalidArguments(
+            f"{key} must be an integer from {low} to {high}, got {jsonable(value)!r}")
     return value
 
 
 def _tools(args):
     tools = args.get("tools")
     if not isinstance(tools, list) or not tools:
-        raise ValueError(
+        raise InvalidArguments(
             'ReAct needs "tools": a non-empty list of handler function names, or of '
             '{"name", "description"?, "args"?: {arg: {"type", "desc"?}}} objects'
         )
@@ -83,7 +85,8 @@ def callable_named(name, what):
         spec = elixir.registered().get(name) if isinstance(name, str) else None
         if spec is None:
             tools = ", ".join(sorted(elixir.registered())) or "none"
-            raise LookupError(f"{what}: {missing}; nor an Elixir tool (registered: {tools})") from None
+            raise InvalidArguments(
+                f"{what}: {missing}; nor an Elixir tool (registered: {tools})") from None
 
         def run(args):
             return elixir.call(name, args)
@@ -95,14 +98,14 @@ def _tool(dspy, spec):
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise ValueError(f"a tool is a handler function name or an object with a name, got "
+        raise InvalidArguments(f"a tool is a handler function name or an object with a name, got "
                          f"{jsonable(spec)!r}")
     name = spec["name"]
     fn, known_desc, known_args = callable_named(name, f"tool {name!r}")
     desc = spec.get("description", spec.get("desc")) or known_desc or name
     given = spec.get("args") or known_args
     if not isinstance(given, dict):
-        raise ValueError(f"tool {name!r}: args must be an object of argument name to "
+        raise InvalidArguments(f"tool {name!r}: args must be an object of argument name to "
                          f'{{"type", "desc"?}}, got {jsonable(given)!r}')
     schema = {}
     for arg, info in given.items():
@@ -124,7 +127,7 @@ def _tool(dspy, spec):
 
 def _reward(name):
     if not isinstance(name, str):
-        raise ValueError('BestOfN and Refine need "reward": the name of a handler function '
+        raise InvalidArguments('BestOfN and Refine need "reward": the name of a handler function '
                          'called with {"inputs", "outputs"} and returning a number')
     fn = callable_named(name, "reward")[0]
 

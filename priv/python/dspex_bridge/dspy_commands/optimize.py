@@ -5,6 +5,7 @@ returning a number or a boolean."""
 import random
 import time
 
+from ..errors import InvalidArguments
 from ..programs import STORE
 from .lm import CONFIGURED
 from .loader import dspy_command
@@ -55,10 +56,11 @@ def optimize(dspy, args):
     trainset = _examples(dspy, args, "trainset", found)
     name = args.get("optimizer", "BootstrapFewShot")
     if name not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {jsonable(name)!r}")
+        raise InvalidArguments(
+            f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {jsonable(name)!r}")
     new_id = args.get("optimized_program_id") or f"{found.program_id}_optimized"
     if not isinstance(new_id, str) or not new_id:
-        raise ValueError("optimized_program_id must be a non-empty string")
+        raise InvalidArguments("optimized_program_id must be a non-empty string")
     options = {k: args[k] for k in ("max_bootstrapped_demos", "max_labeled_demos") if k in args}
     started = time.perf_counter()
     with dspy.context(lm=_lm(found)):
@@ -112,7 +114,7 @@ def _percent(points, count):
 def _count(args, key, default):
     value = args.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'"{key}" must be a positive integer, got {jsonable(value)!r}')
+        raise InvalidArguments(f'"{key}" must be a positive integer, got {jsonable(value)!r}')
     return value
 
 
@@ -128,14 +130,14 @@ def _lm(found):
 def _examples(dspy, args, key, found):
     items = args.get(key)
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
-        raise ValueError(f'"{key}" must be a non-empty list of objects with the input fields '
+        raise InvalidArguments(f'"{key}" must be a non-empty list of objects with the input fields '
                          f'({", ".join(found.input_names)}) and the expected outputs')
     return [dspy.Example(**item).with_inputs(*found.input_names) for item in items]
 
 
 def _metric(name):
     if not isinstance(name, str):
-        raise ValueError('"metric" must name a handler function called with '
+        raise InvalidArguments('"metric" must name a handler function called with '
                          '{"example", "prediction"} and returning a number or a boolean')
     fn = callable_named(name, "metric")[0]
 

@@ -2,6 +2,7 @@
 program's definition and its learned state, DSPy's ``dump_state``), and a session's programs
 at once with ``export_session`` and ``import_session``. No pickle anywhere."""
 
+from ..errors import InvalidArguments
 from ..programs import STORE
 from .create import build_entry
 from .loader import dspy_command
@@ -38,7 +39,7 @@ def import_session(dspy, args):
     sid = session_id(args)
     programs = args.get("programs")
     if not isinstance(programs, list):
-        raise ValueError('import_session needs "programs": a list of save_program results')
+        raise InvalidArguments('import_session needs "programs": a list of save_program results')
     loaded = [_load(dspy, program, sid).program_id for program in programs]
     return {"session_id": sid, "program_ids": loaded}
 
@@ -53,7 +54,7 @@ def _saved(found):
 
 def _load(dspy, saved, sid):
     if not isinstance(saved, dict) or not isinstance(saved.get("definition"), dict):
-        raise ValueError('a saved program is {"definition": {...}, "state": {...}}, as '
+        raise InvalidArguments('a saved program is {"definition": {...}, "state": {...}}, as '
                          'save_program returns it')
     definition = dict(saved["definition"])
     definition.pop("session_id", None)
@@ -66,6 +67,6 @@ def _load(dspy, saved, sid):
     state = saved.get("state")
     if state is not None:
         if not isinstance(state, dict):
-            raise ValueError("a saved program's state must be an object")
+            raise InvalidArguments("a saved program's state must be an object")
         loaded.module.load_state(state)
     return loaded

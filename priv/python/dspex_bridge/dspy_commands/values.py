@@ -3,6 +3,7 @@
 import math
 import uuid
 
+from ..errors import InvalidArguments
 from ..programs import STORE
 from . import ProgramNotFound
 
@@ -11,7 +12,7 @@ def session_id(args):
     if sid is None:
         return None
     if not isinstance(sid, str) or not sid:
-        raise ValueError(
+        raise InvalidArguments(
             f"session_id must be a non-empty string (or absent for the anonymous "
             f"namespace), got {sid!r}"
         )
@@ -27,9 +28,9 @@ def program_id(args, generate=False):
     if pid is None:
         if generate:
             return "prog_" + uuid.uuid4().hex[:16]
-        raise ValueError('this command needs "program_id"')
+        raise InvalidArguments('this command needs "program_id"')
     if not isinstance(pid, str) or not pid:
-        raise ValueError(f"program_id must be a non-empty string, got {pid!r}")
+        raise InvalidArguments(f"program_id must be a non-empty string, got {pid!r}")
     return pid
 
 
