@@ -82,6 +82,11 @@ defmodule DSPex.NativePool.SecretsTest do
     refute inspect(spec) =~ @token
     assert inspect(spec) =~ "BILLING_SERVICE_TOKEN"
 
+    # A malformed :env (refused later by start_link/1) inspects without its values too: a
+    # failing inspect would print the struct raw.
+    malformed = NativePool.child_spec(name: :env_pool, env: [{"KEY", @token}, :junk])
+    refute inspect(malformed) =~ @token
+
     # Supervisor reports print the start call; a crash report prints the pool's state.
     %{pool: pool, pid: pid} =
       start_pool!(handlers_source: @handlers, env: %{"BILLING_SERVICE_TOKEN" => @token})

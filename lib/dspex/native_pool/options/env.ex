@@ -28,9 +28,14 @@ defmodule DSPex.NativePool.Options.Env do
   def pairs(%__MODULE__{pairs: pairs}), do: pairs
 
   defimpl Inspect do
+    # Never fails: a failing inspect would print the struct raw, values and all.
     def inspect(%{pairs: pairs}, _opts) do
-      names = Enum.map(pairs, fn {name, _value} -> to_string(name) end)
+      pairs = if is_map(pairs), do: Map.to_list(pairs), else: List.wrap(pairs)
+      names = for {name, _value} <- pairs, do: name(name)
       "#DSPex.NativePool.Options.Env<" <> Enum.join(names, ", ") <> " (values hidden)>"
     end
+
+    defp name(name) when is_binary(name) or is_atom(name), do: to_string(name)
+    defp name(name), do: Kernel.inspect(name)
   end
 end
