@@ -19,34 +19,51 @@ defmodule DSPex.NativePool.Streaming do
 
   defp start(command, args, opts) do
     {window, session_id, opts} = pop_stream_options(opts)
-
-    # The tag is an integer: chunks are built on the worker's side without the reply's
-    # environment (see the NIF's ProcessCaller).
     # :stream_window and :session were taken out above; they are listed for the message.
     known = [:pool, :timeout, :tools, :stream_window, :session]
 
-    with {:ok, call} <- Call.prepare(command, args, opts, known),
-         {:ok, window} <- window(window, call),
-         {:ok, call, target, record} <- route(call, session_id),
-         ref = System.unique_integer([:positive, :monotonic]),
-         {id, cleanup} = Call.register_tools(call),
-         {:ok, ticket} <- Call.start(call, ref, target, window, id, record) do
-      %{
-        ref: ref,
-        ticket: ticket,
-        call: call,
-        session_id: session_id,
-        deadline: Call.deadline(call.timeout),
-        worker: nil,
-        id: nil,
-        done: false,
-        started: System.monotonic_time(),
-        chunks: 0,
-        cleanup: cleanup
-      }
-    else
+    started =
+      with {:ok, call} <- Call.prepare(command, args, opts, known),
+           {:ok, window} <- window(window, call) do
+        case route(call, session_id) do
+          {:ok, call, target, record} -> submit(call, session_id, target, window, record)
+          done_or_error -> done_or_error
+        end
+      end
+
+    case started do
       {:done, result} -> %{done: true, result: result}
       {:error, reason} -> raise Error, reason
+      state -> state
+    end
+  end
+
+  defp submit(call, session_id, target, window, record) do
+    # The tag is an integer: chunks are built on the worker's side without the reply's
+    # environment (see the NIF's ProcessCaller).
+    ref = System.unique_integer([:positive, :monotonic])
+    {id, cleanup} = Call.register_tools(call)
+
+    case Call.start(call, ref, target, window, id, record) do
+      {:ok, ticket} ->
+        %{
+          ref: ref,
+          ticket: ticket,
+          call: call,
+          session_id: session_id,
+          deadline: Call.deadline(call.timeout),
+          worker: nil,
+          id: nil,
+          done: false,
+          started: System.monotonic_time(),
+          chunks: 0,
+          cleanup: cleanup
+        }
+
+      {:error, _reason} = error ->
+        # Never submitted: its own tools would otherwise stay registered.
+        cleanup.()
+        error
     end
   end
 
@@ -108,16 +125,24 @@ defmodule DSPex.NativePool.Streaming do
         outcome = Call.outcome(outcome, call.context)
 
         case Replay.follow_up(call, outcome, state.session_id) do
-          {:ok, result} -> {[{:done, result}], finished(state, :done)}
-          {:error, reason} -> finished(state, :error) && raise(Error, reason)
+          {:ok, result} ->
+            {[{:done, result}], finished(state, :done)}
+
+          {:error, reason} ->
+            finished(state, :error)
+            raise Error, reason
         end
     after
       wait(state) ->
         given_up = Call.give_up(ref, state.ticket, call.timeout, call.context, true)
 
         case Replay.follow_up(call, given_up, state.session_id) do
-          {:ok, result} -> {[{:done, result}], %{state | done: true}}
-          {:error, reason} -> flush(ref) && raise(Error, reason)
+          {:ok, result} ->
+            {[{:done, result}], %{state | done: true}}
+
+          {:error, reason} ->
+            flush(ref)
+            raise Error, reason
         end
     end
   end

@@ -293,4 +293,22 @@ defmodule DSPex.NativePool.ElixirToolsTest do
       assert message =~ "invalid :tools"
     end
   end
+
+  test "a call's own tools do not stay registered when its request is refused" do
+    pool = pool!(max_frame: 4096)
+    own = [extra: {fn a -> a end, "Echo"}]
+    big = %{tool: "extra", pad: String.duplicate("x", 5_000)}
+
+    assert {:error, {:validation_error, :request_too_large, _, _}} =
+             NativePool.execute("tool_error", big, pool: pool, tools: own)
+
+    error =
+      assert_raise NativePool.Error, fn ->
+        NativePool.execute_stream("tool_error", big, pool: pool, tools: own) |> Enum.to_list()
+      end
+
+    assert error.type == :request_too_large
+    {_resource, config} = :persistent_term.get({DSPex.NativePool, pool})
+    assert :ets.info(config[:call_tools], :size) == 0
+  end
 end
