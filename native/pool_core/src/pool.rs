@@ -293,7 +293,7 @@ impl Pool {
                 .map(|(id, slot)| WorkerStats {
                     id,
                     os_pid: slot.os_pid.load(Ordering::Acquire),
-                    state: slot.state(),
+                    state: shown_state(slot, s.config.concurrency),
                     requests: load(&slot.requests),
                     restarts: load(&slot.restarts),
                     last_exit: slot.last_exit.lock().clone(),
@@ -353,5 +353,21 @@ impl Drop for Pool {
         if !self.threads.lock().is_empty() {
             self.close(Duration::ZERO);
         }
+    }
+}
+
+/// A worker's state as `stats` shows it. A multiplexed worker's thread is not woken by each
+/// reply (see `multiplex`), so its own state may say busy after the last one: whether it is
+/// busy is what it has in flight.
+fn shown_state(slot: &Slot, concurrency: usize) -> SlotState {
+    match slot.state() {
+        SlotState::Busy | SlotState::Idle if concurrency > 1 => {
+            if slot.in_flight.load(Ordering::Acquire) > 0 {
+                SlotState::Busy
+            } else {
+                SlotState::Idle
+            }
+        }
+        state => state,
     }
 }

@@ -324,8 +324,14 @@ fn deliver(
         };
     }
     // Listed as idle before the caller can send its next request, which then comes back here
-    // (warm) instead of to a worker that has been asleep.
+    // (warm) instead of to a worker that has been asleep; and idle in stats read after the
+    // call, as `completed` is counted before the caller sees the reply.
     shared.idle.push(index);
+    let idle = Change::Serving {
+        busy: false,
+        draining: false,
+    };
+    lifecycle::change(shared, index, idle);
     hand_over(shared, index, request, body).map(|why| (End::Replace(why), None))
 }
 

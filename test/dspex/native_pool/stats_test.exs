@@ -32,6 +32,22 @@ defmodule DSPex.NativePool.StatsTest do
     assert eventually(fn -> NativePool.stats(pool).counters.completed == 12 end)
   end
 
+  for concurrency <- [1, 4] do
+    test "stats read right after a call count nothing in flight (concurrency #{concurrency})" do
+      %{pool: pool} = start_pool!(concurrency: unquote(concurrency))
+
+      # The worker was counted busy until after its reply had been sent: about 1 read in 500.
+      busy =
+        Enum.count(1..2_000, fn _ ->
+          {:ok, _} = NativePool.execute("ping", %{}, pool: pool)
+          stats = NativePool.stats(pool)
+          stats.in_flight != 0 or Enum.any?(stats.workers, &(&1.state != :idle))
+        end)
+
+      assert busy == 0
+    end
+  end
+
   test "stats and calls on a pool that is not running return :pool_not_found" do
     name = unique_name()
 
