@@ -99,14 +99,14 @@ def _tool(dspy, spec):
         spec = {"name": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise InvalidArguments(f"a tool is a handler function name or an object with a name, got "
-                         f"{jsonable(spec)!r}")
+                               f"{jsonable(spec)!r}")
     name = spec["name"]
     fn, known_desc, known_args = callable_named(name, f"tool {name!r}")
     desc = spec.get("description", spec.get("desc")) or known_desc or name
     given = spec.get("args") or known_args
     if not isinstance(given, dict):
         raise InvalidArguments(f"tool {name!r}: args must be an object of argument name to "
-                         f'{{"type", "desc"?}}, got {jsonable(given)!r}')
+                               f'{{"type", "desc"?}}, got {jsonable(given)!r}')
     schema = {}
     for arg, info in given.items():
         info = info if isinstance(info, dict) else {}
@@ -128,7 +128,7 @@ def _tool(dspy, spec):
 def _reward(name):
     if not isinstance(name, str):
         raise InvalidArguments('BestOfN and Refine need "reward": the name of a handler function '
-                         'called with {"inputs", "outputs"} and returning a number')
+                               'called with {"inputs", "outputs"} and returning a number')
     fn = callable_named(name, "reward")[0]
 
     def reward(inputs, prediction):

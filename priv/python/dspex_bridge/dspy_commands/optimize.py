@@ -131,14 +131,14 @@ def _examples(dspy, args, key, found):
     items = args.get(key)
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
         raise InvalidArguments(f'"{key}" must be a non-empty list of objects with the input fields '
-                         f'({", ".join(found.input_names)}) and the expected outputs')
+                               f'({", ".join(found.input_names)}) and the expected outputs')
     return [dspy.Example(**item).with_inputs(*found.input_names) for item in items]
 
 
 def _metric(name):
     if not isinstance(name, str):
         raise InvalidArguments('"metric" must name a handler function called with '
-                         '{"example", "prediction"} and returning a number or a boolean')
+                               '{"example", "prediction"} and returning a number or a boolean')
     fn = callable_named(name, "metric")[0]
 
     def metric(example, prediction, trace=None):

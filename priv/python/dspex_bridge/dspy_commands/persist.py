@@ -55,7 +55,7 @@ def _saved(found):
 def _load(dspy, saved, sid):
     if not isinstance(saved, dict) or not isinstance(saved.get("definition"), dict):
         raise InvalidArguments('a saved program is {"definition": {...}, "state": {...}}, as '
-                         'save_program returns it')
+                               'save_program returns it')
     definition = dict(saved["definition"])
     definition.pop("session_id", None)
     if sid is not None:
