@@ -268,8 +268,8 @@ impl Pool {
         let c = &s.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         // A worker serving one request at a time counts none in flight: its state says.
-        let in_flight = |slot: &Slot| match s.config.concurrency {
-            1 => u64::from(slot.state() == SlotState::Busy),
+        let in_flight = |slot: &Slot, state: SlotState| match s.config.concurrency {
+            1 => u64::from(state == SlotState::Busy),
             _ => load(&slot.in_flight),
         };
         PoolStats {
@@ -285,22 +285,32 @@ impl Pool {
             invalid_reply: load(&c.invalid_reply),
             pool_closed: load(&c.pool_closed),
             pool_unavailable: load(&c.pool_unavailable),
-            in_flight: s.slots.iter().map(in_flight).sum(),
+            in_flight: s
+                .slots
+                .iter()
+                .map(|slot| in_flight(slot, slot.state()))
+                .sum(),
             workers: s
                 .slots
                 .iter()
                 .enumerate()
-                .map(|(id, slot)| WorkerStats {
-                    id,
-                    os_pid: slot.os_pid.load(Ordering::Acquire),
-                    state: shown_state(slot, s.config.concurrency),
-                    requests: load(&slot.requests),
-                    restarts: load(&slot.restarts),
-                    last_exit: slot.last_exit.lock().clone(),
-                    queue_length: slot.queue.len(),
-                    cpu: usize::try_from(slot.cpu.load(Ordering::Acquire)).ok(),
-                    backoff_ms: load(&slot.backoff_ms),
-                    in_flight: in_flight(slot),
+                .map(|(id, slot)| {
+                    // One reading of each for both fields, so a worker never shows idle with a
+                    // request in flight.
+                    let state = slot.state();
+                    let in_flight = in_flight(slot, state);
+                    WorkerStats {
+                        id,
+                        os_pid: slot.os_pid.load(Ordering::Acquire),
+                        state: shown_state(state, s.config.concurrency, in_flight),
+                        requests: load(&slot.requests),
+                        restarts: load(&slot.restarts),
+                        last_exit: slot.last_exit.lock().clone(),
+                        queue_length: slot.queue.len(),
+                        cpu: usize::try_from(slot.cpu.load(Ordering::Acquire)).ok(),
+                        backoff_ms: load(&slot.backoff_ms),
+                        in_flight,
+                    }
                 })
                 .collect(),
         }
@@ -359,10 +369,10 @@ impl Drop for Pool {
 /// A worker's state as `stats` shows it. A multiplexed worker's thread is not woken by each
 /// reply (see `multiplex`), so its own state may say busy after the last one: whether it is
 /// busy is what it has in flight.
-fn shown_state(slot: &Slot, concurrency: usize) -> SlotState {
-    match slot.state() {
+fn shown_state(state: SlotState, concurrency: usize, in_flight: u64) -> SlotState {
+    match state {
         SlotState::Busy | SlotState::Idle if concurrency > 1 => {
-            if slot.in_flight.load(Ordering::Acquire) > 0 {
+            if in_flight > 0 {
                 SlotState::Busy
             } else {
                 SlotState::Idle
