@@ -244,16 +244,17 @@ defmodule DSPex.NativePool.Options do
 
   defp known(opts, known) do
     keys = Keyword.keys(opts)
+    distinct = Enum.uniq(keys)
 
-    case Enum.uniq(keys) -- known do
-      [] -> once(keys)
+    case distinct -- known do
+      [] -> once(keys, distinct)
       unknown -> {:error, "unknown options #{inspect(unknown)}; known: #{inspect(known)}"}
     end
   end
 
   # Keyword.get would take the first of two and ignore the other without a word.
-  defp once(keys) do
-    case Enum.uniq(keys -- Enum.uniq(keys)) do
+  defp once(keys, distinct) do
+    case Enum.uniq(keys -- distinct) do
       [] -> :ok
       twice -> {:error, "options given more than once: #{inspect(twice)}; give each once"}
     end

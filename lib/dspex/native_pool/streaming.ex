@@ -216,7 +216,7 @@ defmodule DSPex.NativePool.Streaming do
     case {window, pool && Call.lookup(pool)} do
       {n, _} when is_integer(n) and n > 0 -> n
       {_, {:ok, _resource, config}} -> config[:stream_window]
-      _ -> 64
+      _ -> Options.defaults()[:stream_window]
     end
   end
 
