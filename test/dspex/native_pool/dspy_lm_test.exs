@@ -69,7 +69,9 @@ defmodule DSPex.NativePool.DSPyLMTest do
           {429, nil, :resource_error, :lm_rate_limited},
           {401, "invalid_api_key", :system_error, :lm_auth_failed},
           {500, nil, :system_error, :lm_server_error},
-          {400, "context_length_exceeded", :validation_error, :lm_context_window_exceeded}
+          {400, "context_length_exceeded", :validation_error, :lm_context_window_exceeded},
+          {404, "model_not_found", :validation_error, :lm_invalid_request},
+          {400, "invalid_request_error", :validation_error, :lm_invalid_request}
         ] do
       test "HTTP #{status} #{code} is #{inspect(type)}" do
         server = LMServer.start!()
@@ -95,6 +97,17 @@ defmodule DSPex.NativePool.DSPyLMTest do
       assert {:error, {:resource_error, :lm_rate_limited, _, context}} = ask(pool, id)
       assert context.retryable == true
       assert context.retry_after == 7.0
+    end
+
+    test "an LM with no API key anywhere is :lm_not_configured, and the server is never asked" do
+      server = LMServer.start!()
+      # An empty variable hides any key the VM's environment has.
+      {pool, id} = program!(server, [env: %{"OPENAI_API_KEY" => ""}], %{api_key: nil})
+
+      assert {:error, {:validation_error, :lm_not_configured, message, context}} = ask(pool, id)
+      assert message =~ "API key"
+      assert context.retryable == false
+      assert %{"requests" => 0} = LMServer.stats(server)
     end
 
     test "an LM nobody listens on is :lm_unreachable" do

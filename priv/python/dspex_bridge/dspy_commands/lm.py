@@ -101,6 +101,10 @@ def build_lm(dspy, args):
             model = f"{_PROVIDER_PREFIX.get(provider.lower(), provider)}/{model}"
         provider = provider or (model.split("/", 1)[0] if "/" in model else None)
         options = {k: v for k, v in args.items() if k not in _NOT_LM_KWARGS}
+        # `api_key: System.get_env("OPENAI_API_KEY")` gives nil when the variable is unset;
+        # DSPy takes None as an explicit empty key and then never looks at the environment.
+        if options.get("api_key", "") is None:
+            del options["api_key"]
         lm = dspy.LM(model, **options)
         result = {"status": "configured", "model": model, "provider": provider,
                   "temperature": jsonable(options.get("temperature")),

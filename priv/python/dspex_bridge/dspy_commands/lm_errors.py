@@ -8,6 +8,8 @@ import sys
 # of the first class it is an instance of.
 _KINDS = (
     ("ContextWindowExceededError", "lm_context_window_exceeded"),
+    ("LMInvalidRequestError", "lm_invalid_request"),
+    ("LMUnsupportedFeatureError", "lm_invalid_request"),
     ("LMRateLimitError", "lm_rate_limited"),
     ("LMTimeoutError", "lm_timeout"),
     ("LMAuthError", "lm_auth_failed"),
@@ -15,6 +17,8 @@ _KINDS = (
     ("LMServerError", "lm_server_error"),
     ("LMTransportError", "lm_unreachable"),
     ("AdapterParseError", "lm_output_unparseable"),
+    # No API key, or a provider client set up wrong: the LM is not usable as configured.
+    ("LMConfigurationError", "lm_not_configured"),
 )
 
 
