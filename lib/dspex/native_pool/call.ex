@@ -5,6 +5,7 @@ defmodule DSPex.NativePool.Call do
   # the caller and the worker's native thread, which sends the reply straight here.
 
   alias DSPex.NativePool.{CallOptions, Error, Nif, Options, Telemetry}
+  alias DSPex.NativePool.Cluster.Directory
 
   @default_timeout 60_000
   # Deadlines are tracked in Rust too; :infinity there is this long.
@@ -162,9 +163,20 @@ defmodule DSPex.NativePool.Call do
   defp not_found(pool) when is_pid(pool),
     do: "pools are called by name, not by pid: pass pool: with the :name it was started with"
 
-  defp not_found(pool),
-    do:
-      "no pool named #{inspect(pool)} is running; start one with {DSPex.NativePool, name: #{inspect(pool)}}"
+  defp not_found(pool) do
+    case Directory.members(pool) do
+      [] ->
+        "no pool named #{inspect(pool)} is running; start one with {DSPex.NativePool, name: #{inspect(pool)}}"
+
+      members ->
+        nodes = members |> Enum.map(& &1.node) |> Enum.uniq() |> inspect()
+
+        "pool #{inspect(pool)} has no member on this node (its members run on #{nodes}): " <>
+          "execute/3, execute_in_session/4, configure_lm/2, end_session/2 and cluster_stats/1 " <>
+          "reach other nodes' members, but this function uses this node's only; start a " <>
+          "member here with {DSPex.NativePool, name: #{inspect(pool)}, cluster: true}"
+    end
+  end
 
   @doc false
   # One request, from submit to reply. `target`: nil (any worker), {:worker, i} or {:session, id}; `record`:

@@ -64,6 +64,14 @@ defmodule DSPex.NativePool.ClusterTest do
     assert {:error, {:validation_error, :invalid_options, _, _}} =
              NativePool.execute("whoami", %{}, pool: pool, node: a, tools: tools)
 
+    # What uses this node's member only says so, and where the members are.
+    assert {:error, {:resource_error, :pool_not_found, message, _}} =
+             NativePool.execute_async("whoami", %{}, pool: pool)
+
+    assert message =~ "no member on this node"
+    assert message =~ inspect(a) and message =~ inspect(b)
+    assert {:error, {:resource_error, :pool_not_found, ^message, _}} = NativePool.stats(pool)
+
     refute_received _
   end
 
