@@ -62,7 +62,9 @@ pub(crate) fn start(shared: &Arc<Shared>, index: usize) -> Result<Live, String> 
         }
         Ok(Err(error)) => format!("worker {index} failed its init ping: {error}"),
         Err(FrameError::Timeout) => format!(
-            "worker {index} did not answer its init ping within {} ms",
+            "worker {index} did not answer its init ping within {} ms (startup_timeout; a slow \
+             import of the handler module or of a preloaded one counts against it), so the pool \
+             killed it",
             config.startup_timeout.as_millis()
         ),
         Err(e) if gone_before_answering(&e) => format!(

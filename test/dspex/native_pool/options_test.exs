@@ -44,6 +44,15 @@ defmodule DSPex.NativePool.OptionsTest do
     assert message =~ "invalid :python"
     assert message =~ ~s("/nonexistent/python3" was not found)
     assert message =~ "bin/setup"
+
+    # A file that exists but cannot be run is not "not found".
+    plain = Path.join(System.tmp_dir!(), "np_not_python_#{System.unique_integer([:positive])}")
+    File.write!(plain, "")
+    File.chmod!(plain, 0o644)
+    on_exit(fn -> File.rm(plain) end)
+    assert invalid(name: unique_name(), python: plain) =~ "is not executable"
+    assert invalid(name: unique_name(), python: "/tmp") =~ "is a directory"
+    assert invalid(name: unique_name(), python: "no-such-python-here") =~ "not found on PATH"
   end
 
   test "other options are checked too" do

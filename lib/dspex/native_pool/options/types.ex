@@ -168,10 +168,20 @@ defmodule DSPex.NativePool.Options.Types do
     case System.find_executable(python) do
       nil ->
         {:error,
-         "Python executable #{inspect(python)} was not found; run bin/setup or pass python: \"/path/to/python3\""}
+         "Python executable #{inspect(python)} #{why_not_found(python)}; run bin/setup or pass python: \"/path/to/python3\""}
 
       path ->
         {:ok, path}
+    end
+  end
+
+  # A path that names a file which cannot be run says so, rather than "not found".
+  defp why_not_found(python) do
+    cond do
+      not String.contains?(python, "/") -> "was not found on PATH"
+      File.dir?(python) -> "is a directory"
+      File.exists?(python) -> "is not executable"
+      true -> "was not found"
     end
   end
 end
