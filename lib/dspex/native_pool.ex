@@ -321,7 +321,9 @@ defmodule DSPex.NativePool do
   Waits for a request started by `execute_async/3`: until its deadline, or `timeout` ms if that
   comes first, after which the request is cancelled. An error tuple from `execute_async/3` is
   passed through, so results can be piped. A handle is awaited once: a second `await/2`
-  returns `:already_awaited` at once.
+  returns `:already_awaited` at once. An invalid `timeout` returns `:invalid_options` and
+  leaves the handle as it was, to be awaited again (its reply, like a `Task`'s, waits in the
+  mailbox until then).
 
       iex> handle = DSPex.NativePool.execute_async("echo", %{a: 1}, pool: MyPool)
       iex> DSPex.NativePool.await(handle)

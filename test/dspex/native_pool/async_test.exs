@@ -69,6 +69,21 @@ defmodule DSPex.NativePool.AsyncTest do
     assert {:ok, {:error, {:validation_error, :already_awaited, _message, _context}}} = result
   end
 
+  test "an invalid await timeout is an error that leaves the handle to be awaited again" do
+    %{pool: pool} = start_pool!()
+    handle = NativePool.execute_async("echo", %{a: 1}, pool: pool)
+
+    for bad <- [-5, 1.5, :soon] do
+      assert {:error, {:validation_error, :invalid_options, message, _}} =
+               NativePool.await(handle, bad)
+
+      assert message =~ "invalid :timeout"
+    end
+
+    assert {:ok, %{"a" => 1}} = NativePool.await(handle, 5_000)
+    refute_receive _, 100
+  end
+
   test "errors pass through await" do
     %{pool: pool} = start_pool!()
 
