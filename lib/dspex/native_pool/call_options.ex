@@ -67,15 +67,22 @@ defmodule DSPex.NativePool.CallOptions do
   @doc false
   # Checks a session id: a non-empty UTF-8 string.
   @spec check_session(term) :: :ok | {:error, String.t()}
+  # A session id is a key, kept by the pool and in logs and errors: never a payload.
+  @max_session_bytes 1024
+
   def check_session(id) when is_binary(id) and id != "" do
-    if String.valid?(id),
-      do: :ok,
-      else: session_error("a binary that is not valid UTF-8")
+    cond do
+      byte_size(id) > @max_session_bytes -> session_error("#{byte_size(id)} bytes")
+      String.valid?(id) -> :ok
+      true -> session_error("a binary that is not valid UTF-8")
+    end
   end
 
   def check_session(""), do: session_error("an empty string")
   def check_session(id), do: session_error(describe(id))
 
   defp session_error(got),
-    do: {:error, "a session id must be a non-empty UTF-8 string, got #{got}"}
+    do:
+      {:error,
+       "a session id must be a non-empty UTF-8 string of at most #{@max_session_bytes} bytes, got #{got}"}
 end

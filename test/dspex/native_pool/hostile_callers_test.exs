@@ -54,12 +54,14 @@ defmodule DSPex.NativePool.HostileCallersTest do
     for {id, got} <- [
           {"", "an empty string"},
           {<<0xFF, "secret">>, "a binary that is not valid UTF-8"},
-          {42, "an integer"}
+          {42, "an integer"},
+          {String.duplicate("s", 1025), "1025 bytes"}
         ] do
       assert {:error, {:validation_error, :invalid_session, message, _}} =
                NativePool.execute_in_session(id, "echo", %{}, pool: pool)
 
-      assert message == "a session id must be a non-empty UTF-8 string, got #{got}"
+      assert message ==
+               "a session id must be a non-empty UTF-8 string of at most 1024 bytes, got #{got}"
     end
 
     refute_stray_messages()
