@@ -375,7 +375,6 @@ defmodule DSPex.NativePool do
       |> Nif.pool_stats()
       |> Map.merge(%{
         name: pool,
-        sessions: length(Nif.list_sessions(resource)),
         uptime_ms: System.monotonic_time(:millisecond) - config[:started_at]
       })
     end

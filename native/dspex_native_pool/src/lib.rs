@@ -202,7 +202,8 @@ fn encode_json<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
 }
 
 /// Forgets the state, pool-wide and of every session, recorded under keys starting with `prefix`.
-#[rustler::nif]
+/// Dirty, like the other calls that walk every session: a pool may hold 100,000 of them.
+#[rustler::nif(schedule = "DirtyCpu")]
 fn forget(pool: ResourceArc<PoolResource>, prefix: String) -> rustler::Atom {
     pool.pool.forget(&prefix);
     atoms::ok()
@@ -215,12 +216,12 @@ fn end_session(pool: ResourceArc<PoolResource>, session: String) -> Option<usize
 }
 
 /// Forgets sessions idle for `ttl_ms`; returns `[{session, worker_index}]`.
-#[rustler::nif]
+#[rustler::nif(schedule = "DirtyCpu")]
 fn expire_sessions(pool: ResourceArc<PoolResource>, ttl_ms: u64) -> Vec<(String, usize)> {
     pool.pool.expire_sessions(Duration::from_millis(ttl_ms))
 }
 
-#[rustler::nif]
+#[rustler::nif(schedule = "DirtyCpu")]
 fn list_sessions(pool: ResourceArc<PoolResource>) -> Vec<SessionMap> {
     pool.pool
         .sessions()

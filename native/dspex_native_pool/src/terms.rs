@@ -114,6 +114,7 @@ pub struct StatsMap {
     available: bool,
     closing: bool,
     in_flight: u64,
+    sessions: usize,
     counters: Counters,
     workers: Vec<WorkerMap>,
 }
@@ -126,6 +127,7 @@ impl From<PoolStats> for StatsMap {
             available: s.available,
             closing: s.closing,
             in_flight: s.in_flight,
+            sessions: s.sessions,
             counters: Counters {
                 completed: s.completed,
                 timed_out: s.timed_out,

@@ -80,6 +80,7 @@ pub struct PoolStats {
     pub pool_closed: u64,
     pub pool_unavailable: u64,
     pub in_flight: u64,
+    pub sessions: usize,
     pub workers: Vec<WorkerStats>,
 }
 
@@ -290,6 +291,7 @@ impl Pool {
                 .iter()
                 .map(|slot| in_flight(slot, slot.state()))
                 .sum(),
+            sessions: s.sessions.lock().len(),
             workers: s
                 .slots
                 .iter()
