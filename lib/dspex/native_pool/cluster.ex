@@ -317,6 +317,17 @@ defmodule DSPex.NativePool.Cluster do
     _, _ -> :ok
   end
 
+  @doc false
+  # A session its member forgot (idle past `:session_ttl`), called in that member: the cluster
+  # forgets it too, its records in every directory and its `:global` name, which would
+  # otherwise outlive it on every node.
+  def session_expired(pool, session_id) do
+    Directory.record(pool, {:end_session, session_id})
+    name = {__MODULE__, pool, session_id}
+    if :global.whereis_name(name) == self(), do: :global.unregister_name(name)
+    :ok
+  end
+
   ## Running on a member
 
   # Every error of a call that reached a member says which node's member that was.

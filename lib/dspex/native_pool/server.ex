@@ -199,6 +199,7 @@ defmodule DSPex.NativePool.Server do
 
     for {session_id, worker} <- Nif.expire_sessions(state.resource, state.config[:session_ttl]) do
       Logger.debug("session #{inspect(session_id)} expired", pool: state.name, worker_id: worker)
+      if state.config[:cluster], do: Cluster.session_expired(state.name, session_id)
       args = %{"session_id" => session_id}
 
       Nif.submit(

@@ -3,6 +3,7 @@ defmodule DSPex.NativePool.ClusterTest do
   # runs none (a web node), so every call crosses to a member.
   use DSPex.NativePool.PoolCase, async: false
 
+  alias DSPex.NativePool.Cluster.Directory
   alias DSPex.NativePool.TestCluster
 
   @moduletag :cluster
@@ -128,6 +129,28 @@ defmodule DSPex.NativePool.ClusterTest do
 
     assert Enum.map(busy, &Task.await(&1, 30_000)) ==
              List.duplicate({:ok, "a"}, 2) ++ List.duplicate({:ok, "b"}, 4)
+  end
+
+  test "a session its member forgets when idle is forgotten by the cluster too",
+       %{a: a, dir: dir} do
+    pool = unique_name("np_cluster_ttl")
+    TestCluster.start_pool!(a, pool, "a", dir, session_ttl: 1_000)
+    eventually(fn -> NativePool.cluster_stats(pool) != [] end)
+    name = {DSPex.NativePool.Cluster, pool, "idle"}
+
+    assert {:ok, _} =
+             NativePool.configure_lm(%{model: "dummy", answers: [%{answer: "x"}]},
+               session: "idle",
+               pool: pool
+             )
+
+    # Records reach every directory as messages: this node's has it soon, not at once.
+    eventually(fn -> match?([{"configure_lm", _}], Directory.session_records(pool, "idle")) end)
+    assert node(:global.whereis_name(name)) == a
+
+    eventually(fn -> :global.whereis_name(name) == :undefined end)
+    eventually(fn -> Directory.session_records(pool, "idle") == [] end)
+    eventually(fn -> :erpc.call(a, Directory, :session_records, [pool, "idle"]) == [] end)
   end
 
   test "a caller that dies ends its call on the other node", %{pool: pool, b: b} do
