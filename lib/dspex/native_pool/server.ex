@@ -7,7 +7,7 @@ defmodule DSPex.NativePool.Server do
   use GenServer
   require Logger
 
-  alias DSPex.NativePool.{Cluster, Nif, PythonEnv, Telemetry, Tools, WorkerSpec}
+  alias DSPex.NativePool.{Cluster, Nif, PythonEnv, SessionPoolV2, Telemetry, Tools, WorkerSpec}
 
   @doc false
   def start_link(config), do: GenServer.start_link(__MODULE__, config, name: config[:name])
@@ -200,6 +200,7 @@ defmodule DSPex.NativePool.Server do
     for {session_id, worker} <- Nif.expire_sessions(state.resource, state.config[:session_ttl]) do
       Logger.debug("session #{inspect(session_id)} expired", pool: state.name, worker_id: worker)
       if state.config[:cluster], do: Cluster.session_expired(state.name, session_id)
+      SessionPoolV2.Tracker.expired(session_id, state.name)
       args = %{"session_id" => session_id}
 
       Nif.submit(

@@ -30,7 +30,8 @@ defmodule DSPex.NativePool.SessionPoolV2 do
       `context` has `:pool_name` (and `:session_id` for session calls). Commands may be atoms.
     * Session tracking is V2's: a public ETS table `:dspex_pool_sessions` shared by every pool,
       read by `get_session_info/0` and `get_pool_status/1`, written by `track_session/1`,
-      `update_session_activity/1` and `end_session/1`.
+      `update_session_activity/1` and `end_session/1`; a session the pool forgets (idle past
+      `:session_ttl`) leaves it too.
 
   ## What differs
 

@@ -164,6 +164,20 @@ defmodule DSPex.NativePool.SessionPoolV2Test do
     assert NativePool.sessions(ctx.name) == []
   end
 
+  test "a session the pool forgets when idle leaves V2's table too" do
+    name = unique_name("v2_ttl")
+    {:ok, _pid} = SessionPoolV2.start_link(name: name, pool_size: 1, session_ttl: 200)
+    {:ok, _} = SessionPoolV2.execute_in_session("idle", :echo, %{}, pool_name: name)
+    SessionPoolV2.track_session("tracked by hand")
+
+    assert Enum.any?(SessionPoolV2.get_session_info(), &(&1.session_id == "idle"))
+    eventually(fn -> NativePool.sessions(name) == [] end)
+
+    eventually(fn ->
+      Enum.map(SessionPoolV2.get_session_info(), & &1.session_id) == ["tracked by hand"]
+    end)
+  end
+
   test "concurrent session and anonymous calls all succeed", ctx do
     results =
       1..10

@@ -70,6 +70,18 @@ defmodule DSPex.NativePool.SessionPoolV2.Tracker do
     end
   end
 
+  @doc """
+  Stops tracking `session_id` if it ran on `pool`, which has forgotten it (idle past
+  `:session_ttl`): V2's table would otherwise keep every expired session forever.
+  """
+  def expired(session_id, pool) do
+    :ets.match_delete(@table, {session_id, :_, pool})
+    :ok
+  rescue
+    # The library's application (which owns the table) is not running.
+    ArgumentError -> :ok
+  end
+
   @doc "Every tracked session's info map."
   def all, do: :ets.select(@table, [{{:_, :"$1", :_}, [], [:"$1"]}])
 end
