@@ -5,12 +5,15 @@ Needs dspy (skipped without it; see dspy_harness.py).
 """
 
 import os
+import shutil
 import sys
+import tempfile
+import textwrap
 import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dspy_harness import ERR, HAVE_DSPY, QA_DICT, Base  # noqa: E402
+from dspy_harness import DUMMY, ERR, HAVE_DSPY, QA_DICT, Base  # noqa: E402
 
 
 @unittest.skipUnless(HAVE_DSPY, "dspy is not installed in this python (use .venv/bin/python)")
@@ -138,6 +141,25 @@ class DSPyPrograms(Base):
         for t in threads:
             t.join(120)
         self.assertEqual(failures, [])
+
+    def test_call_history_is_off_unless_asked_for(self):
+        # DSPy's history kept up to 10,000 calls globally, per LM and per program.
+        tmp = tempfile.mkdtemp(prefix="dspex_history_")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        with open(os.path.join(tmp, "history_handlers.py"), "w") as f:
+            f.write(textwrap.dedent("""
+                def history(args):
+                    from dspy.clients import base_lm
+                    from dspex_bridge.dspy_commands.lm import CONFIGURED
+                    return [len(base_lm.GLOBAL_HISTORY), len(CONFIGURED.pool_lm.history)]
+            """))
+        for asked, expected in ((None, [0, 0]), (False, [3, 3])):
+            lm = dict(DUMMY) if asked is None else {**DUMMY, "disable_history": asked}
+            w, _ = self.configured(lm, handlers="history_handlers", pythonpath=[tmp])
+            self.ok(w, "create_program", {"program_id": "qa", "signature": "question -> answer"})
+            for _ in range(3):
+                self.ok(w, "execute_program", {"program_id": "qa", "inputs": {"question": "?"}})
+            self.assertEqual(self.ok(w, "history"), expected)
 
     def test_list_info_delete(self):
         w, _ = self.configured()

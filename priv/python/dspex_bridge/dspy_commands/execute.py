@@ -88,7 +88,7 @@ class _Execution:
     def __enter__(self):
         self.token = EXPECTED_OUTPUTS.set(self.entry.output_types)
         settings = accounting.context_settings(self.dspy, self.tracker, self.counter)
-        self.context = self.dspy.context(lm=self.lm, **CONFIGURED.settings, **settings)
+        self.context = self.dspy.context(lm=self.lm, **CONFIGURED.run_settings(), **settings)
         self.context.__enter__()
         self.started = time.perf_counter()
         return self

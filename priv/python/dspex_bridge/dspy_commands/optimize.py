@@ -28,7 +28,7 @@ def evaluate(dspy, args):
     metric = _metric(args.get("metric"))
     max_errors = _count(args, "max_errors", dspy.settings.max_errors or 10)
     total, points, failed = len(devset), 0.0, 0
-    with dspy.context(lm=_lm(found)):
+    with dspy.context(lm=_lm(found), **CONFIGURED.run_settings()):
         for done, example in enumerate(devset, 1):
             try:
                 prediction = found.module(**example.inputs())
@@ -63,7 +63,7 @@ def optimize(dspy, args):
         raise InvalidArguments("optimized_program_id must be a non-empty string")
     options = {k: args[k] for k in ("max_bootstrapped_demos", "max_labeled_demos") if k in args}
     started = time.perf_counter()
-    with dspy.context(lm=_lm(found)):
+    with dspy.context(lm=_lm(found), **CONFIGURED.run_settings()):
         if name == "LabeledFewShot":
             optimizer = dspy.LabeledFewShot(k=options.get("max_labeled_demos", 16))
             compiled = optimizer.compile(found.module.deepcopy(), trainset=trainset)
