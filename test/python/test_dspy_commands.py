@@ -5,10 +5,7 @@ Needs dspy (skipped without it; see dspy_harness.py).
 """
 
 import os
-import shutil
 import sys
-import tempfile
-import textwrap
 import threading
 import unittest
 
@@ -144,15 +141,12 @@ class DSPyPrograms(Base):
 
     def test_call_history_is_off_unless_asked_for(self):
         # DSPy's history kept up to 10,000 calls globally, per LM and per program.
-        tmp = tempfile.mkdtemp(prefix="dspex_history_")
-        self.addCleanup(shutil.rmtree, tmp, True)
-        with open(os.path.join(tmp, "history_handlers.py"), "w") as f:
-            f.write(textwrap.dedent("""
-                def history(args):
-                    from dspy.clients import base_lm
-                    from dspex_bridge.dspy_commands.lm import CONFIGURED
-                    return [len(base_lm.GLOBAL_HISTORY), len(CONFIGURED.pool_lm.history)]
-            """))
+        tmp = self.handler_dir("history_handlers", """
+            def history(args):
+                from dspy.clients import base_lm
+                from dspex_bridge.dspy_commands.lm import CONFIGURED
+                return [len(base_lm.GLOBAL_HISTORY), len(CONFIGURED.pool_lm.history)]
+        """)
         for asked, expected in ((None, [0, 0]), (False, [3, 3])):
             lm = dict(DUMMY) if asked is None else {**DUMMY, "disable_history": asked}
             w, _ = self.configured(lm, handlers="history_handlers", pythonpath=[tmp])

@@ -9,8 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import textwrap
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -127,13 +125,10 @@ class NoDSPy(Base):
         self.fail(w, "get_program_info", {"program_id": "p"}, ERR + "ProgramNotFound")
 
     def test_disabled_by_environment(self):
-        tmp = tempfile.mkdtemp(prefix="dspex_nodspy_")
-        self.addCleanup(shutil.rmtree, tmp, True)
-        with open(os.path.join(tmp, "nodspy_handlers.py"), "w") as f:
-            f.write(textwrap.dedent("""
-                def double(args):
-                    return args["n"] * 2
-            """))
+        tmp = self.handler_dir("nodspy_handlers", """
+            def double(args):
+                return args["n"] * 2
+        """)
         w = self.spawn(env={"DSPEX_DISABLE_DSPY": "1"}, handlers="nodspy_handlers",
                        pythonpath=[tmp])
         self.check_unavailable(w, "DSPEX_DISABLE_DSPY")

@@ -10,8 +10,11 @@ import fcntl
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
+import textwrap
 import threading
 import time
 import unittest
@@ -191,6 +194,15 @@ class WorkerCase(unittest.TestCase):
 
     #: Extra environment for every worker of the class.
     worker_env = None
+
+    def handler_dir(self, module, source):
+        """A directory, removed after the test, holding handler module `module` (`source`
+        dedented): pass it as `pythonpath=[dir]` with `handlers=module`."""
+        tmp = tempfile.mkdtemp(prefix=f"dspex_{module}_")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        with open(os.path.join(tmp, f"{module}.py"), "w") as f:
+            f.write(textwrap.dedent(source))
+        return tmp
 
     def spawn(self, **kw):
         if self.worker_env:
