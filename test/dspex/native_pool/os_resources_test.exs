@@ -89,10 +89,11 @@ defmodule DSPex.NativePool.OsResourcesTest do
     Enum.each(1..100, cycle)
     for pid <- Process.list(), do: :erlang.garbage_collect(pid)
 
-    # Reader threads end at end of file, just after their worker: give them a moment.
+    # Reader threads end at end of file, just after their worker, and close its output pipes
+    # as they go: give them a moment. (Counted at once, the last pool's two pipes were once
+    # still open in a full run while the thread count had already returned to its level.)
     eventually(fn -> threads() <= elem(before, 0) end, 2_000)
-
-    assert fds() <= elem(before, 1), "descriptors: #{elem(before, 1)} before, #{fds()} after"
+    eventually(fn -> fds() <= elem(before, 1) end, 2_000)
     grown = :erlang.memory(:total) - elem(before, 2)
     assert grown < 2_000_000, "VM memory grew by #{grown} bytes over 100 pools"
   end
