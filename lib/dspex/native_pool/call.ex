@@ -4,8 +4,7 @@ defmodule DSPex.NativePool.Call do
   # to the NIF, the wait for the reply, and giving up at the deadline. No process sits between
   # the caller and the worker's native thread, which sends the reply straight here.
 
-  alias DSPex.NativePool.{CallOptions, Error, Nif, Options, Telemetry}
-  alias DSPex.NativePool.Cluster.Directory
+  alias DSPex.NativePool.{CallOptions, Cluster, Error, Nif, Options, Telemetry}
 
   @default_timeout 60_000
   # Deadlines are tracked in Rust too; :infinity there is this long.
@@ -164,18 +163,8 @@ defmodule DSPex.NativePool.Call do
     do: "pools are called by name, not by pid: pass pool: with the :name it was started with"
 
   defp not_found(pool) do
-    case Directory.members(pool) do
-      [] ->
-        "no pool named #{inspect(pool)} is running; start one with {DSPex.NativePool, name: #{inspect(pool)}}"
-
-      members ->
-        nodes = members |> Enum.map(& &1.node) |> Enum.uniq() |> inspect()
-
-        "pool #{inspect(pool)} has no member on this node (its members run on #{nodes}): " <>
-          "execute/3, execute_in_session/4, configure_lm/2, end_session/2 and cluster_stats/1 " <>
-          "reach other nodes' members, but this function uses this node's only; start a " <>
-          "member here with {DSPex.NativePool, name: #{inspect(pool)}, cluster: true}"
-    end
+    Cluster.members_elsewhere(pool) ||
+      "no pool named #{inspect(pool)} is running; start one with {DSPex.NativePool, name: #{inspect(pool)}}"
   end
 
   @doc false

@@ -318,6 +318,24 @@ defmodule DSPex.NativePool.Cluster do
   end
 
   @doc false
+  # Why a call that uses this node's member only cannot run here, when other nodes have
+  # members of `pool`; nil when none has.
+  def members_elsewhere(pool) do
+    case Directory.members(pool) do
+      [] ->
+        nil
+
+      members ->
+        nodes = members |> Enum.map(& &1.node) |> Enum.uniq() |> inspect()
+
+        "pool #{inspect(pool)} has no member on this node (its members run on #{nodes}): " <>
+          "execute/3, execute_in_session/4, configure_lm/2, end_session/2 and cluster_stats/1 " <>
+          "reach other nodes' members, but this function uses this node's only; start a " <>
+          "member here with {DSPex.NativePool, name: #{inspect(pool)}, cluster: true}"
+    end
+  end
+
+  @doc false
   # A session its member forgot (idle past `:session_ttl`), called in that member: the cluster
   # forgets it too, its records in every directory and its `:global` name, which would
   # otherwise outlive it on every node.
