@@ -200,25 +200,27 @@ defmodule DSPex.NativePool.TestHelpers do
   @doc """
   Calls `fun` until it returns a truthy value, which is returned; fails the test after
   `timeout` ms. Only for conditions no message announces, such as an OS process
-  disappearing or a replacement worker becoming idle.
+  disappearing or a replacement worker becoming idle. `describe`, if given, is called on
+  failure to say what was seen (counts, say), since the condition itself only gives `false`.
   """
-  def eventually(fun, timeout \\ 5_000) do
+  def eventually(fun, timeout \\ 5_000, describe \\ nil) do
     deadline = System.monotonic_time(:millisecond) + timeout
-    poll(fun, deadline, timeout)
+    poll(fun, deadline, timeout, describe)
   end
 
-  defp poll(fun, deadline, timeout) do
+  defp poll(fun, deadline, timeout, describe) do
     case fun.() do
       result when result not in [nil, false] ->
         result
 
       last ->
         if System.monotonic_time(:millisecond) >= deadline do
-          flunk("condition not met within #{timeout} ms; last result: #{inspect(last)}")
+          seen = if describe, do: describe.(), else: "last result: #{inspect(last)}"
+          flunk("condition not met within #{timeout} ms; #{seen}")
         else
           # The only pause in the suite: the interval of this bounded poll.
           Process.sleep(20)
-          poll(fun, deadline, timeout)
+          poll(fun, deadline, timeout, describe)
         end
     end
   end

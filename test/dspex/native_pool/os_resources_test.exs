@@ -92,8 +92,16 @@ defmodule DSPex.NativePool.OsResourcesTest do
     # Reader threads end at end of file, just after their worker, and close its output pipes
     # as they go: give them a moment. (Counted at once, the last pool's two pipes were once
     # still open in a full run while the thread count had already returned to its level.)
-    eventually(fn -> threads() <= elem(before, 0) end, 2_000)
-    eventually(fn -> fds() <= elem(before, 1) end, 2_000)
+    {threads_before, fds_before, _} = before
+
+    eventually(fn -> threads() <= threads_before end, 2_000, fn ->
+      "#{threads()} threads, #{threads_before} before the 100 pools"
+    end)
+
+    eventually(fn -> fds() <= fds_before end, 2_000, fn ->
+      "#{fds()} descriptors open, #{fds_before} before the 100 pools"
+    end)
+
     grown = :erlang.memory(:total) - elem(before, 2)
     assert grown < 2_000_000, "VM memory grew by #{grown} bytes over 100 pools"
   end
@@ -138,6 +146,8 @@ defmodule DSPex.NativePool.OsResourcesTest do
 
     {threads_before, fds_before} = before
     # Both counts (a tuple comparison would settle for fewer threads alone).
-    eventually(fn -> threads() <= threads_before and fds() <= fds_before end, 5_000)
+    eventually(fn -> threads() <= threads_before and fds() <= fds_before end, 5_000, fn ->
+      "#{threads()} threads and #{fds()} descriptors, #{threads_before} and #{fds_before} before"
+    end)
   end
 end
