@@ -311,11 +311,14 @@ defmodule DSPex.NativePool do
   Like `execute_stream/3`, but the chunks go to `pid` as messages: `{ref, {:chunk, value}}`,
   then `{ref, {:done, result}}` or `{ref, {:error, reason}}`. Returns `{:ok, ref}` at once.
   A process of the pool's caller relays them, holding back while `pid` has
-  `:stream_window` messages waiting, and cancels the request if `pid` exits.
+  `:stream_window` messages waiting, and cancels the request as soon as `pid` exits, even
+  while the worker is between two chunks. `pid` may be on another node (a LiveView on a web
+  node, say): its node is then asked how many messages it has waiting once a window's worth
+  may be, not before every chunk.
   """
   @spec stream_to(pid, String.t() | atom, map | keyword, keyword) :: {:ok, reference}
   def stream_to(pid, command, args \\ %{}, opts \\ []) when is_pid(pid),
-    do: DSPex.NativePool.Streaming.stream_to(pid, command, args, opts)
+    do: DSPex.NativePool.StreamRelay.start(pid, command, args, opts)
 
   @doc """
   Waits for a request started by `execute_async/3`: until its deadline, or `timeout` ms if that

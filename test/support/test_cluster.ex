@@ -75,6 +75,18 @@ defmodule DSPex.NativePool.TestCluster do
     :exit, _ -> :ok
   end
 
+  @doc "A process on `node` that sends every message it gets to `to` as `{:forwarded, message}`."
+  def spawn_forwarder(node, to), do: Node.spawn(node, __MODULE__, :forward, [to])
+
+  @doc false
+  def forward(to) do
+    receive do
+      message ->
+        send(to, {:forwarded, message})
+        forward(to)
+    end
+  end
+
   @doc "The OS pid of a peer's VM."
   def os_pid(node), do: :erpc.call(node, System, :pid, []) |> String.to_integer()
 end

@@ -67,7 +67,9 @@ defmodule DSPex.NativePool.Streaming do
     end
   end
 
-  defp pop_stream_options(opts) do
+  @doc false
+  # `{stream_window, session, other options}`: the two this module handles itself.
+  def pop_stream_options(opts) do
     if is_list(opts) and Keyword.keyword?(opts) do
       {window, opts} = Keyword.pop(opts, :stream_window)
       {session_id, opts} = Keyword.pop(opts, :session)
@@ -175,70 +177,6 @@ defmodule DSPex.NativePool.Streaming do
       {^ref, _} -> flush(ref)
     after
       0 -> true
-    end
-  end
-
-  @doc false
-  # `DSPex.NativePool.stream_to/4`: a process of the caller's consumes the stream and sends
-  # `{ref, {:chunk, value}}`, then `{ref, {:done, result}}` or `{ref, {:error, reason}}`, to
-  # `pid`. It holds back while `pid` has a window's worth of messages waiting, so a slow
-  # receiver holds the worker back too; it stops (and cancels the request) if `pid` dies.
-  def stream_to(pid, command, args, opts) do
-    ref = make_ref()
-    window = relay_window(opts)
-
-    {:ok, _relay} =
-      Task.start(fn ->
-        monitor = Process.monitor(pid)
-
-        try do
-          command
-          |> stream(args, opts)
-          |> Enum.each(fn item ->
-            hold_back(pid, monitor, window)
-            send(pid, {ref, item})
-          end)
-        rescue
-          error in Error -> send(pid, {ref, {:error, Error.to_reason(error)}})
-        catch
-          :exit, :receiver_down -> :ok
-        end
-      end)
-
-    {:ok, ref}
-  end
-
-  # The call's :stream_window, or its pool's; a bad one fails the stream itself.
-  defp relay_window(opts) do
-    {window, _session, opts} = pop_stream_options(opts)
-    pool = if Keyword.keyword?(opts), do: Keyword.get(opts, :pool, DSPex.NativePool)
-
-    case {window, pool && Call.lookup(pool)} do
-      {n, _} when is_integer(n) and n > 0 -> n
-      {_, {:ok, _resource, config}} -> config[:stream_window]
-      _ -> Options.defaults()[:stream_window]
-    end
-  end
-
-  defp hold_back(pid, monitor, window) do
-    receive do
-      {:DOWN, ^monitor, :process, _, _} -> exit(:receiver_down)
-    after
-      0 ->
-        case Process.info(pid, :message_queue_len) do
-          nil ->
-            exit(:receiver_down)
-
-          {:message_queue_len, n} when n >= window ->
-            receive do
-              {:DOWN, ^monitor, :process, _, _} -> exit(:receiver_down)
-            after
-              5 -> hold_back(pid, monitor, window)
-            end
-
-          _ ->
-            :ok
-        end
     end
   end
 end
