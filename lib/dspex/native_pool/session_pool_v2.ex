@@ -66,11 +66,15 @@ defmodule DSPex.NativePool.SessionPoolV2 do
   """
   @spec start_link(keyword) :: GenServer.on_start()
   def start_link(opts \\ []) do
-    opts = if Keyword.keyword?(opts), do: opts, else: []
-    name = Keyword.get(opts, :name, NativePool)
-    overflow = Keyword.get(opts, :overflow, 0)
-    :persistent_term.put({__MODULE__, name}, %{max_overflow: overflow})
-    Owner.start_link(Keyword.drop(opts, @v2_only))
+    if Keyword.keyword?(opts) do
+      name = Keyword.get(opts, :name, NativePool)
+      overflow = Keyword.get(opts, :overflow, 0)
+      :persistent_term.put({__MODULE__, name}, %{max_overflow: overflow})
+      Owner.start_link(Keyword.drop(opts, @v2_only))
+    else
+      # Never the defaults in place of what was given: the pool's validation says what is wrong.
+      NativePool.start_link(opts)
+    end
   end
 
   @doc "A child spec for `start_link/1`."

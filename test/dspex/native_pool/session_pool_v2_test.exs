@@ -40,6 +40,14 @@ defmodule DSPex.NativePool.SessionPoolV2Test do
     refute os_process_exists?(os_pid)
   end
 
+  test "start_link/1 refuses options that are not a keyword list, starting nothing" do
+    assert {:error, {:validation_error, :invalid_options, message, _}} =
+             SessionPoolV2.start_link(%{name: unique_name("v2_map"), pool_size: 1})
+
+    assert message =~ "keyword list"
+    assert {:error, {:resource_error, :pool_not_found, _, _}} = NativePool.stats(NativePool)
+  end
+
   test "start_link/1 takes V2's options; the status has V2's keys", %{name: name, pid: pid} do
     assert Process.alive?(pid)
 
