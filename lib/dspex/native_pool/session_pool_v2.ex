@@ -42,9 +42,12 @@ defmodule DSPex.NativePool.SessionPoolV2 do
       the pool has `:pool_size` workers and a bounded queue.
     * `health_check/1` pings every worker (V2 answered `{:ok, :healthy}` without asking).
     * A late reply can never reach the next caller, and there is no checkout process.
+    * Options V2 crashed on (options that are not a keyword list, a `:pool_timeout` that is
+      neither ms nor `:infinity`) are `{:validation_error, :invalid_options, message, context}`.
   """
 
   alias DSPex.NativePool
+  alias DSPex.NativePool.Options
   alias DSPex.NativePool.SessionPoolV2.{Owner, Tracker}
 
   @default_timeout 60_000
@@ -132,28 +135,51 @@ defmodule DSPex.NativePool.SessionPoolV2 do
   # V2's options to the pool's: one deadline (`timeout` + `pool_timeout`), and `pool_timeout`
   # for the wait for a worker.
   defp call_options(opts, context) do
-    opts = if Keyword.keyword?(opts), do: opts, else: []
-    pool_name = Keyword.get(opts, :pool_name, NativePool)
+    if Keyword.keyword?(opts) do
+      pool_options(opts, Map.put(context, :pool_name, Keyword.get(opts, :pool_name, NativePool)))
+    else
+      message = "call options must be a keyword list, got #{Options.describe(opts)}"
+      invalid(message, Map.put(context, :pool_name, nil))
+    end
+  end
+
+  defp pool_options(opts, %{pool_name: pool_name} = context) do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
     pool_timeout = Keyword.get(opts, :pool_timeout, @default_pool_timeout)
 
-    case resolve(pool_name) do
-      {:ok, pool} ->
-        {:ok, pool, pool_name, [pool: pool, timeout: total(timeout, pool_timeout)],
-         checkout(pool_timeout)}
+    with :ok <- pool_timeout(pool_timeout, context) do
+      case resolve(pool_name) do
+        {:ok, pool} ->
+          {:ok, pool, pool_name, [pool: pool, timeout: total(timeout, pool_timeout)],
+           checkout(pool_timeout)}
 
-      :error ->
-        {:error,
-         {:resource_error, :pool_not_available, "no pool #{inspect(pool_name)} is running",
-          Map.merge(context, %{pool_name: pool_name})}}
+        :error ->
+          {:error,
+           {:resource_error, :pool_not_available, "no pool #{inspect(pool_name)} is running",
+            context}}
+      end
     end
   end
+
+  defp pool_timeout(p, _context) when p == :infinity or (is_integer(p) and p >= 0), do: :ok
+
+  defp pool_timeout(p, context) do
+    got = if is_integer(p), do: Integer.to_string(p), else: Options.describe(p)
+
+    invalid(
+      "invalid :pool_timeout: expected :infinity or an integer >= 0 (ms), got #{got}",
+      context
+    )
+  end
+
+  defp invalid(message, context),
+    do: {:error, {:validation_error, :invalid_options, message, context}}
 
   defp total(t, p) when is_integer(t) and is_integer(p), do: t + p
   defp total(t, _p), do: t
 
-  defp checkout(p) when is_integer(p) and p >= 0, do: p
-  defp checkout(_p), do: nil
+  defp checkout(p) when is_integer(p), do: p
+  defp checkout(:infinity), do: nil
 
   # The pool's own name, or V2's `:"#{name}_pool"` for it.
   defp resolve(pool_name) when is_atom(pool_name) do

@@ -135,6 +135,31 @@ defmodule DSPex.NativePool.SessionPoolV2Test do
     assert hd(NativePool.stats(name).workers).requests == 1
   end
 
+  test "call options that are not a keyword list, or a bad :pool_timeout, are :invalid_options",
+       ctx do
+    assert {:error, {:validation_error, :invalid_options, message, %{pool_name: nil}}} =
+             SessionPoolV2.execute_anonymous(:echo, %{}, %{pool_name: ctx.pool})
+
+    assert message =~ "keyword list, got a map"
+
+    for bad <- [-1, "75s", 1.5] do
+      assert {:error, {:validation_error, :invalid_options, message, context}} =
+               SessionPoolV2.execute_in_session("s4", :echo, %{},
+                 pool_name: ctx.pool,
+                 pool_timeout: bad
+               )
+
+      assert message =~ "invalid :pool_timeout"
+      assert %{pool_name: _, session_id: "s4"} = context
+    end
+
+    assert {:ok, %{"a" => 1}} =
+             SessionPoolV2.execute_anonymous(:echo, %{a: 1},
+               pool_name: ctx.pool,
+               pool_timeout: :infinity
+             )
+  end
+
   test "a request a worker took is not cut short by :pool_timeout", ctx do
     assert {:ok, %{"text" => "x"}} =
              SessionPoolV2.execute_anonymous(:echo, %{text: "x"},
