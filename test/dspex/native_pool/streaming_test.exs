@@ -5,82 +5,7 @@ defmodule DSPex.NativePool.StreamingTest do
 
   @moduletag timeout: 120_000
 
-  @handlers ~S'''
-  import time
-
-  from dspex_bridge import elixir, streaming
-
-
-  def count(args):
-      for i in range(args["n"]):
-          yield {"i": i}
-      return {"total": args["n"]}
-
-
-  async def acount(args):
-      for i in range(args["n"]):
-          yield i
-      yield streaming.result("async done")
-
-
-  def watched(args):
-      # Says each value it is about to yield, and when it is stopped.
-      try:
-          for i in range(args["n"]):
-              elixir.call("progress", {"i": i})
-              yield i
-      finally:
-          elixir.call("progress", {"closed": True})
-      return "finished"
-
-
-  def slow_stream(args):
-      yield 1
-      time.sleep(30)
-      yield 2
-
-
-  def ticking(args):
-      # Yields until it is stopped, and then leaves a mark (its tools are gone by then).
-      try:
-          i = 0
-          while True:
-              time.sleep(0.01)
-              i += 1
-              yield i
-      finally:
-          open(args["mark"], "w").close()
-
-
-  def broken_stream(args):
-      yield 1
-      raise ValueError("broke after one")
-
-
-  def unsendable_stream(args):
-      yield 1
-      yield {"when": object()}
-      return "never"
-
-
-  def huge_chunk_stream(args):
-      yield "x" * 70_000
-  '''
-
-  defp pool!(opts) do
-    test_pid = self()
-
-    tools = [
-      progress:
-        {fn args ->
-           send(test_pid, {:progress, args})
-           :ok
-         end, "Reports progress"}
-    ]
-
-    %{pool: pool} = start_pool!([handlers_source: @handlers, tools: tools] ++ opts)
-    pool
-  end
+  import DSPex.NativePool.StreamCase
 
   for concurrency <- [1, 4] do
     describe "concurrency #{concurrency}" do
@@ -236,24 +161,27 @@ defmodule DSPex.NativePool.StreamingTest do
     end
   end
 
-  # The last value a generator reported before it had been still for a second.
-  defp max_progress(last) do
-    receive do
-      {:progress, %{"i" => i}} when i < 10 -> max_progress(i)
-      {:progress, %{"i" => i}} -> i
-    after
-      1_000 -> last
-    end
-  end
+  test "a stream_to/4 receiver that dies between two chunks ends the request at once" do
+    pool = pool!(concurrency: 4)
+    mark = Path.join(System.tmp_dir!(), "np_relay_#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm(mark) end)
+    test_pid = self()
 
-  # Progress reports of the values yielded, until the generator says it was stopped.
-  defp collect_progress(acc) do
-    receive do
-      {:progress, %{"i" => i}} -> collect_progress([i | acc])
-      {:progress, %{"closed" => true}} = closed -> send(self(), closed) && Enum.reverse(acc)
-    after
-      5_000 -> Enum.reverse(acc)
-    end
+    receiver =
+      spawn(fn ->
+        receive do
+          {_ref, {:chunk, "started"}} -> send(test_pid, :started)
+        end
+      end)
+
+    assert {:ok, _ref} =
+             NativePool.stream_to(receiver, "quiet_after_one", %{mark: mark}, pool: pool)
+
+    assert_receive :started, 5_000
+    # The receiver has ended; the worker's next chunk is 20 s away, but its request is
+    # cancelled now.
+    eventually(fn -> File.exists?(mark) end, 5_000)
+    eventually(fn -> NativePool.stats(pool).in_flight == 0 end, 5_000)
   end
 
   test "a stream and a tool call each emit a telemetry event" do
