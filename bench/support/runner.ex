@@ -54,7 +54,7 @@ defmodule Bench.Runner do
       })
 
     results = Map.put(results, :targets, Targets.evaluate(results))
-    files = Documents.write(results, Python.root(), results_dir(opts))
+    files = Documents.write(results, Python.root(), results_dir(opts, plan))
     say("\nTargets:\n" <> Tables.targets(results.targets))
     say("Wrote " <> Enum.map_join(files, ", ", &Path.relative_to(&1, Python.root())))
   end
@@ -121,10 +121,19 @@ defmodule Bench.Runner do
     }
   end
 
-  # A run of some sections only must not replace a whole run's results.
-  defp results_dir(opts) do
+  # Only a full run of every section replaces the results BENCHMARKS.md reports and links to;
+  # a quick run, or a run of some sections, writes beside them (neither is kept in git).
+  defp results_dir(opts, plan) do
     partial? = Enum.sort(opts.only) != Enum.sort(@sections)
-    Path.join([Python.root(), "bench/results", if(partial?, do: "partial", else: "")])
+
+    sub =
+      cond do
+        partial? -> "partial"
+        plan.mode == :full -> ""
+        true -> Atom.to_string(plan.mode)
+      end
+
+    Path.join([Python.root(), "bench/results", sub])
   end
 
   defp command(argv), do: Enum.join(["mix run run.exs" | argv], " ")
