@@ -250,9 +250,11 @@ impl Template {
     fn reply(&self, deadline: Instant) -> Result<Reply, String> {
         match self.replies.recv_deadline(deadline) {
             Ok(reply) => Ok(reply),
-            Err(RecvTimeoutError::Timeout) => {
-                Err("the template did not answer within the start-up timeout".into())
-            }
+            Err(RecvTimeoutError::Timeout) => Err(
+                "the template did not answer within startup_timeout (importing the \
+                     preloaded modules counts against it)"
+                    .into(),
+            ),
             Err(RecvTimeoutError::Disconnected) => Err("the template exited".into()),
         }
     }

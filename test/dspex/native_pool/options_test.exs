@@ -71,7 +71,11 @@ defmodule DSPex.NativePool.OptionsTest do
       assert invalid([name: unique_name()] ++ bad) =~ "without NUL bytes"
     end
 
-    assert invalid(name: unique_name(), env: %{"A" => 1}) =~ "invalid :env"
+    assert invalid(name: unique_name(), env: %{"A" => 1}) =~
+             ~s(invalid :env: the value of "A" must be a string, got an integer)
+
+    assert invalid(name: unique_name(), env: %{"A" => "x\0y"}) =~ "without NUL bytes"
+    assert invalid(name: unique_name(), env: %{"A=B" => "1"}) =~ ~s(without "=", got "A=B")
     assert invalid(name: unique_name(), startup_timeout: 0) =~ "invalid :startup_timeout"
     assert invalid(name: unique_name(), max_frame: -1) =~ "invalid :max_frame"
     assert invalid(name: unique_name(), kill_on_timeout: :yes) =~ "invalid :kill_on_timeout"

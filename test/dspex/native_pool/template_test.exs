@@ -88,6 +88,23 @@ defmodule DSPex.NativePool.TemplateTest do
     end)
   end
 
+  test "a preload slower than startup_timeout is a failing start that names the option" do
+    Process.flag(:trap_exit, true)
+    dir = tmp_dir!(%{"slow_preload.py" => "import time\ntime.sleep(30)\n"})
+
+    capture_log(fn ->
+      assert {:error, {:resource_error, :worker_start_failed, message, _}} =
+               NativePool.start_link(
+                 name: unique_name(),
+                 preload: ["slow_preload"],
+                 python_path: [dir],
+                 startup_timeout: 300
+               )
+
+      assert message =~ "the template did not answer within startup_timeout"
+    end)
+  end
+
   test "a preload that leaves a thread running makes the pool spawn its workers, with a warning" do
     dir =
       tmp_dir!(%{

@@ -145,15 +145,27 @@ defmodule DSPex.NativePool.Options.Types do
     cond do
       not (is_binary(name) and name != "" and String.valid?(name) and
                not String.contains?(name, ["=", <<0>>])) ->
-        {:error, "a variable name must be a non-empty string without \"=\", got #{describe(key)}"}
+        {:error, "a variable name must be a non-empty string without \"=\", got #{env_name(key)}"}
 
-      not (is_binary(value) and String.valid?(value) and not String.contains?(value, <<0>>)) ->
-        {:error, "the value of #{inspect(name)} must be a string without NUL bytes"}
+      not is_binary(value) ->
+        {:error, "the value of #{inspect(name)} must be a string, got #{describe(value)}"}
+
+      not (String.valid?(value) and not String.contains?(value, <<0>>)) ->
+        {:error, "the value of #{inspect(name)} must be UTF-8 text without NUL bytes"}
 
       true ->
         {:ok, {name, value}}
     end
   end
+
+  # A name is shown (a value never is: it may be a secret), unless it cannot be printed.
+  defp env_name(key) when is_binary(key) do
+    if String.valid?(key) and not String.contains?(key, <<0>>),
+      do: inspect(key),
+      else: describe(key)
+  end
+
+  defp env_name(key), do: describe(key)
 
   # A file name the OS can take: no NUL byte, and text that prints in an error.
   defp path_text?(path), do: String.valid?(path) and not String.contains?(path, <<0>>)
