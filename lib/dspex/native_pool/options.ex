@@ -260,12 +260,12 @@ defmodule DSPex.NativePool.Options do
     end
   end
 
-  # What a value is, for a message that must not show it.
+  # What a value is, for a message that must not show it: a string or a number may be a
+  # secret (an API key, a token), an atom is a name in the caller's code, shown as such.
   @doc false
   def describe(value) when is_integer(value), do: "an integer"
   def describe(value) when is_float(value), do: "a float"
-  def describe(value) when is_boolean(value) or is_nil(value), do: inspect(value)
-  def describe(value) when is_atom(value), do: "an atom"
+  def describe(value) when is_atom(value), do: inspect(value)
   def describe(value) when is_binary(value), do: "a string"
   def describe(value) when is_list(value), do: "a list"
   def describe(value) when is_struct(value), do: "a #{inspect(value.__struct__)} struct"
