@@ -174,6 +174,15 @@ impl ProcessHandle {
         if let Some(status) = *reaped {
             return status;
         }
+        // The leader has exited but is not reaped yet, so its group id is still its own:
+        // whatever it left in its group (a forked child, a subprocess) goes with it, however
+        // it ended, rather than outlive it and the pool. Children that left the group (a
+        // session of their own) are theirs.
+        if self.group_is_ours() {
+            unsafe {
+                libc::kill(-self.pid, libc::SIGKILL);
+            }
+        }
         let status = match &self.parent {
             Parent::Us => self.wait_status(),
             Parent::Template(parent) => {

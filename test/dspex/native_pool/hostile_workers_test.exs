@@ -12,12 +12,23 @@ defmodule DSPex.NativePool.HostileWorkersTest do
 
   def fork_and_exit(args):
       # The child keeps a copy of the reply pipe (the bridge closes fds 3 and 4 in forked
-      # children, not their duplicates) and outlives its parent.
+      # children, not their duplicates) and would outlive its parent.
       os.dup(4)
-      if os.fork() == 0:
+      child = os.fork()
+      if child == 0:
           time.sleep(args.get("child_seconds", 30))
           os._exit(0)
+      with open(args["child_pid_file"], "w") as f:
+          f.write(str(child))
       os._exit(args.get("status", 7))
+
+  def fork_child(args):
+      # A child in the worker's process group that would sleep on after its worker is gone.
+      child = os.fork()
+      if child == 0:
+          time.sleep(60)
+          os._exit(0)
+      return {"child": child}
 
   def _frame(obj):
       body = json.dumps(obj).encode()
@@ -89,13 +100,30 @@ defmodule DSPex.NativePool.HostileWorkersTest do
     pool = pool!(ctx)
     [os_pid] = worker_os_pids(pool)
 
+    pid_file = Path.join(System.tmp_dir!(), "np_child_#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm(pid_file) end)
+    args = %{status: 7, child_pid_file: pid_file}
+
     assert {:error, {:communication_error, :worker_exited, message, _}} =
-             NativePool.execute("fork_and_exit", %{status: 7}, pool: pool, timeout: 10_000)
+             NativePool.execute("fork_and_exit", args, pool: pool, timeout: 10_000)
 
     assert message =~ "exited with status 7"
     # The forked child was in the worker's process group: it went with the worker.
+    child = pid_file |> File.read!() |> String.to_integer()
+    eventually(fn -> not os_process_exists?(child) end, 2_000)
     eventually(fn -> (pids = idle_os_pids(pool)) && pids != [os_pid] end)
     assert {:ok, _} = NativePool.execute("pid", %{}, pool: pool)
+  end
+
+  test "what a worker forked goes with it when the pool stops, spawned or forked", ctx do
+    for preload <- [false, []] do
+      %{pool: pool, pid: pid} = start_pool!(ctx.handler_opts ++ [preload: preload])
+      assert {:ok, %{"child" => child}} = NativePool.execute("fork_child", %{}, pool: pool)
+      assert os_process_alive?(child)
+      GenServer.stop(pid)
+      # Not reaped by us: it was the worker's child, so only /proc says it is gone.
+      eventually(fn -> not os_process_exists?(child) end, 2_000)
+    end
   end
 
   test "a reply frame too deep to decode that answers another request replaces the worker",
