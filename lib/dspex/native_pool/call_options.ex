@@ -28,17 +28,18 @@ defmodule DSPex.NativePool.CallOptions do
   defp hint(_key), do: ""
 
   @doc false
-  # Checks a call's `:timeout`.
-  @spec check_timeout(term) :: {:ok, timeout} | {:error, String.t()}
-  def check_timeout(:infinity), do: {:ok, :infinity}
+  # Checks a call's `:timeout` (or another option in ms, named `key`).
+  @spec check_timeout(term, atom) :: {:ok, timeout} | {:error, String.t()}
+  def check_timeout(value, key \\ :timeout)
+  def check_timeout(:infinity, _key), do: {:ok, :infinity}
 
-  def check_timeout(ms) when is_integer(ms) and ms >= 0 and ms <= @max_ms, do: {:ok, ms}
+  def check_timeout(ms, _key) when is_integer(ms) and ms >= 0 and ms <= @max_ms, do: {:ok, ms}
 
-  def check_timeout(other) do
+  def check_timeout(other, key) do
     got = if is_integer(other), do: Integer.to_string(other), else: describe(other)
 
     {:error,
-     "invalid :timeout: expected :infinity or an integer from 0 to #{@max_ms} (ms), got #{got}"}
+     "invalid #{inspect(key)}: expected :infinity or an integer from 0 to #{@max_ms} (ms), got #{got}"}
   end
 
   @doc false

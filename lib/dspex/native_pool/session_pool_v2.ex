@@ -47,7 +47,7 @@ defmodule DSPex.NativePool.SessionPoolV2 do
   """
 
   alias DSPex.NativePool
-  alias DSPex.NativePool.Options
+  alias DSPex.NativePool.{CallOptions, Options}
   alias DSPex.NativePool.SessionPoolV2.{Owner, Tracker}
 
   @default_timeout 60_000
@@ -161,15 +161,11 @@ defmodule DSPex.NativePool.SessionPoolV2 do
     end
   end
 
-  defp pool_timeout(p, _context) when p == :infinity or (is_integer(p) and p >= 0), do: :ok
-
   defp pool_timeout(p, context) do
-    got = if is_integer(p), do: Integer.to_string(p), else: Options.describe(p)
-
-    invalid(
-      "invalid :pool_timeout: expected :infinity or an integer >= 0 (ms), got #{got}",
-      context
-    )
+    case CallOptions.check_timeout(p, :pool_timeout) do
+      {:ok, _} -> :ok
+      {:error, message} -> invalid(message, context)
+    end
   end
 
   defp invalid(message, context),

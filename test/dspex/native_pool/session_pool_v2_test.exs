@@ -142,7 +142,7 @@ defmodule DSPex.NativePool.SessionPoolV2Test do
 
     assert message =~ "keyword list, got a map"
 
-    for bad <- [-1, "75s", 1.5] do
+    for bad <- [-1, "75s", 1.5, 4_294_967_296] do
       assert {:error, {:validation_error, :invalid_options, message, context}} =
                SessionPoolV2.execute_in_session("s4", :echo, %{},
                  pool_name: ctx.pool,
