@@ -150,7 +150,7 @@ defmodule DSPex.NativePool.Options.Types do
       not is_binary(value) ->
         {:error, "the value of #{inspect(name)} must be a string, got #{describe(value)}"}
 
-      not (String.valid?(value) and not String.contains?(value, <<0>>)) ->
+      not path_text?(value) ->
         {:error, "the value of #{inspect(name)} must be UTF-8 text without NUL bytes"}
 
       true ->
@@ -159,11 +159,8 @@ defmodule DSPex.NativePool.Options.Types do
   end
 
   # A name is shown (a value never is: it may be a secret), unless it cannot be printed.
-  defp env_name(key) when is_binary(key) do
-    if String.valid?(key) and not String.contains?(key, <<0>>),
-      do: inspect(key),
-      else: describe(key)
-  end
+  defp env_name(key) when is_binary(key),
+    do: if(path_text?(key), do: inspect(key), else: describe(key))
 
   defp env_name(key), do: describe(key)
 
