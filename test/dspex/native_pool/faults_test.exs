@@ -206,7 +206,9 @@ defmodule DSPex.NativePool.FaultsTest do
     test "a queued request whose caller died is dropped unrun", %{dir: dir} do
       pool = start_pool(dir, [])
       marks = Path.join(dir, "marks_#{System.unique_integer([:positive])}")
-      busy = NativePool.execute_async("sleep", %{s: 0.3}, pool: pool)
+      # Long enough that the caller is killed while its request still waits behind this one,
+      # however slowly a loaded machine runs the test.
+      busy = NativePool.execute_async("sleep", %{s: 2}, pool: pool)
       test_pid = self()
 
       caller =
@@ -234,7 +236,9 @@ defmodule DSPex.NativePool.FaultsTest do
       caller =
         spawn(fn ->
           send(test_pid, :started)
-          NativePool.execute("sleep", %{s: 0.3}, pool: pool)
+          # Long enough for the test to see it running on a loaded machine (0.3 s was
+          # once missed in a full run: the test looked only after it had ended).
+          NativePool.execute("sleep", %{s: 2}, pool: pool)
         end)
 
       assert_receive :started
