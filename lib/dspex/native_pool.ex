@@ -55,8 +55,7 @@ defmodule DSPex.NativePool do
 
   A call whose request a waiting worker took at once polls its mailbox for up to
   `:busy_wait_us`, yielding between looks, before it sleeps in `receive`: waking a sleeping
-  scheduler costs more than the round trip itself. While such replies come later than that
-  (a loaded machine, whose CPUs the polls would take from the workers), calls do not poll.
+  scheduler costs more than the round trip itself.
 
   ## CPU pinning
 

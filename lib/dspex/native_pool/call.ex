@@ -4,7 +4,7 @@ defmodule DSPex.NativePool.Call do
   # to the NIF, the wait for the reply, and giving up at the deadline. No process sits between
   # the caller and the worker's native thread, which sends the reply straight here.
 
-  alias DSPex.NativePool.{CallOptions, Cluster, Error, Nif, Options, Spin, Telemetry}
+  alias DSPex.NativePool.{CallOptions, Cluster, Error, Nif, Options, Telemetry}
 
   @default_timeout 60_000
   # Deadlines are tracked in Rust too; :infinity there is this long.
@@ -180,23 +180,20 @@ defmodule DSPex.NativePool.Call do
     deadline = if checkout, do: deadline(timeout)
     {id, cleanup} = register_tools(call)
 
-    submitted = System.monotonic_time()
-
     result =
       case submit(resource, ref, context.command, args, timeout, target, record, 0, id) do
-        {:ok, ticket, false = _idle_worker?} ->
-          await(call, ref, ticket, checkout, deadline)
+        {:ok, ticket, idle_worker?} ->
+          # A request handed straight to a waiting worker is checked out already.
+          case busy_wait(ref, idle_worker?, call.config) do
+            {:ok, outcome} ->
+              outcome(outcome, context)
 
-        # A request handed straight to a waiting worker is checked out already.
-        {:ok, ticket, true} ->
-          result =
-            case busy_wait(ref, call.config) do
-              {:ok, outcome} -> outcome(outcome, context)
-              :none -> await_reply(ref, ticket, timeout, timeout, context)
-            end
+            :none when checkout == nil or idle_worker? ->
+              await_reply(ref, ticket, timeout, timeout, context)
 
-          Spin.replied(call.config[:spin], submitted, busy_wait(call.config))
-          result
+            :none ->
+              await_checkout(ref, ticket, checkout, deadline, timeout, context)
+          end
 
         {:error, reason} ->
           rejected(reason, call)
@@ -218,24 +215,15 @@ defmodule DSPex.NativePool.Call do
     end
   end
 
-  defp await(call, ref, ticket, nil = _checkout, _deadline),
-    do: await_reply(ref, ticket, call.timeout, call.timeout, call.context)
-
-  defp await(call, ref, ticket, checkout, deadline),
-    do: await_checkout(ref, ticket, checkout, deadline, call.timeout, call.context)
-
   # A reply one round trip away comes within microseconds: polling for it, yielding to any other
   # process between looks, keeps this scheduler from going to sleep, whose wake-up by the
-  # worker's thread costs more than the round trip itself. Only a request that went to an idle
-  # worker polls, and only while such replies come within the poll's window (see `Spin`).
-  defp busy_wait(ref, config) do
-    if Spin.pays?(config[:spin]),
-      do: poll_reply(ref, System.monotonic_time() + busy_wait(config)),
-      else: :none
-  end
+  # worker's thread costs more than the round trip itself. A queued request does not poll.
+  defp busy_wait(_ref, false = _idle_worker?, _config), do: :none
 
-  defp busy_wait(config),
-    do: System.convert_time_unit(config[:busy_wait_us], :microsecond, :native)
+  defp busy_wait(ref, true, config) do
+    wait = System.convert_time_unit(config[:busy_wait_us], :microsecond, :native)
+    poll_reply(ref, System.monotonic_time() + wait)
+  end
 
   # `until` is in native time units.
   defp poll_reply(ref, until) do

@@ -30,9 +30,7 @@ defmodule DSPex.NativePool.Server do
       # Calls' own tools, by request id (see `DSPex.NativePool.Call.register_tools/1`).
       call_tools = :ets.new(:dspex_call_tools, [:set, :public, read_concurrency: true])
 
-      pool_state = [tasks: tasks, call_tools: call_tools, spin: DSPex.NativePool.Spin.new()]
-
-      case start_pool(name, Keyword.merge(config, pool_state)) do
+      case start_pool(name, Keyword.merge(config, tasks: tasks, call_tools: call_tools)) do
         {:stop, _reason} = stop ->
           # Stopped before this process exits with the start's error, which the linked
           # supervisor would otherwise take for a crash and log as one.
