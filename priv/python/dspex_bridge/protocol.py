@@ -134,11 +134,12 @@ def frame_reader(fd, max_frame):
 
 # How many times a concurrent worker with nothing left to read gives up the CPU, looking at
 # its pipe each time, before it blocks in read(). Measured on 2 cores (100 B echo, 2 workers,
-# 16 callers, concurrency 8): blocking at once gave 56-67k req/s at 17-20 us of VM CPU per
-# request; 10 looks gave 95-108k at 11-12 us. The requests written meanwhile are read as one
-# batch, and a writer whose reader is not asleep in read() has no one to wake. 10 yields cost
-# a few microseconds, once per batch, so an idle worker still sleeps. The serial reader does
-# not do this: there the same looks lowered throughput (57-79k to 46-54k).
+# 16 callers, concurrency 8, the order of the two variants swapped every round): blocking at
+# once gave 47-59k req/s at 19-23 us of VM CPU per request; 10 looks gave 71-108k at 11-16 us.
+# The requests written meanwhile are read as one batch, and a writer whose reader is not
+# asleep in read() has no one to wake. 10 yields cost a few microseconds, once per batch, so
+# an idle worker still sleeps. The serial reader does not do this: there the same looks
+# lowered throughput (57-79k to 46-54k, in an A/B that always ran the variants in one order).
 LOOKS_BEFORE_SLEEPING = 10
 
 
