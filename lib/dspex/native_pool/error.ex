@@ -33,7 +33,7 @@ defmodule DSPex.NativePool.Error do
     {:resource_error, :dspy_missing,
      "the pool's Python has no `dspy` package and `:require_dspy` asks for it (from `start_link/1`; the message names the interpreter, why it was chosen, and the fixes)"},
     {:communication_error, :worker_exited,
-     "the worker died while running the request; the message names the exit status or signal and quotes its last stderr lines"},
+     "the worker died while running the request; the message names the exit status or signal and quotes its last stderr lines. With `concurrency` above 1 also a worker replaced while it held the request (another request's cancel outlived `:cancel_grace`, or it wrote bad output); the message says why"},
     {:communication_error, :invalid_reply,
      "the worker wrote bytes that are not a valid reply frame or JSON; it is replaced"},
     {:communication_error, :wrong_reply_id,

@@ -40,6 +40,11 @@ defmodule DSPex.NativePool.HostileWorkersTest do
       os.write(4, struct.pack(">I", len(body)) + body.encode())
       time.sleep(30)
 
+  def garbage(args):
+      # Bytes that are no frame: their "length" is over any frame cap.
+      os.write(4, b"\xff\xfe not a frame")
+      time.sleep(30)
+
   def _write_stale():
       time.sleep(0.05)
       os.write(4, _frame({"id": 1, "success": True, "result": "stale"}))
@@ -134,6 +139,26 @@ defmodule DSPex.NativePool.HostileWorkersTest do
     assert {:error, {:communication_error, :wrong_reply_id, _, _}} =
              NativePool.execute("forge_deep", %{id: 1}, pool: pool, timeout: 10_000)
 
+    assert {:ok, %{"pid" => new_pid}} = NativePool.execute("pid", %{}, pool: pool)
+    assert new_pid != os_pid
+  end
+
+  test "bad output from a concurrent worker fails every request it held, saying what it wrote",
+       ctx do
+    pool = pool!(ctx, concurrency: 4)
+    [os_pid] = worker_os_pids(pool)
+    # Written to the worker before the garbage, so in flight when it comes.
+    bystander = NativePool.execute_async("sleep", %{s: 30}, pool: pool, timeout: 20_000)
+
+    assert {:error, {:communication_error, :worker_exited, message, _}} =
+             NativePool.execute("garbage", %{}, pool: pool, timeout: 20_000)
+
+    assert message =~ "was replaced while running \"garbage\" (it took down 2 requests)"
+    assert message =~ "over the 67108864-byte frame cap"
+
+    assert {:error, {:communication_error, :worker_exited, held, _}} = NativePool.await(bystander)
+
+    assert held =~ "was replaced while running \"sleep\""
     assert {:ok, %{"pid" => new_pid}} = NativePool.execute("pid", %{}, pool: pool)
     assert new_pid != os_pid
   end
