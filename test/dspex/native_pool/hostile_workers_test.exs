@@ -146,7 +146,8 @@ defmodule DSPex.NativePool.HostileWorkersTest do
   test "bad output from a concurrent worker fails every request it held, saying what it wrote",
        ctx do
     pool = pool!(ctx, concurrency: 4)
-    [os_pid] = worker_os_pids(pool)
+    # A round trip first, so the worker is serving and takes both requests straight away.
+    {:ok, %{"pid" => os_pid}} = NativePool.execute("pid", %{}, pool: pool)
     # Written to the worker before the garbage, so in flight when it comes.
     bystander = NativePool.execute_async("sleep", %{s: 30}, pool: pool, timeout: 20_000)
 
