@@ -55,7 +55,9 @@ defmodule DSPex.NativePool do
 
   A call whose request a waiting worker took at once polls its mailbox for up to
   `:busy_wait_us`, yielding between looks, before it sleeps in `receive`: waking a sleeping
-  scheduler costs more than the round trip itself.
+  scheduler costs more than the round trip itself. It does not poll when its scheduler runs on
+  the CPU that worker is pinned to (a VM started with `+sbt db` binds its schedulers to CPUs),
+  since the poll would take that CPU from the worker.
 
   ## CPU pinning
 

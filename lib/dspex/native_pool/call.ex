@@ -188,7 +188,7 @@ defmodule DSPex.NativePool.Call do
             {:ok, outcome} ->
               outcome(outcome, context)
 
-            :none when checkout == nil or idle_worker? ->
+            :none when checkout == nil or idle_worker? != false ->
               await_reply(ref, ticket, timeout, timeout, context)
 
             :none ->
@@ -217,8 +217,10 @@ defmodule DSPex.NativePool.Call do
 
   # A reply one round trip away comes within microseconds: polling for it, yielding to any other
   # process between looks, keeps this scheduler from going to sleep, whose wake-up by the
-  # worker's thread costs more than the round trip itself. A queued request does not poll.
-  defp busy_wait(_ref, false = _idle_worker?, _config), do: :none
+  # worker's thread costs more than the round trip itself. A queued request does not poll, nor
+  # one whose worker is pinned to this scheduler's own CPU (`:same_cpu`), which the poll would
+  # take from it.
+  defp busy_wait(_ref, idle_worker?, _config) when idle_worker? != true, do: :none
 
   defp busy_wait(ref, true, config) do
     wait = System.convert_time_unit(config[:busy_wait_us], :microsecond, :native)

@@ -165,7 +165,7 @@ defmodule DSPex.NativePool.Options do
       type: {:integer, 0, 1_000_000},
       default: 50,
       doc:
-        "µs a call whose request went straight to a waiting worker polls for its reply (yielding to other processes) before it sleeps in `receive`; `0` turns it off (see [Performance](#performance))"
+        "µs a call whose request went straight to a waiting worker polls for its reply (yielding to other processes) before it sleeps in `receive` (not if its scheduler runs on that worker's pinned CPU); `0` turns it off (see [Performance](#performance))"
     ],
     shutdown_timeout: [
       type: {:integer, 0, @max_ms},

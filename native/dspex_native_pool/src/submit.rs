@@ -92,12 +92,16 @@ pub fn submit<'a>(
         Target::Session(s) => Route::Session(s),
     };
     match pool.submit(request, route) {
-        Ok(placement) => (
-            atoms::ok(),
-            ResourceArc::new(TicketResource(ticket)),
-            placement == Placement::IdleWorker,
-        )
-            .encode(env),
+        Ok(placement) => {
+            let ticket = ResourceArc::new(TicketResource(ticket));
+            match placement {
+                Placement::IdleWorker => (atoms::ok(), ticket, true).encode(env),
+                Placement::IdleWorkerOnThisCpu => {
+                    (atoms::ok(), ticket, atoms::same_cpu()).encode(env)
+                }
+                Placement::Queued => (atoms::ok(), ticket, false).encode(env),
+            }
+        }
         Err(e) => {
             let reason = match e {
                 SubmitError::Saturated => atoms::saturated(),

@@ -44,6 +44,9 @@ pub enum SubmitError {
 pub enum Placement {
     /// Straight to a worker that was waiting for one: its reply is one round trip away.
     IdleWorker,
+    /// Straight to a waiting worker pinned to the CPU the submitting thread runs on: a caller
+    /// that polls for the reply there takes that CPU from the worker.
+    IdleWorkerOnThisCpu,
     /// Behind other requests.
     Queued,
 }
@@ -183,13 +186,13 @@ impl Pool {
                 let i = self.least_loaded();
                 if slots[i].queue.is_empty() {
                     match crate::direct::start(&self.shared, i, request) {
-                        Ok(true) => return Ok(Placement::IdleWorker),
+                        Ok(true) => return Ok(self.idle_placement(i)),
                         Ok(false) => return Ok(Placement::Queued),
                         Err(back) => request = back,
                     }
                 }
                 let placement = if slots[i].load() == 0 {
-                    Placement::IdleWorker
+                    self.idle_placement(i)
                 } else {
                     Placement::Queued
                 };
@@ -197,12 +200,12 @@ impl Pool {
             }
             // Straight to the most recently idle worker, if any; else whoever frees up first.
             None => match self.shared.idle.pop() {
-                Some(i) => (&slots[i].queue, Placement::IdleWorker),
+                Some(i) => (&slots[i].queue, self.idle_placement(i)),
                 None => (&self.shared.queue, Placement::Queued),
             },
             // Off the idle list, so that no other request is handed to it meanwhile.
             Some(i) if self.shared.idle.take(i) && slots[i].queue.is_empty() => {
-                (&slots[i].queue, Placement::IdleWorker)
+                (&slots[i].queue, self.idle_placement(i))
             }
             Some(i) => (&slots[i].queue, Placement::Queued),
         };
@@ -213,6 +216,19 @@ impl Pool {
                 .fetch_add(1, Ordering::Relaxed);
             SubmitError::Saturated
         })
+    }
+
+    /// A request handed to the waiting worker of slot `index`: whether the submitting thread
+    /// runs on that worker's CPU, where polling for the reply would take turns with it (a VM
+    /// that binds its schedulers, `+sbt db`, had a lone caller's p50 at 87 µs instead of 37).
+    fn idle_placement(&self, index: usize) -> Placement {
+        let cpu = self.shared.slots[index].cpu.load(Ordering::Relaxed);
+        // SAFETY: sched_getcpu takes nothing and only reads the calling thread's CPU.
+        if cpu >= 0 && unsafe { libc::sched_getcpu() } == cpu {
+            Placement::IdleWorkerOnThisCpu
+        } else {
+            Placement::IdleWorker
+        }
     }
 
     /// The serving slot with the fewest requests in flight or waiting (any slot if none

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
-use dspex_pool_core::pool::{Event, Placement, Pool, Route, SlotState, SubmitError};
+use dspex_pool_core::pool::{Event, Placement, Pool, PoolConfig, Route, SlotState, SubmitError};
 use dspex_pool_core::request::{Cancelled, FailureKind};
 use serde_json::json;
 
@@ -74,6 +74,50 @@ fn submit_says_whether_a_waiting_worker_took_the_request() {
         targeted_rx.recv_timeout(wait).unwrap(),
         Outcome::Reply(_)
     ));
+}
+
+/// A caller polls for a reply one round trip away, but not from the CPU its worker is pinned
+/// to, where the poll would take turns with the worker: submit says which it is.
+#[test]
+fn submit_says_when_the_waiting_worker_is_pinned_to_the_callers_cpu() {
+    let (pool, _events) = start(PoolConfig {
+        pin_cpus: true,
+        ..config(1)
+    });
+    assert!(matches!(call(&pool, "echo", json!({})), Outcome::Reply(_)));
+    let pinned = pool.stats().workers[0].cpu;
+    let allowed = dspex_pool_core::affinity::allowed_cpus().unwrap();
+    assert!(
+        pinned.is_some(),
+        "the worker was not pinned: is another pool of this machine holding CPU {}?",
+        allowed[0]
+    );
+    // A thread of its own, so that no other test runs pinned.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                for &cpu in &allowed {
+                    dspex_pool_core::affinity::pin_current_thread(cpu).unwrap();
+                    let wait = Duration::from_secs(10);
+                    let (echo, _, rx) = request("echo", json!({}), wait);
+                    let expected = if pinned == Some(cpu) {
+                        Placement::IdleWorkerOnThisCpu
+                    } else {
+                        Placement::IdleWorker
+                    };
+                    assert_eq!(
+                        pool.submit(echo, Route::AnyWorker),
+                        Ok(expected),
+                        "CPU {cpu}"
+                    );
+                    assert!(matches!(rx.recv_timeout(wait).unwrap(), Outcome::Reply(_)));
+                    // Listed idle before its reply is sent: waiting again by now.
+                }
+            })
+            .join()
+            .unwrap();
+    });
+    pool.close(Duration::from_secs(1));
 }
 
 #[test]
