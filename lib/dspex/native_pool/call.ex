@@ -182,13 +182,13 @@ defmodule DSPex.NativePool.Call do
 
     result =
       case submit(resource, ref, context.command, args, timeout, target, record, 0, id) do
-        {:ok, ticket, idle_worker?} ->
+        {:ok, ticket, placement} ->
           # A request handed straight to a waiting worker is checked out already.
-          case busy_wait(ref, idle_worker?, call.config) do
+          case busy_wait(ref, placement, call.config) do
             {:ok, outcome} ->
               outcome(outcome, context)
 
-            :none when checkout == nil or idle_worker? != false ->
+            :none when checkout == nil or placement != :queued ->
               await_reply(ref, ticket, timeout, timeout, context)
 
             :none ->
@@ -210,7 +210,7 @@ defmodule DSPex.NativePool.Call do
     %{resource: resource, args: args, timeout: timeout, context: context} = call
 
     case submit(resource, ref, context.command, args, timeout, target, record, window, id) do
-      {:ok, ticket, _idle_worker?} -> {:ok, ticket}
+      {:ok, ticket, _placement} -> {:ok, ticket}
       {:error, reason} -> rejected(reason, call)
     end
   end
@@ -218,14 +218,14 @@ defmodule DSPex.NativePool.Call do
   # A reply one round trip away comes within microseconds: polling for it, yielding to any other
   # process between looks, keeps this scheduler from going to sleep, whose wake-up by the
   # worker's thread costs more than the round trip itself. A queued request does not poll, nor
-  # one whose worker is pinned to this scheduler's own CPU (`:same_cpu`), which the poll would
-  # take from it.
-  defp busy_wait(_ref, idle_worker?, _config) when idle_worker? != true, do: :none
-
-  defp busy_wait(ref, true, config) do
+  # one whose worker is pinned to this scheduler's own CPU (`:waiting_worker_here`), which the
+  # poll would take from it.
+  defp busy_wait(ref, :waiting_worker, config) do
     wait = System.convert_time_unit(config[:busy_wait_us], :microsecond, :native)
     poll_reply(ref, System.monotonic_time() + wait)
   end
+
+  defp busy_wait(_ref, _placement, _config), do: :none
 
   # `until` is in native time units.
   defp poll_reply(ref, until) do

@@ -10,7 +10,7 @@ rustler::atoms! {
     stdout, stderr,
     dspex_native_pool, worker_ready, worker_start_failed, log, warning, tool_call,
     template,
-    same_cpu,
+    waiting_worker, waiting_worker_here,
     chunk, nil,
 }
 

@@ -78,7 +78,7 @@ fn start_pool(env: Env, config: ConfigMap, owner: LocalPid) -> Term {
 }
 
 /// Encodes and enqueues a request; the reply arrives as `{tag, outcome}`. Returns
-/// `{:ok, ticket, idle_worker?}` (whether a waiting worker took it), or `:dirty` when the
+/// `{:ok, ticket, placement}` (whether a waiting worker took it, see `submit::submit`), or `:dirty` when the
 /// arguments are too large to encode here: call `submit_dirty/5` instead.
 #[rustler::nif]
 fn submit<'a>(

@@ -22,7 +22,8 @@ pub const INLINE_ENCODE_BUDGET: usize = 64 * 1024;
 /// What a frame encoded on a dirty scheduler starts with: over the inline budget, so large.
 const DIRTY_FRAME_CAPACITY: usize = 2 * INLINE_ENCODE_BUDGET;
 
-/// `{:ok, ticket, idle_worker?}`, `:dirty` (over `budget`: encode on a dirty scheduler), or
+/// `{:ok, ticket, placement}` (`:waiting_worker`, `:waiting_worker_here` when that worker is
+/// pinned to this thread's CPU, or `:queued`), `:dirty` (over `budget`: encode on a dirty scheduler), or
 /// `{:error, reason}`.
 pub fn submit<'a>(
     env: Env<'a>,
@@ -94,13 +95,12 @@ pub fn submit<'a>(
     match pool.submit(request, route) {
         Ok(placement) => {
             let ticket = ResourceArc::new(TicketResource(ticket));
-            match placement {
-                Placement::IdleWorker => (atoms::ok(), ticket, true).encode(env),
-                Placement::IdleWorkerOnThisCpu => {
-                    (atoms::ok(), ticket, atoms::same_cpu()).encode(env)
-                }
-                Placement::Queued => (atoms::ok(), ticket, false).encode(env),
-            }
+            let placement = match placement {
+                Placement::IdleWorker => atoms::waiting_worker(),
+                Placement::IdleWorkerOnThisCpu => atoms::waiting_worker_here(),
+                Placement::Queued => atoms::queued(),
+            };
+            (atoms::ok(), ticket, placement).encode(env)
         }
         Err(e) => {
             let reason = match e {
