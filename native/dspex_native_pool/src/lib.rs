@@ -78,8 +78,8 @@ fn start_pool(env: Env, config: ConfigMap, owner: LocalPid) -> Term {
 }
 
 /// Encodes and enqueues a request; the reply arrives as `{tag, outcome}`. Returns
-/// `{:ok, ticket, placement}` (whether a waiting worker took it, see `submit::submit`), or `:dirty` when the
-/// arguments are too large to encode here: call `submit_dirty/5` instead.
+/// `{:ok, ticket, placement}` (whether a waiting worker took it, see `submit::submit`), or
+/// `:dirty` when the arguments are too large to encode here: call `submit_dirty/5` instead.
 #[rustler::nif]
 fn submit<'a>(
     env: Env<'a>,

@@ -23,8 +23,8 @@ pub const INLINE_ENCODE_BUDGET: usize = 64 * 1024;
 const DIRTY_FRAME_CAPACITY: usize = 2 * INLINE_ENCODE_BUDGET;
 
 /// `{:ok, ticket, placement}` (`:waiting_worker`, `:waiting_worker_here` when that worker is
-/// pinned to this thread's CPU, or `:queued`), `:dirty` (over `budget`: encode on a dirty scheduler), or
-/// `{:error, reason}`.
+/// pinned to this thread's CPU, or `:queued`), `:dirty` (over `budget`: encode on a dirty
+/// scheduler), or `{:error, reason}`.
 pub fn submit<'a>(
     env: Env<'a>,
     pool: &Pool,
