@@ -99,6 +99,12 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     cpus_of(unsafe { libc::getpid() })
 }
 
+/// Whether the calling thread is running on `cpu` at this moment.
+pub fn runs_on(cpu: usize) -> bool {
+    // SAFETY: sched_getcpu takes nothing and only reads the calling thread's CPU.
+    usize::try_from(unsafe { libc::sched_getcpu() }).is_ok_and(|here| here == cpu)
+}
+
 /// Pins the calling thread, and so every process it spawns from now on, to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     pin(0, cpu)
