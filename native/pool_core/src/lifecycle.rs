@@ -3,9 +3,9 @@
 //!
 //! ```text
 //!   Starting ──Ready──▶ Idle ◀──Serving──▶ Busy ──(closing)──▶ Draining
-//!      ▲  │                 └────────────┬────────────────────────┘
-//!      │  └StartFailed┐                  Exited
-//!      │              ▼                  ▼
+//!      ▲  │                 └──────┬───────────┘                  │
+//!      │  └StartFailed┐      Ending, Exited                     Exited
+//!      │              ▼            ▼                               ▼
 //!      └──Spawning── Restarting ◀──BackingOff            Stopped (the pool closed)
 //! ```
 
@@ -28,6 +28,9 @@ pub enum Change {
     StartFailed { reason: String },
     /// It runs requests (`busy`) or waits for one; `draining` once the pool is closing.
     Serving { busy: bool, draining: bool },
+    /// Its worker has to go (it died, is replaced or retires): no new request is sent its
+    /// way while it is killed and its requests are failed.
+    Ending,
     /// It is gone. `crash`: it died or was killed, and `early` if that was before it did any
     /// real work (answered a request, or lived a while).
     Exited {
@@ -76,6 +79,9 @@ pub fn change(shared: &Shared, index: usize, change: Change) -> Duration {
             (true, false) => SlotState::Busy,
             (false, _) => SlotState::Idle,
         }),
+        // While the pool closes, it stays draining until it stops.
+        Change::Ending if shared.is_closing() => {}
+        Change::Ending => slot.set_state(SlotState::Restarting),
         Change::Exited {
             os_pid,
             reason,
@@ -262,6 +268,22 @@ mod tests {
         assert_eq!(shared.slots[0].state(), SlotState::Restarting);
         // Crashes never make the pool unavailable: its workers do start.
         assert!(shared.is_available());
+    }
+
+    #[test]
+    fn a_worker_that_has_to_go_takes_no_new_request_until_replaced() {
+        let (shared, events) = shared(1);
+        change(
+            &shared,
+            0,
+            Change::Serving {
+                busy: true,
+                draining: false,
+            },
+        );
+        change(&shared, 0, Change::Ending);
+        assert_eq!(shared.slots[0].state(), SlotState::Restarting);
+        assert!(events.0.lock().is_empty());
     }
 
     #[test]

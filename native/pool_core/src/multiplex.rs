@@ -124,6 +124,9 @@ pub(crate) fn serve(shared: &Arc<Shared>, index: usize, live: &mut Live) -> (End
     }
     let pending: Vec<Request> = table.lock().drain().map(|(_, r)| r.request).collect();
     shared.slots[index].in_flight.store(0, Ordering::Release);
+    shared.slots[index]
+        .cancels_pending
+        .store(0, Ordering::Release);
     (end, pending)
 }
 
@@ -345,6 +348,8 @@ impl Serving<'_> {
         let now = Instant::now();
         running.cancelled_at = Some(now);
         let past_deadline = now >= running.request.deadline;
+        let slot = &self.shared.slots[self.index];
+        slot.cancels_pending.fetch_add(1, Ordering::AcqRel);
         drop(table);
         let counters = &self.shared.counters;
         let counted = match why {

@@ -197,15 +197,26 @@ impl Pool {
         }
     }
 
-    /// The serving slot with the fewest requests in flight or waiting (any slot if none
-    /// serves: the request waits for its start).
+    /// The slot with the fewest requests in flight or waiting, among the best kind there is:
+    /// serving; else starting (the request waits for its worker); else serving but holding a
+    /// cancelled request that has not ended, which may get the worker killed with all it
+    /// holds at `cancel_grace`; else any.
     fn least_loaded(&self) -> usize {
         let slots = &self.shared.slots;
-        let serving = |s: &Slot| matches!(s.state(), SlotState::Idle | SlotState::Busy);
+        let kind = |s: &Slot| match s.state() {
+            SlotState::Idle | SlotState::Busy if s.cancels_pending.load(Ordering::Acquire) == 0 => {
+                0
+            }
+            SlotState::Starting | SlotState::Restarting
+                if s.failures_in_row.load(Ordering::Acquire) < UNAVAILABLE_AFTER =>
+            {
+                1
+            }
+            SlotState::Idle | SlotState::Busy => 2,
+            _ => 3,
+        };
         (0..slots.len())
-            .filter(|&i| serving(&slots[i]))
-            .min_by_key(|&i| slots[i].load())
-            .or_else(|| (0..slots.len()).min_by_key(|&i| slots[i].load()))
+            .min_by_key(|&i| (kind(&slots[i]), slots[i].load()))
             .unwrap_or(0)
     }
 

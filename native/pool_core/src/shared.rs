@@ -166,6 +166,9 @@ pub struct Slot {
     pub(crate) cpu: AtomicI32,
     /// Requests its worker is running now.
     pub(crate) in_flight: AtomicU64,
+    /// Of those, the ones cancelled that have not ended yet: a worker that does not end them
+    /// within `cancel_grace` is killed with everything it holds, so new requests avoid it.
+    pub(crate) cancels_pending: AtomicU64,
     /// Tool results on their way to its worker (see [`crate::tools`]).
     pub(crate) outbox: crate::tools::Outbox,
     /// Set while its multiplexed worker accepts requests straight from callers (see
@@ -194,6 +197,7 @@ impl Slot {
             process: Mutex::new(None),
             cpu: AtomicI32::new(-1),
             in_flight: AtomicU64::new(0),
+            cancels_pending: AtomicU64::new(0),
             outbox: crate::tools::Outbox::new(),
             wire: Mutex::new(None),
             parked_full: AtomicBool::new(false),

@@ -214,6 +214,8 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Vec<Requ
         ..
     } = live;
     let pending_ran = pending.len() as u64;
+    lifecycle::change(shared, index, Change::Ending);
+    shared.idle.remove(index);
     // Closing the request pipe asks a healthy worker to exit by itself.
     drop(requests);
     let (status, stop) = match &end {
@@ -235,7 +237,6 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Vec<Requ
         }
     };
     *slot.process.lock() = None;
-    shared.idle.remove(index);
     reroute_anonymous(shared, index);
     output.drain(OUTPUT_DRAIN);
     let tail = output.tail.text();
@@ -245,6 +246,17 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Vec<Requ
         End::Died => describe("exited unexpectedly", status, &tail),
         End::Replace(why) => format!("replaced: {why} ({stop})"),
     };
+    // A crash soon after start, before any answer, counts towards the backoff; one after real
+    // work starts it afresh.
+    let answered = live_served.saturating_sub(pending_ran);
+    let exited = Change::Exited {
+        os_pid: process.pid(),
+        reason,
+        crash: matches!(end, End::Died | End::Replace(_)),
+        early: answered == 0 && started.elapsed() < STABLE_AFTER,
+    };
+    // Before its requests fail: a caller told `:worker_exited` finds the exit in `stats/1`.
+    lifecycle::change(shared, index, exited);
     let lost = pending.len();
     for mut request in pending {
         let (kind, message) = if shared.is_closing() {
@@ -279,15 +291,5 @@ fn finish(shared: &Shared, index: usize, live: Live, end: End, pending: Vec<Requ
         };
         fail(shared, &mut request, kind, message, index);
     }
-    // A crash soon after start, before any answer, counts towards the backoff; one after real
-    // work starts it afresh.
-    let answered = live_served.saturating_sub(pending_ran);
-    let exited = Change::Exited {
-        os_pid: process.pid(),
-        reason,
-        crash: matches!(end, End::Died | End::Replace(_)),
-        early: answered == 0 && started.elapsed() < STABLE_AFTER,
-    };
-    lifecycle::change(shared, index, exited);
     matches!(end, End::Shutdown)
 }
