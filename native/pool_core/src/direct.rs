@@ -162,12 +162,10 @@ fn write_reserved(
 
 /// Takes back a request whose frame could not be written.
 fn unstart(shared: &Shared, index: usize, wire: &Wire, id: u64, frame: Vec<u8>) -> Request {
-    let mut running = wire
-        .table
-        .lock()
-        .remove(&id)
+    let slot = &shared.slots[index];
+    let mut running = crate::multiplex::take_running(&mut wire.table.lock(), slot, id)
         .expect("a request put in the table under the wire's lock is still there");
-    shared.slots[index].requests.fetch_sub(1, Ordering::Relaxed);
+    slot.requests.fetch_sub(1, Ordering::Relaxed);
     running.request.frame = frame;
     running.request.ticket.requeue();
     running.request

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use crate::direct::Wire;
 use crate::frame::{self, FrameError};
 use crate::lifecycle::{self, Change};
-use crate::pool::Shared;
+use crate::pool::{Shared, Slot};
 use crate::protocol;
 use crate::request::Request;
 use crate::worker::{self, End, Live};
@@ -40,6 +40,21 @@ pub(crate) struct Running {
 }
 
 pub(crate) type Table = Arc<Mutex<HashMap<u64, Running>>>;
+
+/// Takes request `id` out of its worker's table (locked). The slot's count of cancels pending
+/// changes only here, in `cancel_in_worker` and at the worker's end, each under the table's
+/// lock, so it always matches the table.
+pub(crate) fn take_running(
+    table: &mut HashMap<u64, Running>,
+    slot: &Slot,
+    id: u64,
+) -> Option<Running> {
+    let running = table.remove(&id)?;
+    if running.cancelled_at.is_some() {
+        slot.cancels_pending.fetch_sub(1, Ordering::AcqRel);
+    }
+    Some(running)
+}
 
 /// Why a running request is cancelled in its worker: what it counts as in the pool's stats.
 #[derive(Clone, Copy)]
@@ -122,11 +137,12 @@ pub(crate) fn serve(shared: &Arc<Shared>, index: usize, live: &mut Live) -> (End
             );
         }
     }
-    let pending: Vec<Request> = table.lock().drain().map(|(_, r)| r.request).collect();
-    shared.slots[index].in_flight.store(0, Ordering::Release);
-    shared.slots[index]
-        .cancels_pending
-        .store(0, Ordering::Release);
+    let pending: Vec<Request> = {
+        let mut running = table.lock();
+        slot.cancels_pending.store(0, Ordering::Release);
+        running.drain().map(|(_, r)| r.request).collect()
+    };
+    slot.in_flight.store(0, Ordering::Release);
     (end, pending)
 }
 

@@ -81,22 +81,19 @@ fn chunk(index: usize, table: &Table, body: &[u8]) {
 }
 
 fn answer(shared: &Shared, index: usize, table: &Table, id: u64, body: &[u8]) -> News {
+    let slot = &shared.slots[index];
     let (running, left) = {
         let mut table = table.lock();
-        (table.remove(&id), table.len())
+        (
+            crate::multiplex::take_running(&mut table, slot, id),
+            table.len(),
+        )
     };
     let Some(running) = running else {
         return News::Other(id);
     };
-    let slot = &shared.slots[index];
     // Sequentially consistent with the slot thread's mark (see `Serving::room_or_park`).
     slot.in_flight.fetch_sub(1, Ordering::SeqCst);
-    if running.cancelled_at.is_some() {
-        // Saturating: the worker's end may have zeroed the count meanwhile.
-        let _ = slot
-            .cancels_pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-    }
     let request = running.request;
     // A cancelled request's reply (its result, or the worker's "Cancelled") is dropped.
     if request.ticket.finish() {
