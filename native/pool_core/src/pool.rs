@@ -19,7 +19,6 @@ use crate::affinity::{self, CpuClaim};
 use crate::request::{FailureKind, Request};
 use crate::sessions::{Record, SessionInfo};
 
-use crate::shared::UNAVAILABLE_AFTER;
 pub use crate::shared::{
     Counters, Event, EventSink, IdleStack, PoolConfig, Shared, Slot, SlotState, Stream,
 };
@@ -142,9 +141,12 @@ impl Pool {
             Route::AnyWorker => None,
             Route::Worker(i) if i < slots.len() => Some(i),
             Route::Worker(_) => return Err(SubmitError::NoSuchWorker),
-            Route::Session(id) => Some(self.shared.sessions.lock().route(id, slots.len(), |i| {
-                slots[i].failures_in_row.load(Ordering::Acquire) < UNAVAILABLE_AFTER
-            })),
+            Route::Session(id) => Some(
+                self.shared
+                    .sessions
+                    .lock()
+                    .route(id, slots.len(), |i| slots[i].starts()),
+            ),
         };
         request.route_slot = target;
         let (queue, placement) = match target {
@@ -207,11 +209,7 @@ impl Pool {
             SlotState::Idle | SlotState::Busy if s.cancels_pending.load(Ordering::Acquire) == 0 => {
                 0
             }
-            SlotState::Starting | SlotState::Restarting
-                if s.failures_in_row.load(Ordering::Acquire) < UNAVAILABLE_AFTER =>
-            {
-                1
-            }
+            SlotState::Starting | SlotState::Restarting if s.starts() => 1,
             SlotState::Idle | SlotState::Busy => 2,
             _ => 3,
         };

@@ -224,6 +224,11 @@ impl Slot {
             .is_ok()
     }
 
+    /// Whether its worker starts: fewer than [`UNAVAILABLE_AFTER`] failed starts in a row.
+    pub(crate) fn starts(&self) -> bool {
+        self.failures_in_row.load(Ordering::Acquire) < UNAVAILABLE_AFTER
+    }
+
     /// Requests in flight plus those waiting in this slot's queue.
     pub(crate) fn load(&self) -> u64 {
         self.in_flight.load(Ordering::Acquire) + self.queue.len() as u64
@@ -341,9 +346,7 @@ impl Shared {
 
     /// `false` once every slot has failed to start several times in a row.
     pub fn is_available(&self) -> bool {
-        self.slots
-            .iter()
-            .any(|s| s.failures_in_row.load(Ordering::Acquire) < UNAVAILABLE_AFTER)
+        self.slots.iter().any(Slot::starts)
     }
 
     /// Fails everything waiting for `index` and, if the whole pool is down, the shared queue.
