@@ -18,12 +18,16 @@ defmodule DSPex.NativePool.DocsTest do
 
   @readme File.read!(Path.expand("../../../README.md", __DIR__))
 
-  test "the README's options table is the one the schema generates" do
-    assert @readme =~ DSPex.NativePool.Options.table()
+  # Under their headings, not merely somewhere: a table pasted with a line of a command's
+  # output above it (a compiler's "Compiling 3 files") would not render as a table.
+  test "the README's options table is the one the schema generates, right under its heading" do
+    assert @readme =~ "## Options\n\n" <> DSPex.NativePool.Options.table()
   end
 
   test "the README's error table is the one DSPex.NativePool.Error documents" do
-    assert @readme =~ DSPex.NativePool.Error.table()
+    assert @readme =~
+             "names the `:pool`, the `:command` and the `:worker_id` where known.\n\n" <>
+               DSPex.NativePool.Error.table()
   end
 
   test "the README's Layout table names every library file, and only paths that exist" do
