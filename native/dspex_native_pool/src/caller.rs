@@ -2,12 +2,14 @@
 //! `{tag, outcome}`.
 
 use rustler::env::SavedTerm;
-use rustler::{Encoder, Env, LocalPid, OwnedEnv, Term};
+use rustler::{Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
 
+use dspex_pool_core::frame::LargeFrame;
 use dspex_pool_core::protocol;
 use dspex_pool_core::request::{Caller, Failure, FailureKind};
 
 use crate::atoms;
+use crate::fast_reply::SharedFrame;
 use crate::spare_envs::SpareEnv;
 use crate::term_from_json;
 
@@ -26,23 +28,14 @@ impl Caller for ProcessCaller {
     }
 
     fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<bool, Failure> {
-        let tag = &self.tag;
-        let mut answer = Ok(false);
-        // Decoded straight into the message's environment: nothing is copied before it is sent.
-        let _ = self
-            .env
-            .send_and_clear(&self.pid, |env| match outcome(env, body, id, worker) {
-                Ok((outcome, success)) => {
-                    answer = Ok(success);
-                    (tag.load(env), outcome).encode(env)
-                }
-                Err(failure) => {
-                    let message = failure_message(env, tag, &failure);
-                    answer = Err(failure);
-                    message
-                }
-            });
-        answer
+        self.send_reply(body, None, id, worker)
+    }
+
+    fn reply_large(&mut self, body: LargeFrame, id: u64, worker: usize) -> Result<bool, Failure> {
+        match SharedFrame::new(body) {
+            Ok(frame) => self.send_reply(frame.bytes(), Some(&frame), id, worker),
+            Err(body) => self.send_reply(body.bytes(), None, id, worker),
+        }
     }
 
     fn streams(&self) -> bool {
@@ -71,15 +64,45 @@ impl Caller for ProcessCaller {
     }
 }
 
+impl ProcessCaller {
+    /// Decodes `body` straight into the message's environment (nothing is copied before it is
+    /// sent, nor, out of a `shared` frame, its large string) and sends it.
+    fn send_reply(
+        &mut self,
+        body: &[u8],
+        shared: Option<&ResourceArc<SharedFrame>>,
+        id: u64,
+        worker: usize,
+    ) -> Result<bool, Failure> {
+        let tag = &self.tag;
+        let mut answer = Ok(false);
+        let _ = self.env.send_and_clear(&self.pid, |env| {
+            match outcome(env, body, shared, id, worker) {
+                Ok((outcome, success)) => {
+                    answer = Ok(success);
+                    (tag.load(env), outcome).encode(env)
+                }
+                Err(failure) => {
+                    let message = failure_message(env, tag, &failure);
+                    answer = Err(failure);
+                    message
+                }
+            }
+        });
+        answer
+    }
+}
+
 /// A reply as the caller receives it (`{:ok, result}` or `{:python_error, error, worker}`), and
 /// whether the command succeeded. What a bad reply means is pool_core's to judge.
 fn outcome<'a>(
     env: Env<'a>,
     body: &[u8],
+    shared: Option<&ResourceArc<SharedFrame>>,
     id: u64,
     worker: usize,
 ) -> Result<(Term<'a>, bool), Failure> {
-    let reply = term_from_json::decode_reply(env, body).map_err(|e| {
+    let reply = term_from_json::decode_reply(env, body, shared).map_err(|e| {
         protocol::undecodable_reply(body, id, worker, &e, term_from_json::is_too_deep(&e))
     })?;
     protocol::check_reply_id(reply.id, id, worker)?;

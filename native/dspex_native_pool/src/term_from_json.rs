@@ -5,7 +5,9 @@
 use std::fmt;
 
 use dspex_pool_core::protocol::MAX_DECODE_DEPTH;
-use rustler::{Encoder, Env, Term};
+use rustler::{Encoder, Env, ResourceArc, Term};
+
+use crate::fast_reply::SharedFrame;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 rustler::atoms! {
@@ -156,8 +158,14 @@ impl<'de, 'a> Visitor<'de> for ReplySeed<'a> {
     }
 }
 
-pub fn decode_reply<'a>(env: Env<'a>, body: &[u8]) -> Result<DecodedReply<'a>, serde_json::Error> {
-    if let Some(reply) = crate::fast_reply::decode(env, body) {
+/// A reply decoded; `shared`: the frame `body` is, when a large string may be shared out of it
+/// (see [`crate::fast_reply::SharedFrame`]).
+pub fn decode_reply<'a>(
+    env: Env<'a>,
+    body: &[u8],
+    shared: Option<&ResourceArc<SharedFrame>>,
+) -> Result<DecodedReply<'a>, serde_json::Error> {
+    if let Some(reply) = crate::fast_reply::decode(env, body, shared) {
         return Ok(reply);
     }
     let mut de = serde_json::Deserializer::from_slice(body);

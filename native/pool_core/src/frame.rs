@@ -13,6 +13,51 @@ mod reader;
 
 pub use reader::FrameReader;
 
+/// A large frame's bytes, owned by whoever keeps them (a reply's caller may share them rather
+/// than copy them out); dropped, the buffer goes back to [`crate::buffers`] for the next large
+/// frame, so a steady stream of large replies reads into memory that is already mapped.
+pub struct LargeFrame(Vec<u8>);
+
+impl LargeFrame {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The buffer's capacity, which may exceed the frame (a spare from a larger one).
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    /// Gives the buffer's capacity beyond the frame back to the allocator.
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+}
+
+impl Drop for LargeFrame {
+    fn drop(&mut self) {
+        crate::buffers::give_back(std::mem::take(&mut self.0));
+    }
+}
+
+/// A frame's body as [`FrameReader::last_frame`] gives it: lent from the reader's buffer, or,
+/// for a large frame, the buffer itself.
+pub enum Body<'a> {
+    Lent(&'a [u8]),
+    Owned(LargeFrame),
+}
+
+impl std::ops::Deref for Body<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Lent(bytes) => bytes,
+            Body::Owned(frame) => frame.bytes(),
+        }
+    }
+}
+
 pub const HEADER_LEN: usize = 4;
 
 #[derive(Debug)]

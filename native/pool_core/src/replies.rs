@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use crate::frame::{FrameError, FrameReader};
+use crate::frame::{Body, FrameError, FrameReader};
 use crate::multiplex::{News, Table};
 use crate::pool::Shared;
 use crate::{protocol, tools, worker};
@@ -31,7 +31,7 @@ pub(crate) fn read_replies(
                 continue;
             }
             Ok(body) => match protocol::peek_id(body) {
-                Some(id) => answer(&shared, index, &table, id, body),
+                Some(id) => answer(&shared, index, &table, id, reader.last_frame()),
                 None => News::Broken(format!(
                     "invalid reply: no id; reply began with {}",
                     protocol::preview(body)
@@ -80,7 +80,7 @@ fn chunk(index: usize, table: &Table, body: &[u8]) {
     }
 }
 
-fn answer(shared: &Shared, index: usize, table: &Table, id: u64, body: &[u8]) -> News {
+fn answer(shared: &Shared, index: usize, table: &Table, id: u64, body: Body) -> News {
     let slot = &shared.slots[index];
     let (running, left) = {
         let mut table = table.lock();

@@ -178,6 +178,16 @@ pub trait Caller: Send + 'static {
     /// command succeeded. A malformed body fails the request instead: the caller is sent that
     /// failure, which is also returned, so the pool can count it and replace the worker.
     fn reply(&mut self, body: &[u8], id: u64, worker: usize) -> Result<bool, Failure>;
+    /// [`Caller::reply`] for a large reply, whose buffer the caller may keep rather than copy
+    /// its bytes out of.
+    fn reply_large(
+        &mut self,
+        body: crate::frame::LargeFrame,
+        id: u64,
+        worker: usize,
+    ) -> Result<bool, Failure> {
+        self.reply(body.bytes(), id, worker)
+    }
     fn fail(&mut self, failure: Failure);
     /// Sends one chunk of a streaming reply (`{"id":N,"chunk":...}`) from worker `worker`;
     /// called only while the request runs. Callers that do not stream drop it.

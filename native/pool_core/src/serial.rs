@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::select_biased;
 
-use crate::frame::{self, FrameError};
+use crate::frame::{self, Body, FrameError};
 use crate::lifecycle::{self, Change};
 use crate::pool::{Shared, Slot};
 use crate::protocol;
@@ -223,7 +223,7 @@ fn run(
                     .ticket
                     .while_running(|| caller.chunk(body, request.id, index));
             }
-            Ok(body) => return deliver(shared, index, request, body),
+            Ok(_) => return deliver(shared, index, request, replies.last_frame()),
             Err(FrameError::Woken) => {
                 if let Some(end) = write_tool_results(shared, index, &mut live.requests, request.id)
                 {
@@ -304,11 +304,11 @@ fn deliver(
     shared: &Shared,
     index: usize,
     request: Request,
-    body: &[u8],
+    body: Body,
 ) -> Option<(End, Option<Request>)> {
     if !request.ticket.finish() {
         // The caller gave up: drop the reply, but still check the stream is sound.
-        return match protocol::peek_id(body) {
+        return match protocol::peek_id(&body) {
             Some(id) if id == request.id => None,
             Some(id) => Some((
                 End::Replace(format!("reply carried id {id}, expected {}", request.id)),
@@ -317,7 +317,7 @@ fn deliver(
             None => Some((
                 End::Replace(format!(
                     "invalid reply: no id; reply began with {}",
-                    protocol::preview(body)
+                    protocol::preview(&body)
                 )),
                 None,
             )),

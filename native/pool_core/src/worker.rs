@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
-use crate::frame::FrameReader;
+use crate::frame::{Body, FrameReader};
 use crate::lifecycle::{self, Change};
 use crate::output::Output;
 use crate::pool::Shared;
@@ -161,12 +161,16 @@ pub(crate) fn hand_over(
     shared: &Shared,
     index: usize,
     mut request: Request,
-    body: &[u8],
+    body: Body,
 ) -> Option<String> {
     let counters = &shared.counters;
     // Counted before the caller can see the reply, so stats read after a call include it.
     counters.completed.fetch_add(1, Ordering::Relaxed);
-    match request.caller.reply(body, request.id, index) {
+    let answer = match body {
+        Body::Lent(bytes) => request.caller.reply(bytes, request.id, index),
+        Body::Owned(frame) => request.caller.reply_large(frame, request.id, index),
+    };
+    match answer {
         Ok(success) => {
             request.ticket.delivered();
             if let (true, Some((session, record))) = (success, request.record.take()) {

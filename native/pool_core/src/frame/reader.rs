@@ -5,7 +5,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
-use super::{set_nonblocking, unread_bytes, wait_for, FrameError, HEADER_LEN};
+use super::{set_nonblocking, unread_bytes, wait_for, Body, FrameError, LargeFrame, HEADER_LEN};
 
 /// Reads frames from a pipe, each within a deadline. A frame is lent out until the next read:
 /// no allocation or copy per frame.
@@ -20,6 +20,10 @@ pub struct FrameReader {
     /// The large frame in progress: (length, bytes filled). Kept here so that a read
     /// interrupted by its deadline can resume.
     large: Option<(usize, usize)>,
+    /// Whether the frame returned last was a large one, still in `large_buf`.
+    large_done: bool,
+    /// Where the small frame returned last lies in `buf`: (start, length).
+    last_small: (usize, usize),
     /// Read before waiting (see [`FrameReader::eager`]).
     eager: bool,
     /// The writer's pidfd (see [`FrameReader::watch_exit`]).
@@ -42,6 +46,8 @@ impl FrameReader {
             max,
             large_buf: Vec::new(),
             large: None,
+            large_done: false,
+            last_small: (0, 0),
             eager: false,
             exit_watch: None,
             waker: None,
@@ -91,8 +97,20 @@ impl FrameReader {
         Ok(())
     }
 
+    /// The frame [`FrameReader::read_frame`] returned last, for a caller that keeps it: a large
+    /// one is taken out of the reader whole, with no copy (the next large frame is read into a
+    /// spare buffer); a small one is lent, as `read_frame` lent it.
+    pub fn last_frame(&mut self) -> Body<'_> {
+        if std::mem::take(&mut self.large_done) {
+            return Body::Owned(LargeFrame(std::mem::take(&mut self.large_buf)));
+        }
+        let (start, len) = self.last_small;
+        Body::Lent(&self.buf[start..start + len])
+    }
+
     /// Reads the next frame's body. `deadline: None` waits forever.
     pub fn read_frame(&mut self, deadline: Option<Instant>) -> Result<&[u8], FrameError> {
+        self.large_done = false;
         if self.large.is_some() {
             return self.read_large(deadline);
         }
@@ -110,6 +128,11 @@ impl FrameReader {
         if HEADER_LEN + len > self.buf.len() {
             // Large: no growing, compacting or copying out of `buf`; the body is read in place.
             let buffered = self.end - self.start - HEADER_LEN;
+            if self.large_buf.capacity() < len {
+                // Empty once its last frame was taken (see `last_frame`): a spare, if any.
+                let small = std::mem::replace(&mut self.large_buf, crate::buffers::take(len));
+                crate::buffers::give_back(small);
+            }
             self.large_buf.clear();
             self.large_buf.reserve(len);
             self.large_buf
@@ -130,6 +153,7 @@ impl FrameReader {
             })?;
         let body_start = self.start + HEADER_LEN;
         self.start = body_start + len;
+        self.last_small = (body_start, len);
         Ok(&self.buf[body_start..body_start + len])
     }
 
@@ -167,6 +191,7 @@ impl FrameReader {
             }
         }
         self.large = None;
+        self.large_done = true;
         Ok(&self.large_buf[..len])
     }
 

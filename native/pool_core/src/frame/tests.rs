@@ -41,6 +41,38 @@ fn large_frame_spanning_many_reads() {
 }
 
 #[test]
+fn a_large_frame_taken_keeps_its_bytes_while_later_ones_are_read() {
+    let (r, mut w) = pipe();
+    let bodies: Vec<Vec<u8>> = (0..3u8).map(|i| vec![b'a' + i; 200_000]).collect();
+    let frames: Vec<u8> = bodies.iter().flat_map(|b| sealed(b)).collect();
+    let writer = std::thread::spawn(move || w.write_all(&frames).unwrap());
+    let mut reader = FrameReader::new(r, 1 << 20);
+    let mut kept = Vec::new();
+    for body in &bodies {
+        assert_eq!(reader.read_frame(None).unwrap(), &body[..]);
+        match reader.last_frame() {
+            Body::Owned(frame) => kept.push(frame),
+            Body::Lent(_) => panic!("a large frame is handed over whole"),
+        }
+    }
+    writer.join().unwrap();
+    let kept: Vec<&[u8]> = kept.iter().map(|frame| frame.bytes()).collect();
+    assert_eq!(kept, bodies.iter().map(|b| &b[..]).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_small_frame_is_lent_as_read() {
+    let (r, mut w) = pipe();
+    w.write_all(&[sealed(b"one"), sealed(b"two")].concat())
+        .unwrap();
+    let mut reader = FrameReader::new(r, 1024);
+    for expected in [b"one", b"two"] {
+        reader.read_frame(None).unwrap();
+        assert!(matches!(reader.last_frame(), Body::Lent(body) if body == expected));
+    }
+}
+
+#[test]
 fn a_large_frame_interrupted_by_its_deadline_resumes() {
     let (r, mut w) = pipe();
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
