@@ -36,11 +36,9 @@ impl SharedFrame {
         if len < SHARED_MIN {
             return Err(frame);
         }
-        if frame.capacity() > len {
-            // A spare that held a larger frame (or a request frame grown by doubling); giving
-            // the excess back to the allocator shrinks the block in place, with no copy.
-            frame.shrink_to_fit();
-        }
+        // A spare may have held a larger frame (or a request frame grown by doubling); giving
+        // the excess back to the allocator shrinks the block in place, with no copy.
+        frame.shrink_to_fit();
         Ok(ResourceArc::new(SharedFrame(frame)))
     }
 

@@ -23,12 +23,8 @@ impl LargeFrame {
         &self.0
     }
 
-    /// The buffer's capacity, which may exceed the frame (a spare from a larger one).
-    pub fn capacity(&self) -> usize {
-        self.0.capacity()
-    }
-
-    /// Gives the buffer's capacity beyond the frame back to the allocator.
+    /// Gives the buffer's capacity beyond the frame (a spare from a larger one) back to the
+    /// allocator.
     pub fn shrink_to_fit(&mut self) {
         self.0.shrink_to_fit();
     }

@@ -129,12 +129,12 @@ impl FrameReader {
             // Large: no growing, compacting or copying out of `buf`; the body is read in place.
             let buffered = self.end - self.start - HEADER_LEN;
             if self.large_buf.capacity() < len {
-                // Empty once its last frame was taken (see `last_frame`): a spare, if any.
+                // Empty once its last frame was taken (see `last_frame`), or too small: a
+                // spare, if any, else a new one, with room for `len` either way.
                 let small = std::mem::replace(&mut self.large_buf, crate::buffers::take(len));
                 crate::buffers::give_back(small);
             }
             self.large_buf.clear();
-            self.large_buf.reserve(len);
             self.large_buf
                 .extend_from_slice(&self.buf[self.start + HEADER_LEN..self.end]);
             self.start = 0;
