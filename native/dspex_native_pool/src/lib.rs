@@ -7,6 +7,7 @@ mod caller;
 mod config;
 mod events;
 mod fast_reply;
+mod held_strings;
 mod spare_envs;
 mod submit;
 mod term_from_json;

@@ -5,12 +5,14 @@ use std::time::{Duration, Instant};
 
 use rustler::{Encoder, Env, ResourceArc, Term};
 
+use dspex_pool_core::frame::{self, Splices};
 use dspex_pool_core::pool::{self, Placement, Pool, Route, SubmitError};
 use dspex_pool_core::request::{Request, Ticket};
-use dspex_pool_core::{frame, protocol, sessions};
+use dspex_pool_core::{protocol, sessions};
 
 use crate::atoms;
 use crate::caller::ProcessCaller;
+use crate::held_strings::HeldStrings;
 use crate::spare_envs::SpareEnv;
 use crate::term_json::{self, EncodeError};
 use crate::terms::{Record, Routing, Target};
@@ -50,7 +52,15 @@ pub fn submit<'a>(
     };
     let mut buf = protocol::begin_request(id, &command, capacity);
     let args_start = buf.len();
-    match term_json::encode(args, &mut buf, budget) {
+    // On the dirty path large strings stay where they are, unless the session must remember
+    // the arguments as they were sent (to replay them), which needs them in one piece.
+    let mut held =
+        (budget.is_none() && matches!(routing.record, Record::None)).then(HeldStrings::new);
+    let encoded = match held.as_mut() {
+        Some(held) => term_json::encode_holding(args, &mut buf, held),
+        None => term_json::encode(args, &mut buf, budget),
+    };
+    match encoded {
         Ok(()) => {}
         Err(EncodeError::OverBudget) => return atoms::dirty().encode(env),
         Err(e) => {
@@ -60,7 +70,12 @@ pub fn submit<'a>(
     }
     let record = remembered(routing.record, &command, &buf[args_start..]);
     let max_frame = pool.config().max_frame;
-    let frame = match protocol::finish_streaming_request(buf, max_frame, routing.stream_window) {
+    let splices = held
+        .filter(|held| !held.is_empty())
+        .map(|held| Box::new(held) as Box<dyn Splices>);
+    let spliced = splices.as_ref().map_or(0, |s| s.len());
+    let window = routing.stream_window;
+    let frame = match protocol::finish_spliced_request(buf, spliced, max_frame, window) {
         Ok(frame) => frame,
         Err(frame::FrameError::TooLarge { len, max }) => {
             return (atoms::error(), (atoms::frame_too_large(), len, max)).encode(env)
@@ -74,6 +89,7 @@ pub fn submit<'a>(
         id,
         command,
         frame,
+        splices,
         deadline,
         ticket: ticket.clone(),
         caller: Box::new(ProcessCaller {

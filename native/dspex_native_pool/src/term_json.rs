@@ -8,6 +8,8 @@
 use dspex_pool_core::protocol;
 use rustler::{Binary, Encoder, Term, TermType};
 
+use crate::held_strings::{HeldStrings, HELD_MIN};
+
 rustler::atoms! {
     __struct__,
 }
@@ -73,6 +75,23 @@ pub fn encode(term: Term, out: &mut Vec<u8>, budget: Option<usize>) -> Result<()
         out,
         limit,
         depth: 0,
+        held: None,
+    }
+    .value(term)
+}
+
+/// [`encode`] with no budget, where each string of [`HELD_MIN`] bytes or more that needs no
+/// escaping is held in `held` at its place in `out` instead of copied into it.
+pub fn encode_holding(
+    term: Term,
+    out: &mut Vec<u8>,
+    held: &mut HeldStrings,
+) -> Result<(), EncodeError> {
+    Encoding {
+        out,
+        limit: None,
+        depth: 0,
+        held: Some(held),
     }
     .value(term)
 }
@@ -85,6 +104,7 @@ struct Encoding<'o> {
     out: &'o mut Vec<u8>,
     limit: Option<usize>,
     depth: usize,
+    held: Option<&'o mut HeldStrings>,
 }
 
 impl Encoding<'_> {
@@ -172,6 +192,14 @@ impl Encoding<'_> {
                 e.valid_up_to()
             ))
         })?;
+        if let Some(held) = self.held.as_deref_mut() {
+            if s.len() >= HELD_MIN && !protocol::needs_escape(s.as_bytes()) {
+                self.out.push(b'"');
+                held.hold(self.out.len(), term);
+                self.out.push(b'"');
+                return Ok(());
+            }
+        }
         self.text(s)
     }
 

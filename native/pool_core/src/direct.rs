@@ -110,7 +110,9 @@ pub(crate) fn refill(shared: &Shared, index: usize) {
 }
 
 fn fits(shared: &Shared, request: &Request) -> bool {
-    request.frame.len() <= MAX_DIRECT_FRAME && shared.config.max_requests.is_none()
+    request.splices.is_none()
+        && request.frame.len() <= MAX_DIRECT_FRAME
+        && shared.config.max_requests.is_none()
 }
 
 /// Starts a request whose place in flight is reserved, on a worker with room.

@@ -10,8 +10,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 mod reader;
+mod splice;
 
 pub use reader::FrameReader;
+pub use splice::{seal_spliced, write_spliced, Splices};
 
 /// A large frame's bytes, owned by whoever keeps them (a reply's caller may share them rather
 /// than copy them out); dropped, the buffer goes back to [`crate::buffers`] for the next large
@@ -107,12 +109,7 @@ pub fn frame_buffer(capacity: usize) -> Vec<u8> {
 
 /// Fills in the header of a buffer made by [`frame_buffer`]; fails if the body is over `max`.
 pub fn seal(buf: &mut [u8], max: usize) -> Result<(), FrameError> {
-    let len = buf.len() - HEADER_LEN;
-    if len > max || len > u32::MAX as usize {
-        return Err(FrameError::TooLarge { len, max });
-    }
-    buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(())
+    seal_spliced(buf, 0, max)
 }
 
 /// Writes a sealed frame whole, waiting for room in the pipe no later than `deadline`.
@@ -136,6 +133,19 @@ pub fn write_frame(
         }
     }
     Ok(())
+}
+
+/// Writes a request's frame: [`write_frame`], or [`write_spliced`] if it has pieces elsewhere.
+pub fn write_request(
+    out: &mut File,
+    frame: &[u8],
+    splices: Option<&dyn Splices>,
+    deadline: Option<Instant>,
+) -> Result<(), FrameError> {
+    match splices {
+        Some(splices) => write_spliced(out, frame, splices, deadline),
+        None => write_frame(out, frame, deadline),
+    }
 }
 
 /// Bytes written to a pipe and not yet read from it (Linux answers FIONREAD on either end).

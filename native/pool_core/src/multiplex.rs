@@ -316,6 +316,8 @@ impl Serving<'_> {
         }
         let slot = &shared.slots[self.index];
         let frame = std::mem::take(&mut request.frame);
+        // Held here until written: the request may be answered, and dropped, meanwhile.
+        let splices = request.splices.take();
         let deadline = request.deadline;
         self.live.served += 1;
         slot.requests.fetch_add(1, Ordering::Relaxed);
@@ -327,7 +329,7 @@ impl Serving<'_> {
                 cancelled_at: None,
             },
         );
-        let written = self.write(&frame, deadline);
+        let written = self.write(&frame, splices.as_deref(), deadline);
         crate::buffers::give_back(frame);
         written.map(|()| true).map_err(|e| match e {
             FrameError::Timeout => End::Replace("it stopped reading its requests".into()),
@@ -336,9 +338,14 @@ impl Serving<'_> {
     }
 
     /// Writes a whole frame to the worker, under the lock callers write with.
-    fn write(&mut self, frame: &[u8], deadline: Instant) -> Result<(), FrameError> {
+    fn write(
+        &mut self,
+        frame: &[u8],
+        splices: Option<&dyn frame::Splices>,
+        deadline: Instant,
+    ) -> Result<(), FrameError> {
         let _wire = self.shared.slots[self.index].wire.lock();
-        frame::write_frame(&mut self.live.requests, frame, Some(deadline))
+        frame::write_request(&mut self.live.requests, frame, splices, Some(deadline))
     }
 
     /// Writes a tool's result for request `id`, if it still runs.
@@ -347,7 +354,7 @@ impl Serving<'_> {
             return Ok(());
         }
         let deadline = Instant::now() + self.shared.config.health_timeout;
-        self.write(frame, deadline)
+        self.write(frame, None, deadline)
             .map_err(|e| End::Replace(format!("cannot write a tool's result: {e}")))
     }
 
@@ -380,7 +387,7 @@ impl Serving<'_> {
         let config = &self.shared.config;
         let frame = protocol::request(id, CANCEL_COMMAND, b"{}", config.max_frame)
             .map_err(|e| End::Replace(format!("cannot write a cancel: {e}")))?;
-        self.write(&frame, Instant::now() + config.cancel_grace)
+        self.write(&frame, None, Instant::now() + config.cancel_grace)
             .map_err(|_| End::Died)
     }
 }

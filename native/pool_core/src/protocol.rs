@@ -29,7 +29,18 @@ pub fn finish_request(buf: Vec<u8>, max_frame: usize) -> Result<Vec<u8>, frame::
 /// [`finish_request`] for a request whose reply may stream: `window` (above 0) is how many
 /// chunks the worker may send ahead of the caller's credits.
 pub fn finish_streaming_request(
+    buf: Vec<u8>,
+    max_frame: usize,
+    window: u32,
+) -> Result<Vec<u8>, frame::FrameError> {
+    finish_spliced_request(buf, 0, max_frame, window)
+}
+
+/// [`finish_streaming_request`] for a frame that also holds `spliced` bytes of pieces kept
+/// elsewhere (see [`frame::Splices`]).
+pub fn finish_spliced_request(
     mut buf: Vec<u8>,
+    spliced: usize,
     max_frame: usize,
     window: u32,
 ) -> Result<Vec<u8>, frame::FrameError> {
@@ -38,7 +49,7 @@ pub fn finish_streaming_request(
         buf.extend_from_slice(window.to_string().as_bytes());
     }
     buf.push(b'}');
-    frame::seal(&mut buf, max_frame)?;
+    frame::seal_spliced(&mut buf, spliced, max_frame)?;
     Ok(buf)
 }
 

@@ -205,6 +205,8 @@ pub struct Request {
     /// The sealed frame, header included. A large one goes back to [`crate::buffers`] when the
     /// request is dropped.
     pub frame: Vec<u8>,
+    /// Large pieces of the frame that are not in `frame` (see [`crate::frame::Splices`]).
+    pub splices: Option<Box<dyn crate::frame::Splices>>,
     pub deadline: Instant,
     pub ticket: Arc<Ticket>,
     pub caller: Box<dyn Caller>,
@@ -222,6 +224,11 @@ impl Drop for Request {
 }
 
 impl Request {
+    /// The frame's size, header and pieces included.
+    pub fn frame_len(&self) -> usize {
+        self.frame.len() + self.splices.as_ref().map_or(0, |s| s.len())
+    }
+
     /// Fails a request the pool will not run, if its caller still waits for it.
     pub fn fail_unrun(mut self, kind: FailureKind, message: impl Into<String>) {
         if self.ticket.settle() {

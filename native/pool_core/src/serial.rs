@@ -166,7 +166,13 @@ fn run(
     live.served += 1;
     shared.slots[index].requests.fetch_add(1, Ordering::Relaxed);
 
-    if let Err(e) = frame::write_frame(&mut live.requests, &request.frame, Some(request.deadline)) {
+    let written = frame::write_request(
+        &mut live.requests,
+        &request.frame,
+        request.splices.as_deref(),
+        Some(request.deadline),
+    );
+    if let Err(e) = written {
         return Some(match e {
             FrameError::Timeout => {
                 request.ticket.cancel();
@@ -264,7 +270,7 @@ fn run(
             }
             Err(FrameError::Eof) | Err(FrameError::Truncated { .. }) => {
                 // Died before reading a byte of it (killed as it was sent): it never ran.
-                if frame::unread_bytes(&live.requests) == Some(request.frame.len()) {
+                if frame::unread_bytes(&live.requests) == Some(request.frame_len()) {
                     requeue(shared, index, request);
                     return Some((End::Died, None));
                 }

@@ -195,3 +195,62 @@ fn truncated_frame_and_timeout_with(eager: bool) {
         })
     ));
 }
+
+/// Pieces kept outside the frame, as a caller's held strings are.
+struct Held(Vec<(usize, Vec<u8>)>);
+
+impl Splices for Held {
+    fn pieces(&self) -> Vec<(usize, &[u8])> {
+        self.0.iter().map(|(at, bytes)| (*at, &bytes[..])).collect()
+    }
+}
+
+#[test]
+fn a_spliced_frame_is_read_as_one_with_its_pieces_in_place() {
+    let (r, mut w) = pipe();
+    set_nonblocking(&w).unwrap();
+    // Pieces at the start, in the middle, next to each other and at the end, several times
+    // the pipe's capacity in all, so the write is partial and waits for room.
+    let mut frame = frame_buffer(16);
+    frame.extend_from_slice(b"<ab>");
+    let at = |i: usize| HEADER_LEN + i;
+    let held = Held(vec![
+        (at(0), vec![b'1'; 700_000]),
+        (at(2), vec![b'2'; 900_000]),
+        (at(2), vec![b'3'; 10]),
+        (at(4), vec![b'4'; 600_000]),
+    ]);
+    seal_spliced(&mut frame, held.len(), usize::MAX).unwrap();
+    let mut expected = Vec::new();
+    expected.extend([vec![b'1'; 700_000], b"<a".to_vec(), vec![b'2'; 900_000]]);
+    expected.extend([vec![b'3'; 10], b"b>".to_vec(), vec![b'4'; 600_000]]);
+    let expected = expected.concat();
+
+    let reader = std::thread::spawn(move || {
+        let mut reader = FrameReader::new(r, 4 << 20);
+        let body = reader.read_frame(None).unwrap().to_vec();
+        let next = reader.read_frame(None).unwrap().to_vec();
+        (body, next)
+    });
+    let deadline = Some(Instant::now() + Duration::from_secs(10));
+    write_request(&mut w, &frame, Some(&held), deadline).unwrap();
+    write_request(&mut w, &sealed(b"next"), None, deadline).unwrap();
+    let (body, next) = reader.join().unwrap();
+    assert!(
+        body == expected,
+        "the frame's bytes, its pieces in their places"
+    );
+    assert_eq!(next, b"next", "and the frame after it starts where it ends");
+}
+
+#[test]
+fn pieces_count_towards_the_frame_cap() {
+    let mut frame = frame_buffer(4);
+    frame.extend_from_slice(b"{}");
+    assert!(matches!(
+        seal_spliced(&mut frame, 9, 10),
+        Err(FrameError::TooLarge { len: 11, max: 10 })
+    ));
+    seal_spliced(&mut frame, 8, 10).unwrap();
+    assert_eq!(&frame[..HEADER_LEN], &10u32.to_be_bytes());
+}

@@ -99,7 +99,7 @@ impl Serving<'_> {
         let id = crate::pool::next_request_id();
         let frame = protocol::request(id, "ping", b"{}", config.max_frame)
             .map_err(|e| End::Replace(format!("cannot write a health check: {e}")))?;
-        self.write(&frame, now + config.health_timeout)
+        self.write(&frame, None, now + config.health_timeout)
             .map_err(|_| End::Died)?;
         self.ping = Some((id, now));
         self.last_ping = now;

@@ -175,6 +175,7 @@ pub fn request(
         id,
         command: command.into(),
         frame: protocol::request(id, command, args.to_string().as_bytes(), 1 << 20).unwrap(),
+        splices: None,
         deadline: Instant::now() + timeout,
         ticket: ticket.clone(),
         caller: Box::new(TestCaller(tx)),
