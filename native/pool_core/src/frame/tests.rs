@@ -254,3 +254,31 @@ fn pieces_count_towards_the_frame_cap() {
     seal_spliced(&mut frame, 8, 10).unwrap();
     assert_eq!(&frame[..HEADER_LEN], &10u32.to_be_bytes());
 }
+
+#[test]
+fn a_frame_with_more_pieces_than_one_writev_takes_is_written_whole() {
+    let (r, mut w) = pipe();
+    set_nonblocking(&w).unwrap();
+    // Linux takes at most 1,024 slices per `writev`.
+    let mut frame = frame_buffer(3_000);
+    let mut held = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..1_500u32 {
+        let byte = b'a' + (i % 26) as u8;
+        held.push((frame.len(), vec![byte; 10]));
+        expected.extend_from_slice(&[byte; 10]);
+        frame.push(b',');
+        expected.push(b',');
+    }
+    let held = Held(held);
+    seal_spliced(&mut frame, held.len(), usize::MAX).unwrap();
+    let reader = std::thread::spawn(move || {
+        FrameReader::new(r, 1 << 20)
+            .read_frame(None)
+            .unwrap()
+            .to_vec()
+    });
+    let deadline = Some(Instant::now() + Duration::from_secs(10));
+    write_request(&mut w, &frame, Some(&held), deadline).unwrap();
+    assert!(reader.join().unwrap() == expected);
+}
