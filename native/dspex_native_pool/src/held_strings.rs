@@ -2,7 +2,6 @@
 //! written to the worker from where they lie (see `dspex_pool_core::frame::Splices`), rather
 //! than copied into the request's frame.
 
-use rustler::env::SavedTerm;
 use rustler::{Binary, OwnedEnv, Term};
 
 use dspex_pool_core::frame::Splices;
@@ -12,9 +11,8 @@ use dspex_pool_core::frame::Splices;
 pub const HELD_MIN: usize = 64 * 1024;
 
 pub struct HeldStrings {
+    /// Holds a copy of each string: a reference to the same binary, not its bytes.
     env: OwnedEnv,
-    /// Keeps each string's copy in `env` (a reference to the same binary, not its bytes).
-    saved: Vec<SavedTerm>,
     /// Where each goes in the frame, and where its bytes lie.
     pieces: Vec<(usize, *const u8, usize)>,
 }
@@ -27,7 +25,6 @@ impl HeldStrings {
     pub fn new() -> Self {
         HeldStrings {
             env: OwnedEnv::new(),
-            saved: Vec::new(),
             pieces: Vec::new(),
         }
     }
@@ -39,7 +36,6 @@ impl HeldStrings {
             let binary = Binary::from_term(saved.load(env)).expect("a binary saved as one");
             (binary.as_slice().as_ptr(), binary.len())
         });
-        self.saved.push(saved);
         self.pieces.push((at, bytes, len));
     }
 }
@@ -51,5 +47,9 @@ impl Splices for HeldStrings {
             // SAFETY: see `Send` above; the slices live no longer than `self`, nor its env.
             .map(|&(at, bytes, len)| (at, unsafe { std::slice::from_raw_parts(bytes, len) }))
             .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.pieces.iter().map(|&(_, _, len)| len).sum()
     }
 }

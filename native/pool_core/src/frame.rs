@@ -5,7 +5,7 @@
 //! one piece costs one `poll` and one `read`.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
@@ -120,11 +120,21 @@ pub fn write_frame(
     frame: &[u8],
     deadline: Option<Instant>,
 ) -> Result<(), FrameError> {
-    let mut written = 0;
-    while written < frame.len() {
-        match out.write(&frame[written..]) {
+    write_slices(out, &mut [IoSlice::new(frame)], deadline)
+}
+
+/// Writes `slices` whole and in order, as [`write_frame`] writes its one: a write may take
+/// part of them, and the rest follows once the pipe has room. None may be empty: a write of
+/// only empty slices writes nothing, which would read as a closed pipe.
+fn write_slices(
+    out: &mut File,
+    mut slices: &mut [IoSlice],
+    deadline: Option<Instant>,
+) -> Result<(), FrameError> {
+    while !slices.is_empty() {
+        match out.write_vectored(slices) {
             Ok(0) => return Err(FrameError::Io(io::ErrorKind::WriteZero.into())),
-            Ok(n) => written += n,
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 wait_for(out, libc::POLLOUT, deadline, None, None)?
             }

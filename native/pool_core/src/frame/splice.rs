@@ -3,10 +3,10 @@
 //! into the frame (that copy was a fifth of the VM's CPU samples in a 1 MB echo).
 
 use std::fs::File;
-use std::io::{self, IoSlice, Write};
+use std::io::IoSlice;
 use std::time::Instant;
 
-use super::{wait_for, FrameError, HEADER_LEN};
+use super::{write_slices, FrameError, HEADER_LEN};
 
 /// Pieces of a frame held elsewhere, each with its place in the frame's own bytes.
 pub trait Splices: Send {
@@ -52,19 +52,7 @@ pub fn write_spliced(
         from = at;
     }
     slices.push(IoSlice::new(&frame[from..]));
-    // An empty slice left alone at the end would make the last write write nothing.
+    // `write_slices` takes no empty slice (there is one between two pieces side by side).
     slices.retain(|slice| !slice.is_empty());
-    let mut left: &mut [IoSlice] = &mut slices;
-    while !left.is_empty() {
-        match out.write_vectored(left) {
-            Ok(0) => return Err(FrameError::Io(io::ErrorKind::WriteZero.into())),
-            Ok(n) => IoSlice::advance_slices(&mut left, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_for(out, libc::POLLOUT, deadline, None, None)?
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(FrameError::Io(e)),
-        }
-    }
-    Ok(())
+    write_slices(out, &mut slices, deadline)
 }
