@@ -24,12 +24,15 @@ defmodule Bench.NifProbe do
 
     rows =
       for {{function, label}, wall_us} <- Enum.sort(wall) do
-        cpu_us = Map.get(cpu, {function, label}, [])
+        scheduler = if function_name(function) in dirty, do: :dirty, else: :normal
+        # A dirty NIF's call and return are traced on two threads, whose CPU clocks differ:
+        # their difference is no duration (it came out negative), so none is given.
+        cpu_us = if scheduler == :dirty, do: [], else: Map.get(cpu, {function, label}, [])
 
         %{
           function: function,
           label: label,
-          scheduler: if(function_name(function) in dirty, do: :dirty, else: :normal),
+          scheduler: scheduler,
           calls: length(wall_us),
           wall_p50_us: Stats.median(wall_us),
           wall_max_us: Enum.max(wall_us),

@@ -172,8 +172,9 @@ defmodule Bench.Report.Documents do
           "the same calls and each over-counts in its own way (CPU time also counts whatever " <>
           "else ran on the thread between the trace events), so the target takes, per NIF, the " <>
           "lower of the two maxima: a call that really held its scheduler for over 1 ms exceeds " <>
-          "it on both. For dirty NIFs the CPU figures span two threads and mean little. Dirty " <>
-          "NIFs (from the crate's source): " <>
+          "it on both. Dirty NIFs have no CPU figures: their call and return are traced on " <>
+          "two threads, whose CPU clocks do not compare. Dirty NIFs (from the crate's " <>
+          "source): " <>
           "#{Enum.map_join(probe.dirty, ", ", &"`#{&1}`")}.\n"
       end),
       section("JSON in Elixir (V2's codec, `Bench.JSON`), per request", r[:json_cost], fn rows ->
