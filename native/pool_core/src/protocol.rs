@@ -23,21 +23,12 @@ pub fn begin_request(id: u64, command: &str, capacity: usize) -> Vec<u8> {
 
 /// Closes a request begun with [`begin_request`] and fills in its header.
 pub fn finish_request(buf: Vec<u8>, max_frame: usize) -> Result<Vec<u8>, frame::FrameError> {
-    finish_streaming_request(buf, max_frame, 0)
+    finish_spliced_request(buf, 0, max_frame, 0)
 }
 
-/// [`finish_request`] for a request whose reply may stream: `window` (above 0) is how many
-/// chunks the worker may send ahead of the caller's credits.
-pub fn finish_streaming_request(
-    buf: Vec<u8>,
-    max_frame: usize,
-    window: u32,
-) -> Result<Vec<u8>, frame::FrameError> {
-    finish_spliced_request(buf, 0, max_frame, window)
-}
-
-/// [`finish_streaming_request`] for a frame that also holds `spliced` bytes of pieces kept
-/// elsewhere (see [`frame::Splices`]).
+/// [`finish_request`] for a frame that also holds `spliced` bytes of pieces kept elsewhere
+/// (see [`frame::Splices`]) and whose reply may stream: `window` (above 0) is how many chunks
+/// the worker may send ahead of the caller's credits.
 pub fn finish_spliced_request(
     mut buf: Vec<u8>,
     spliced: usize,
